@@ -1,0 +1,3 @@
+from madapt_cli.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""The `madapt` command line: parses arguments and prints; the work lives elsewhere.
+
+Each command is a module in :mod:`madapt_cli.commands` with a ``register(app)`` function.
+Exit codes (stable; see README.md): 0 success, 1 internal error, 2 bad input or options,
+3 an embedding provider failed for good, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from madapt_cli import __version__
+from madapt_cli.console import err
+from madapt_cli.errors import EXIT_INTERRUPTED, MadaptError
+
+COMMAND_MODULES = ("embed", "info", "fit", "apply", "eval", "quickstart")
+
+app = typer.Typer(
+    name="madapt",
+    help="Make any text embedding cheaper to store and search with Matryoshka adaptors.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"madapt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """madapt: train small adaptors so the first 64-256 dimensions keep retrieval quality."""
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"madapt_cli.commands.{_name}")
+    except ModuleNotFoundError as _missing:  # a command still being built
+        if _missing.name != f"madapt_cli.commands.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors, stable exit codes."""
+    try:
+        app()
+    except MadaptError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted; rerun the same command to resume", highlight=False)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

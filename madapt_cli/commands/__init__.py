@@ -1,0 +1,1 @@
+"""One module per `madapt` command; each exposes ``register(app)``."""

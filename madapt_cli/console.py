@@ -1,0 +1,54 @@
+"""Where output goes: results on stdout, logs and progress on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+#: logs, warnings and progress bars (never results)
+err = Console(stderr=True)
+#: human-readable results (tables)
+out = Console()
+
+
+def print_json(payload: Any) -> None:
+    """One JSON document on stdout, for scripts."""
+    sys.stdout.write(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def log(message: str) -> None:
+    err.print(message, highlight=False)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def progress(*extra_columns: Any, quiet: bool = False) -> Progress:
+    """A progress bar on stderr; hidden (but still counting) when stderr is not a terminal
+    or ``quiet`` is set, so pipelines and CI logs stay clean."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet or not err.is_terminal,
+        transient=False,
+    )

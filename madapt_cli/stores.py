@@ -1,0 +1,495 @@
+"""The embedding store: named tables of (id, vector, text_sha256[, text]) rows.
+
+Two backends share one interface:
+
+* ``parquet``: a directory per table holding immutable Parquet files. Each write is one new
+  file, written under a temporary name and renamed into place, so a crash never leaves a torn
+  file. Rows are never edited in place: a later file supersedes the rows of earlier files with
+  the same id, and :meth:`Store.retain` compacts a table into one ``base`` file, after which
+  older files are ignored (and deleted).
+* ``lance``: a LanceDB database. Every write is a new table version, which is atomic.
+
+A store directory carries a ``madapt-store.json`` marker naming its format. Table metadata is
+JSON under the Arrow schema metadata key ``madapt`` (provider, model, dimension, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from madapt_cli import __version__
+from madapt_cli.errors import StoreError
+
+StoreFormat = Literal["parquet", "lance"]
+FORMATS: tuple[str, ...] = ("parquet", "lance")
+MARKER = "madapt-store.json"
+METADATA_KEY = b"madapt"
+VECTOR_COLUMN = "vector"
+# Metadata fields that must agree before rows may be appended to an existing table.
+IDENTITY_FIELDS = ("provider", "model", "dimension", "normalized", "dtype")
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+# --- schema helpers -----------------------------------------------------------------------
+def vector_type(dimension: int, dtype: str = "float32") -> pa.DataType:
+    """FixedSizeList<float32|float16>[dimension]."""
+    value_type = {"float32": pa.float32(), "float16": pa.float16()}[dtype]
+    return pa.list_(value_type, dimension)
+
+
+def embedding_schema(
+    dimension: int, dtype: str = "float32", with_text: bool = False, metadata: dict | None = None
+) -> pa.Schema:
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field(VECTOR_COLUMN, vector_type(dimension, dtype)),
+        pa.field("text_sha256", pa.string()),
+    ]
+    if with_text:
+        fields.append(pa.field("text", pa.string()))
+    return pa.schema(fields, metadata=_encode_metadata(metadata or {}))
+
+
+def vectors_to_arrow(vectors: np.ndarray, dtype: str = "float32") -> pa.FixedSizeListArray:
+    """An (N, D) array as a FixedSizeList column, without copying when dtypes agree."""
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    flat = np.ascontiguousarray(vectors, dtype=np_dtype).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat), vectors.shape[1])
+
+
+def arrow_to_vectors(column: pa.Array | pa.ChunkedArray, dtype: Any = np.float32) -> np.ndarray:
+    """A FixedSizeList column as an (N, D) array: zero-copy for one float32 chunk."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    width = column.type.list_size
+    if column.offset or column.null_count:
+        column = pa.concat_arrays([column])  # normalise slices; nulls are never written
+    values = column.values.to_numpy(zero_copy_only=False)
+    values = values[column.offset * width : (column.offset + len(column)) * width]
+    out = values.reshape(len(column), width)
+    return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _encode_metadata(metadata: dict) -> dict[bytes, bytes]:
+    return {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode("utf-8")}
+
+
+def _decode_metadata(schema: pa.Schema) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def new_table_metadata(**fields: Any) -> dict[str, Any]:
+    """Metadata for a new table, stamped with time and madapt version."""
+    return {
+        **fields,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "madapt_version": __version__,
+    }
+
+
+def check_compatible(table: str, existing: dict[str, Any], incoming: dict[str, Any]) -> None:
+    """Refuse to mix vectors of another model, dimension or normalisation in one table."""
+    for key in IDENTITY_FIELDS:
+        if key in existing and key in incoming and existing[key] != incoming[key]:
+            raise StoreError(
+                f"table '{table}' holds vectors with {key}={existing[key]!r}, not "
+                f"{incoming[key]!r}: write to another --table or --out store"
+            )
+
+
+def validate_table_name(name: str) -> str:
+    if not _TABLE_NAME.match(name):
+        raise StoreError(f"invalid table name {name!r}: use letters, digits, '_', '-', '.'")
+    return name
+
+
+# --- the interface ------------------------------------------------------------------------
+class Store(ABC):
+    """A set of named tables of vectors. Use :func:`open_store` to get one."""
+
+    format: StoreFormat
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @abstractmethod
+    def tables(self) -> list[str]:
+        """The table names, sorted."""
+
+    def has_table(self, name: str) -> bool:
+        return name in self.tables()
+
+    def require_table(self, name: str) -> None:
+        if not self.has_table(name):
+            have = ", ".join(self.tables()) or "none"
+            raise StoreError(f"store {self.path} has no table '{name}' (tables: {have})")
+
+    @abstractmethod
+    def metadata(self, name: str) -> dict[str, Any]:
+        """The table's ``madapt`` metadata."""
+
+    @abstractmethod
+    def schema(self, name: str) -> pa.Schema:
+        """The table's Arrow schema."""
+
+    @abstractmethod
+    def num_rows(self, name: str) -> int:
+        """Live rows (superseded rows not counted)."""
+
+    @abstractmethod
+    def iter_batches(
+        self, name: str, columns: list[str] | None = None, batch_rows: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the live rows, at most ``batch_rows`` at a time."""
+
+    @abstractmethod
+    def append(self, name: str, rows: pa.Table) -> None:
+        """Add rows atomically; a row whose id exists supersedes the old one.
+
+        The table is created with ``rows.schema`` (and its metadata) when it does not exist;
+        otherwise the metadata must be compatible (:func:`check_compatible`).
+        """
+
+    @abstractmethod
+    def retain(self, name: str, keep_ids: set[str] | None = None) -> int:
+        """Compact: drop superseded rows and, if given, rows whose id is not in ``keep_ids``.
+
+        Returns the number of live rows dropped. Atomic: a crash leaves the old table intact.
+        """
+
+    @abstractmethod
+    def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+        """Replace (or create) a table from a stream of batches, atomically. Returns rows."""
+
+    # --- conveniences built on the primitives ------------------------------------------
+    def read_keys(self, name: str) -> dict[str, str]:
+        """id -> text_sha256 for the live rows (empty if the table does not exist)."""
+        if not self.has_table(name):
+            return {}
+        keys: dict[str, str] = {}
+        for batch in self.iter_batches(name, columns=["id", "text_sha256"]):
+            keys.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True))
+        return keys
+
+    def read_vectors(
+        self, name: str, column: str = VECTOR_COLUMN, dtype: Any = np.float32
+    ) -> tuple[list[str], np.ndarray]:
+        """(ids, N x D array) of a whole table. ``dtype=None`` keeps the stored precision."""
+        self.require_table(name)
+        field = self.schema(name).field(column)
+        ids: list[str] = []
+        parts: list[np.ndarray] = []
+        for batch in self.iter_batches(name, columns=["id", column]):
+            ids.extend(batch.column(0).to_pylist())
+            parts.append(arrow_to_vectors(batch.column(1), dtype))
+        if not parts:
+            width = field.type.list_size
+            return ids, np.zeros((0, width), dtype=dtype or np.float32)
+        return ids, parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary: every table with rows, dimension and metadata."""
+        tables = []
+        for name in self.tables():
+            schema = self.schema(name)
+            vector_columns = [
+                f.name for f in schema if pa.types.is_fixed_size_list(f.type)
+            ]
+            tables.append(
+                {
+                    "name": name,
+                    "rows": self.num_rows(name),
+                    "vector_columns": {
+                        c: schema.field(c).type.list_size for c in vector_columns
+                    },
+                    "metadata": self.metadata(name),
+                }
+            )
+        return {"store": str(self.path), "format": self.format, "tables": tables}
+
+
+# --- Parquet backend -----------------------------------------------------------------------
+_PART = re.compile(r"^(base|part)-(\d{8})\.parquet$")
+
+
+class ParquetStore(Store):
+    """A directory per table; immutable files; the newest ``base`` file starts the table."""
+
+    format: StoreFormat = "parquet"
+
+    def _table_dir(self, name: str) -> Path:
+        return self.path / validate_table_name(name)
+
+    def _files(self, name: str) -> list[tuple[int, str, Path]]:
+        """(sequence, kind, path) of the live files: the newest base and the parts after it."""
+        directory = self._table_dir(name)
+        if not directory.is_dir():
+            return []
+        found = []
+        for entry in directory.iterdir():
+            match = _PART.match(entry.name)
+            if match:
+                found.append((int(match.group(2)), match.group(1), entry))
+        found.sort()
+        bases = [i for i, (_, kind, _) in enumerate(found) if kind == "base"]
+        return found[bases[-1] :] if bases else found
+
+    def _next_sequence(self, name: str) -> int:
+        directory = self._table_dir(name)
+        numbers = [
+            int(m.group(2)) for e in directory.iterdir() if (m := _PART.match(e.name))
+        ] if directory.is_dir() else []
+        return max(numbers, default=0) + 1
+
+    def tables(self) -> list[str]:
+        if not self.path.is_dir():
+            return []
+        return sorted(e.name for e in self.path.iterdir() if e.is_dir() and self._files(e.name))
+
+    def schema(self, name: str) -> pa.Schema:
+        self.require_table(name)
+        return pq.read_schema(self._files(name)[0][2])
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        return _decode_metadata(self.schema(name))
+
+    def _live_masks(self, name: str) -> list[np.ndarray | None]:
+        """Per live file, a mask of rows not superseded by a later file (None: all live)."""
+        files = self._files(name)
+        if len(files) <= 1:
+            return [None] * len(files)
+        id_columns = [pq.read_table(p, columns=["id"]).column(0) for _, _, p in files]
+        seen: set[str] = set()
+        masks: list[np.ndarray | None] = [None] * len(files)
+        for index in range(len(files) - 1, -1, -1):  # newest first
+            ids = id_columns[index].to_pylist()
+            mask = np.fromiter((i not in seen for i in ids), dtype=bool, count=len(ids))
+            seen.update(ids)
+            masks[index] = None if mask.all() else mask
+        return masks
+
+    def num_rows(self, name: str) -> int:
+        self.require_table(name)
+        total = 0
+        for (_, _, path), mask in zip(self._files(name), self._live_masks(name), strict=True):
+            total += pq.ParquetFile(path).metadata.num_rows if mask is None else int(mask.sum())
+        return total
+
+    def iter_batches(
+        self, name: str, columns: list[str] | None = None, batch_rows: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        self.require_table(name)
+        for (_, _, path), mask in zip(self._files(name), self._live_masks(name), strict=True):
+            offset = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+                rows = batch.num_rows
+                if mask is not None:
+                    batch = batch.filter(pa.array(mask[offset : offset + rows]))
+                offset += rows
+                if batch.num_rows:
+                    yield batch
+
+    def _write_file(self, name: str, kind: str, table: pa.Table, sequence: int) -> Path:
+        directory = self._table_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / f"{kind}-{sequence:08d}.parquet"
+        temporary = directory / f".tmp-{uuid.uuid4().hex}.parquet"
+        pq.write_table(table, temporary)
+        _fsync(temporary)
+        os.replace(temporary, final)
+        return final
+
+    def append(self, name: str, rows: pa.Table) -> None:
+        if self.has_table(name):
+            check_compatible(name, self.metadata(name), _decode_metadata(rows.schema))
+            existing = self.schema(name)
+            rows = rows.replace_schema_metadata(existing.metadata)
+            if rows.schema.remove_metadata() != existing.remove_metadata():
+                raise StoreError(f"table '{name}': new rows do not match its schema")
+        self._write_file(name, "part", rows, self._next_sequence(name))
+
+    def retain(self, name: str, keep_ids: set[str] | None = None) -> int:
+        self.require_table(name)
+        files = self._files(name)
+        masks = self._live_masks(name)
+        live_before = self.num_rows(name)
+        pieces = []
+        for (_, _, path), mask in zip(files, masks, strict=True):
+            table = pq.read_table(path)
+            if mask is not None:
+                table = table.filter(pa.array(mask))
+            if keep_ids is not None:
+                keep = [i in keep_ids for i in table.column("id").to_pylist()]
+                table = table.filter(pa.array(keep, type=pa.bool_()))
+            pieces.append(table)
+        dropped = live_before - sum(t.num_rows for t in pieces)
+        if len(files) == 1 and dropped == 0:
+            return 0
+        schema = self.schema(name)
+        merged = pa.concat_tables([p.replace_schema_metadata(schema.metadata) for p in pieces])
+        self._write_file(name, "base", merged, self._next_sequence(name))
+        for _, _, path in files:  # now unreachable: the new base shadows them
+            path.unlink(missing_ok=True)
+        return dropped
+
+    def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+        directory = self._table_dir(name)
+        self.path.mkdir(parents=True, exist_ok=True)
+        staging = self.path / f".tmp-{name}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        rows = 0
+        try:
+            target = staging / f"base-{1:08d}.parquet"
+            with pq.ParquetWriter(target, schema) as writer:
+                for batch in batches:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+            _fsync(target)
+            if directory.exists():
+                retired = self.path / f".old-{name}-{uuid.uuid4().hex}"
+                os.replace(directory, retired)
+                os.replace(staging, directory)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return rows
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+# --- LanceDB backend -------------------------------------------------------------------------
+class LanceStore(Store):
+    """A LanceDB database; each write is a new, atomic table version."""
+
+    format: StoreFormat = "lance"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        import lancedb  # imported here: it is slow to import and only this backend needs it
+
+        self._db = lancedb.connect(str(path))
+
+    def _open(self, name: str):  # -> lancedb.table.Table
+        self.require_table(name)
+        return self._db.open_table(name)
+
+    def tables(self) -> list[str]:
+        response = self._db.list_tables()
+        names = response.tables if hasattr(response, "tables") else list(response)
+        return sorted(names)
+
+    def schema(self, name: str) -> pa.Schema:
+        return self._open(name).schema
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        return _decode_metadata(self.schema(name))
+
+    def num_rows(self, name: str) -> int:
+        return self._open(name).count_rows()
+
+    def iter_batches(
+        self, name: str, columns: list[str] | None = None, batch_rows: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        query = self._open(name).search().limit(None)
+        if columns is not None:
+            query = query.select(columns)
+        yield from query.to_batches(batch_size=batch_rows)
+
+    def append(self, name: str, rows: pa.Table) -> None:
+        validate_table_name(name)
+        if not self.has_table(name):
+            self._db.create_table(name, rows)
+            return
+        table = self._open(name)
+        check_compatible(name, _decode_metadata(table.schema), _decode_metadata(rows.schema))
+        rows = rows.replace_schema_metadata(table.schema.metadata)
+        (
+            table.merge_insert("id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(rows)
+        )
+
+    def retain(self, name: str, keep_ids: set[str] | None = None) -> int:
+        if keep_ids is None:  # merge_insert never leaves superseded rows behind
+            return 0
+        table = self._open(name)
+        stale = [i for i in self.read_keys(name) if i not in keep_ids]
+        if stale:
+            quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in stale)
+            table.delete(f"id IN ({quoted})")
+        return len(stale)
+
+    def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+        validate_table_name(name)
+        counted = 0
+
+        def counting() -> Iterator[pa.RecordBatch]:
+            nonlocal counted
+            for batch in batches:
+                counted += batch.num_rows
+                yield batch
+
+        reader = pa.RecordBatchReader.from_batches(schema, counting())
+        self._db.create_table(name, reader, schema=schema, mode="overwrite")
+        return counted
+
+
+# --- opening -------------------------------------------------------------------------------
+def detect_format(path: Path) -> StoreFormat | None:
+    marker = path / MARKER
+    if marker.is_file():
+        try:
+            fmt = json.loads(marker.read_text())["format"]
+        except (ValueError, KeyError) as error:
+            raise StoreError(f"{marker}: unreadable store marker ({error})") from None
+        if fmt in FORMATS:
+            return fmt
+        raise StoreError(f"{marker}: unknown store format {fmt!r}")
+    if path.is_dir() and any(p.suffix == ".lance" for p in path.iterdir()):
+        return "lance"
+    if path.is_dir() and any(p.is_dir() and next(p.glob("*.parquet"), None) for p in path.iterdir()):
+        return "parquet"
+    return None
+
+
+def open_store(path: str | Path, format: str | None = None, create: bool = False) -> Store:
+    """Open a store; with ``create``, make it (in ``format``, parquet by default) if missing.
+
+    The format of an existing store is read from its marker; asking for another is an error.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} is a file, not a store directory")
+    found = detect_format(path) if path.is_dir() else None
+    if found is None and not create:
+        raise StoreError(f"{path} is not a madapt store (no {MARKER}); run `madapt embed` first")
+    if found is not None and format is not None and format != found:
+        raise StoreError(f"{path} is a {found} store, not {format}")
+    chosen = found or format or "parquet"
+    if chosen not in FORMATS:
+        raise StoreError(f"unknown store format {chosen!r}: use parquet or lance")
+    if found is None:
+        path.mkdir(parents=True, exist_ok=True)
+        marker = path / MARKER
+        marker.write_text(json.dumps({"format": chosen, "madapt_version": __version__}) + "\n")
+    return ParquetStore(path) if chosen == "parquet" else LanceStore(path)
