@@ -1,0 +1,395 @@
+"""Retrieval evaluation: exact top-k search and trec_eval's metrics.
+
+Search
+    :func:`search_topk` scores every query against every document by dot product (the vectors
+    are unit-normalised, so this is cosine similarity) with chunked matrix products and a
+    running top-k merge, so it never holds more than ``query_block x chunk_size`` scores.
+    Results are sorted by descending score; equal scores are ordered by the lower corpus row,
+    so a run is deterministic whatever the chunking.
+
+Metrics (the definitions of trec_eval, and so of pytrec_eval and BEIR; tests check agreement
+within 1e-6)
+    With ``rel(d)`` the judged relevance of document ``d`` (0 when unjudged) and ranks
+    ``i = 1..k`` of the run:
+
+    * ``ndcg@k``   = DCG@k / IDCG@k with DCG@k = sum_i max(rel(d_i), 0) / log2(i + 1); IDCG@k is
+      the DCG of the query's positive judgments sorted by relevance (graded gains: relevance 2
+      counts twice relevance 1). Zero and negative judgments add nothing.
+    * ``recall@k`` = |relevant in the top k| / |relevant|.
+    * ``mrr@k``    = 1 / (rank of the first relevant document), 0 if none in the top k.
+    * ``map@k``    = trec_eval's ``map_cut``: sum over relevant ranks i <= k of precision@i,
+      divided by |relevant| (all relevant judgments, not only those retrieved).
+    * ``precision@k`` = |relevant in the top k| / k.
+
+    "Relevant" means relevance >= 1 (trec_eval's default ``relevance_level``).
+
+    Which queries count: those present both in the run and in the qrels, as in pytrec_eval. A
+    query judged only with relevance <= 0 counts, and scores 0 on every metric (trec_eval
+    does the same); a query missing from the run is not averaged, so callers must put every
+    qrels query they could search into the run (an empty ranking scores 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from madapt_cli.errors import InputError
+
+Qrels = dict[str, dict[str, int]]
+ArrayLike = np.ndarray | torch.Tensor
+
+METRIC_NAMES = ("ndcg", "recall", "mrr", "map", "precision")
+DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+RELEVANCE_LEVEL = 1  # trec_eval: a judgment counts as relevant when relevance >= 1
+
+
+# --- metric names ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    """One metric at one cut-off, e.g. ``Metric("ndcg", 10)``, written ``ndcg@10``."""
+
+    name: str
+    k: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.k}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def parse_metrics(spec: str | Iterable[str]) -> list[Metric]:
+    """``"ndcg@10,recall@100"`` (or a list of such names) -> metrics, in order, deduplicated."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    metrics: list[Metric] = []
+    for raw in names:
+        text = raw.strip().lower()
+        if not text:
+            continue
+        name, at, cut = text.partition("@")
+        if name not in METRIC_NAMES or not at or not cut.isdigit() or int(cut) < 1:
+            raise InputError(
+                f"unknown metric {raw.strip()!r}: use name@k with name one of "
+                f"{', '.join(METRIC_NAMES)} and k >= 1 (e.g. ndcg@10)"
+            )
+        metric = Metric(name, int(cut))
+        if metric not in metrics:
+            metrics.append(metric)
+    if not metrics:
+        raise InputError("no metrics given: e.g. --metrics ndcg@10,recall@100")
+    return metrics
+
+
+# --- devices ---------------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> the GPU when there is one, else the CPU; ``cpu``, ``cuda``, ``cuda:1``..."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}: use auto, cpu or cuda") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    return resolved
+
+
+def _as_tensor(values: ArrayLike, device: torch.device) -> torch.Tensor:
+    tensor = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+    return tensor.to(device=device, dtype=torch.float32)
+
+
+# --- search ----------------------------------------------------------------------------------
+def normalize_rows(vectors: ArrayLike) -> ArrayLike:
+    """Each row scaled to unit length (all-zero rows stay zero). numpy in, numpy out;
+    torch in, torch out."""
+    if isinstance(vectors, torch.Tensor):
+        return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    array = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+def identical_id_exclusions(query_ids: Sequence[str], corpus_ids: Sequence[str]) -> np.ndarray:
+    """(M, 2) pairs (query row, corpus row) where the document's id equals the query's id,
+    for ``search_topk(exclude=...)`` (BEIR's ``ignore_identical_ids``, e.g. for ArguAna)."""
+    position = {doc_id: row for row, doc_id in enumerate(corpus_ids)}
+    pairs = [(q, position[qid]) for q, qid in enumerate(query_ids) if qid in position]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def _order_by_score_then_index(
+    scores: torch.Tensor, indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by descending score, equal scores by ascending index (two stable sorts)."""
+    by_index = torch.sort(indices, dim=1, stable=True)
+    indices = by_index.values
+    scores = torch.gather(scores, 1, by_index.indices)
+    by_score = torch.sort(scores, dim=1, descending=True, stable=True)
+    return by_score.values, torch.gather(indices, 1, by_score.indices)
+
+
+def _chunk_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top k of each row of a score block, choosing the lowest column among scores tied at
+    the cut (torch.topk picks an arbitrary one); exact and cheap, as such ties are rare."""
+    values, columns = torch.topk(block, k, dim=1, largest=True, sorted=True)
+    if k == block.shape[1]:
+        return values, columns
+    threshold = values[:, -1:]
+    tied_in_block = (block == threshold).sum(dim=1)
+    tied_kept = (values == threshold).sum(dim=1)
+    ambiguous = torch.nonzero(tied_in_block != tied_kept).flatten()
+    if ambiguous.numel():
+        rows = block[ambiguous]
+        ordered = torch.sort(rows, dim=1, descending=True, stable=True)
+        values[ambiguous] = ordered.values[:, :k]
+        columns[ambiguous] = ordered.indices[:, :k]
+    return values, columns
+
+
+def search_topk(
+    queries: ArrayLike,
+    corpus: ArrayLike,
+    k: int,
+    *,
+    chunk_size: int = 16_384,
+    query_block: int = 2_048,
+    device: str | torch.device = "cpu",
+    exclude: np.ndarray | Sequence[tuple[int, int]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by dot product of every query row against the corpus rows.
+
+    Returns ``(scores, indices)``: float32 and int64 arrays of shape (Q, min(k, N)), each row
+    sorted by descending score, equal scores by ascending corpus row. ``exclude`` holds
+    (query row, corpus row) pairs that must not be returned (see
+    :func:`identical_id_exclusions`); when fewer than k rows remain for a query its last
+    slots hold score ``-inf`` and index ``-1``.
+
+    Memory: at most ``query_block x chunk_size`` scores (128 MiB by default) beside the inputs.
+    Inputs may be numpy arrays or torch tensors (already on ``device`` avoids a copy).
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    query_matrix = _as_tensor(queries, device)
+    corpus_matrix = _as_tensor(corpus, device)
+    if query_matrix.ndim != 2 or corpus_matrix.ndim != 2:
+        raise ValueError("queries and corpus must be 2-d")
+    if query_matrix.shape[1] != corpus_matrix.shape[1]:
+        raise ValueError(
+            f"queries have {query_matrix.shape[1]} dimensions, corpus {corpus_matrix.shape[1]}"
+        )
+    num_queries, num_docs = query_matrix.shape[0], corpus_matrix.shape[0]
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    k = min(k, num_docs)
+    if num_queries == 0 or k == 0:
+        return np.zeros((num_queries, k), np.float32), np.zeros((num_queries, k), np.int64)
+
+    pairs = np.asarray(exclude if exclude is not None else [], dtype=np.int64).reshape(-1, 2)
+    pairs_by_query = torch.from_numpy(pairs).to(device)
+    out_scores = torch.empty((num_queries, k), dtype=torch.float32)
+    out_indices = torch.empty((num_queries, k), dtype=torch.int64)
+    for q_start in range(0, num_queries, query_block):
+        q_end = min(q_start + query_block, num_queries)
+        block_queries = query_matrix[q_start:q_end]
+        in_block = pairs_by_query[
+            (pairs_by_query[:, 0] >= q_start) & (pairs_by_query[:, 0] < q_end)
+        ]
+        best_scores: torch.Tensor | None = None
+        best_indices: torch.Tensor | None = None
+        for c_start in range(0, num_docs, chunk_size):
+            c_end = min(c_start + chunk_size, num_docs)
+            block = block_queries @ corpus_matrix[c_start:c_end].T
+            if in_block.numel():
+                hit = in_block[(in_block[:, 1] >= c_start) & (in_block[:, 1] < c_end)]
+                if hit.numel():
+                    block[hit[:, 0] - q_start, hit[:, 1] - c_start] = -math.inf
+            scores, columns = _chunk_topk(block, min(k, c_end - c_start))
+            indices = columns + c_start
+            if best_scores is None:
+                best_scores, best_indices = _order_by_score_then_index(scores, indices)
+            else:
+                merged_scores, merged_indices = _order_by_score_then_index(
+                    torch.cat([best_scores, scores], dim=1),
+                    torch.cat([best_indices, indices], dim=1),
+                )
+                best_scores, best_indices = merged_scores[:, :k], merged_indices[:, :k]
+        assert best_scores is not None and best_indices is not None
+        best_indices = torch.where(torch.isneginf(best_scores), -1, best_indices)
+        out_scores[q_start:q_end] = best_scores.cpu()
+        out_indices[q_start:q_end] = best_indices.cpu()
+    return out_scores.numpy(), out_indices.numpy()
+
+
+def rankings_from_indices(
+    indices: np.ndarray, query_ids: Sequence[str], corpus_ids: Sequence[str]
+) -> dict[str, list[str]]:
+    """query id -> ranked document ids, from :func:`search_topk` rows (``-1`` slots dropped)."""
+    return {
+        query_id: [corpus_ids[i] for i in row if i >= 0]
+        for query_id, row in zip(query_ids, indices.tolist(), strict=True)
+    }
+
+
+# --- metrics ---------------------------------------------------------------------------------
+def _discount(rank: int) -> float:
+    return 1.0 / math.log2(rank + 1)
+
+
+def query_metrics(
+    ranking: Sequence[str], judgments: Mapping[str, int], metrics: Sequence[Metric]
+) -> dict[str, float]:
+    """Every metric for one query: ``ranking`` best first, ``judgments`` doc id -> relevance.
+    A document listed twice counts at its first rank only (trec_eval drops duplicates)."""
+    seen: set[str] = set()
+    ranked: list[str] = []
+    for doc_id in ranking:
+        if doc_id not in seen:
+            seen.add(doc_id)
+            ranked.append(doc_id)
+    num_relevant = sum(1 for r in judgments.values() if r >= RELEVANCE_LEVEL)
+    ideal_gains = sorted((r for r in judgments.values() if r > 0), reverse=True)
+    values: dict[str, float] = {}
+    for metric in metrics:
+        top = ranked[: metric.k]
+        relevant_flags = [judgments.get(d, 0) >= RELEVANCE_LEVEL for d in top]
+        if metric.name == "ndcg":
+            dcg = sum(
+                max(judgments.get(d, 0), 0) * _discount(i) for i, d in enumerate(top, start=1)
+            )
+            ideal = sum(g * _discount(i) for i, g in enumerate(ideal_gains[: metric.k], start=1))
+            value = dcg / ideal if ideal > 0 else 0.0
+        elif metric.name == "recall":
+            value = sum(relevant_flags) / num_relevant if num_relevant else 0.0
+        elif metric.name == "precision":
+            value = sum(relevant_flags) / metric.k
+        elif metric.name == "mrr":
+            value = next((1.0 / i for i, f in enumerate(relevant_flags, start=1) if f), 0.0)
+        elif metric.name == "map":
+            hits, total = 0, 0.0
+            for i, flag in enumerate(relevant_flags, start=1):
+                if flag:
+                    hits += 1
+                    total += hits / i
+            value = total / num_relevant if num_relevant else 0.0
+        else:  # parse_metrics admits only the names above
+            raise ValueError(f"unknown metric {metric.name}")
+        values[metric.label] = value
+    return values
+
+
+@dataclass
+class RankingEvaluation:
+    """Mean metrics over the evaluated queries, and each query's own values."""
+
+    means: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.per_query)
+
+
+def evaluate_rankings(
+    rankings: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    metrics: Sequence[Metric | str] | str = DEFAULT_METRICS,
+) -> RankingEvaluation:
+    """Mean (and per-query) metrics of a run: query id -> document ids, best first.
+
+    Averaged over the queries present in both ``rankings`` and ``qrels`` (pytrec_eval's rule);
+    the means are 0.0 when there are none.
+    """
+    parsed = [
+        m if isinstance(m, Metric) else parse_metrics(m)[0]
+        for m in (parse_metrics(metrics) if isinstance(metrics, str) else metrics)
+    ]
+    per_query = {
+        query_id: query_metrics(ranking, qrels[query_id], parsed)
+        for query_id, ranking in rankings.items()
+        if query_id in qrels
+    }
+    count = len(per_query)
+    means = {
+        m.label: (sum(v[m.label] for v in per_query.values()) / count if count else 0.0)
+        for m in parsed
+    }
+    return RankingEvaluation(means=means, per_query=per_query)
+
+
+# --- vectors to metrics ----------------------------------------------------------------------
+def prefix_normalized(vectors: ArrayLike, dim: int | None) -> ArrayLike:
+    """The first ``dim`` coordinates of each row, re-normalised (all of them if ``dim`` is None)."""
+    if dim is not None:
+        if not 1 <= dim <= vectors.shape[1]:
+            raise InputError(f"size {dim} is outside 1..{vectors.shape[1]}")
+        vectors = vectors[:, :dim]
+    return normalize_rows(vectors)
+
+
+def evaluate_vectors(
+    query_vectors: ArrayLike,
+    query_ids: Sequence[str],
+    corpus_vectors: ArrayLike,
+    corpus_ids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    metrics: Sequence[Metric | str] | str = DEFAULT_METRICS,
+    *,
+    dim: int | None = None,
+    ignore_identical_ids: bool = False,
+    device: str | torch.device = "cpu",
+) -> RankingEvaluation:
+    """Search ``query_vectors`` against ``corpus_vectors`` (truncated to ``dim`` and
+    re-normalised when ``dim`` is given) and score the run against ``qrels``.
+
+    Only the query rows whose id is in ``qrels`` are searched (the others would not count).
+    """
+    parsed = (
+        parse_metrics(metrics)
+        if isinstance(metrics, str)
+        else [m if isinstance(m, Metric) else parse_metrics(m)[0] for m in metrics]
+    )
+    device = resolve_device(device) if isinstance(device, str) else device
+    rows = [i for i, query_id in enumerate(query_ids) if query_id in qrels]
+    query_ids = [query_ids[i] for i in rows]
+    query_vectors = query_vectors[rows] if len(rows) != len(query_vectors) else query_vectors
+    exclude = identical_id_exclusions(query_ids, corpus_ids) if ignore_identical_ids else None
+    queries = prefix_normalized(_as_tensor(query_vectors, device), dim)
+    corpus = prefix_normalized(_as_tensor(corpus_vectors, device), dim)
+    depth = max(m.k for m in parsed)
+    _, indices = search_topk(queries, corpus, depth, device=device, exclude=exclude)
+    return evaluate_rankings(rankings_from_indices(indices, query_ids, corpus_ids), qrels, parsed)
+
+
+def ndcg_at_10(
+    query_vectors: ArrayLike,
+    query_ids: Sequence[str],
+    corpus_vectors: ArrayLike,
+    corpus_ids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    dim: int | None = None,
+    *,
+    ignore_identical_ids: bool = False,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Mean nDCG@10 of the queries in ``qrels`` (for early stopping while training).
+
+    Vectors are truncated to ``dim`` (when given) and re-normalised; rows of queries that are
+    not in ``qrels`` are ignored.
+    """
+    return evaluate_vectors(
+        query_vectors,
+        query_ids,
+        corpus_vectors,
+        corpus_ids,
+        qrels,
+        [Metric("ndcg", 10)],
+        dim=dim,
+        ignore_identical_ids=ignore_identical_ids,
+        device=device,
+    ).means["ndcg@10"]

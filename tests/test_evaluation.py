@@ -1,0 +1,145 @@
+"""Exact chunked top-k search and the vectors-to-metrics helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from madapt_cli.errors import InputError
+from madapt_cli.evaluation import (
+    evaluate_vectors,
+    identical_id_exclusions,
+    ndcg_at_10,
+    normalize_rows,
+    prefix_normalized,
+    rankings_from_indices,
+    search_topk,
+)
+
+
+def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
+    return normalize_rows(rng.standard_normal((rows, dim)).astype(np.float32))
+
+
+def _reference_topk(queries, corpus, k, excluded=()):
+    """Brute force: all scores, sorted by (score desc, corpus row asc)."""
+    scores = queries @ corpus.T
+    for q, c in excluded:
+        scores[q, c] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(corpus.shape[0]), scores.shape), -scores), axis=1)
+    top = order[:, :k]
+    return np.take_along_axis(scores, top, axis=1), top
+
+
+@pytest.mark.parametrize(("chunk_size", "query_block"), [(7, 3), (64, 1000), (1000, 5)])
+def test_search_matches_brute_force(chunk_size, query_block):
+    rng = np.random.default_rng(0)
+    corpus, queries = _unit(rng, 200, 16), _unit(rng, 23, 16)
+    scores, indices = search_topk(
+        queries, corpus, 10, chunk_size=chunk_size, query_block=query_block
+    )
+    want_scores, want_indices = _reference_topk(queries, corpus, 10)
+    assert indices.dtype == np.int64 and scores.dtype == np.float32
+    assert scores.shape == (23, 10)
+    np.testing.assert_array_equal(indices, want_indices)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+
+
+def test_ties_go_to_the_lower_corpus_row_across_chunks():
+    rng = np.random.default_rng(1)
+    base = _unit(rng, 5, 8)
+    # many exact duplicates of each base vector, interleaved so ties straddle chunk borders
+    corpus = np.concatenate([base] * 12)  # row r duplicates base[r % 5]
+    queries = base[[0, 3]]
+    for chunk_size in (4, 7, 13, 60):
+        _, indices = search_topk(queries, corpus, 9, chunk_size=chunk_size)
+        np.testing.assert_array_equal(indices[0], np.arange(0, 45, 5))
+        np.testing.assert_array_equal(indices[1], np.arange(3, 48, 5))
+
+
+def test_k_larger_than_corpus_and_exclusions():
+    rng = np.random.default_rng(2)
+    corpus, queries = _unit(rng, 6, 4), _unit(rng, 3, 4)
+    scores, indices = search_topk(queries, corpus, 50, chunk_size=4)
+    assert indices.shape == (3, 6)
+    assert sorted(indices[0].tolist()) == list(range(6))
+    excluded = [(0, int(indices[0, 0])), (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 0)]
+    scores, indices = search_topk(queries, corpus, 50, chunk_size=4, exclude=excluded)
+    _, want_indices = _reference_topk(queries, corpus, 6, excluded)
+    np.testing.assert_array_equal(indices[:2, :5], want_indices[:2, :5])
+    assert int(excluded[0][1]) not in indices[0].tolist()[:5]
+    assert indices[0, -1] == -1 and np.isneginf(scores[0, -1])
+    assert (indices[2] == -1).all()  # every row excluded for query 2
+
+
+def test_torch_input_and_empty_queries():
+    rng = np.random.default_rng(3)
+    corpus, queries = _unit(rng, 50, 8), _unit(rng, 4, 8)
+    from_numpy = search_topk(queries, corpus, 5)
+    from_torch = search_topk(torch.from_numpy(queries), torch.from_numpy(corpus), 5)
+    np.testing.assert_array_equal(from_numpy[1], from_torch[1])
+    scores, indices = search_topk(np.zeros((0, 8), np.float32), corpus, 5)
+    assert scores.shape == (0, 5) and indices.shape == (0, 5)
+    with pytest.raises(ValueError, match="dimensions"):
+        search_topk(queries[:, :4], corpus, 5)
+
+
+def test_identical_id_exclusions_and_rankings():
+    pairs = identical_id_exclusions(["a", "q", "c"], ["c", "b", "a"])
+    assert pairs.tolist() == [[0, 2], [2, 0]]
+    rankings = rankings_from_indices(np.array([[2, -1], [0, 1]]), ["x", "y"], ["c", "b", "a"])
+    assert rankings == {"x": ["a"], "y": ["c", "b"]}
+
+
+def test_prefix_normalized():
+    vectors = np.array([[3.0, 4.0, 12.0]], dtype=np.float32)
+    np.testing.assert_allclose(prefix_normalized(vectors, 2), [[0.6, 0.8]], atol=1e-6)
+    for bad in (0, 4):
+        with pytest.raises(InputError, match=r"outside 1\.\.3"):
+            prefix_normalized(vectors, bad)
+
+
+def _planted(rng, num_queries=30, num_docs=300, dim=32, noise=0.08):
+    """Each query's relevant document is a noisy copy of it; more noise in the tail dims so
+    truncation changes results, as with real embeddings."""
+    queries = _unit(rng, num_queries, dim)
+    corpus = _unit(rng, num_docs, dim)
+    scale = np.linspace(0.2, 2.0, dim, dtype=np.float32)
+    corpus[:num_queries] = normalize_rows(
+        queries + noise * scale * rng.standard_normal((num_queries, dim)).astype(np.float32)
+    )
+    query_ids = [f"q{i}" for i in range(num_queries)]
+    corpus_ids = [f"d{i}" for i in range(num_docs)]
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(num_queries)}
+    return queries, query_ids, corpus, corpus_ids, qrels
+
+
+def test_evaluate_vectors_on_planted_relevance():
+    rng = np.random.default_rng(4)
+    queries, query_ids, corpus, corpus_ids, qrels = _planted(rng)
+    full = evaluate_vectors(queries, query_ids, corpus, corpus_ids, qrels, "ndcg@10,recall@100")
+    tiny = evaluate_vectors(queries, query_ids, corpus, corpus_ids, qrels, "ndcg@10", dim=2)
+    assert full.num_queries == 30
+    assert full.means["ndcg@10"] > 0.9 and full.means["recall@100"] == 1.0
+    assert tiny.means["ndcg@10"] < full.means["ndcg@10"] - 0.3
+    # the trainer's shortcut is the same computation
+    value = ndcg_at_10(queries, query_ids, corpus, corpus_ids, qrels, dim=8)
+    expected = evaluate_vectors(queries, query_ids, corpus, corpus_ids, qrels, "ndcg@10", dim=8)
+    assert value == pytest.approx(expected.means["ndcg@10"])
+
+
+def test_unjudged_query_rows_are_skipped_and_identical_ids_dropped():
+    rng = np.random.default_rng(5)
+    queries, query_ids, corpus, corpus_ids, qrels = _planted(rng, noise=0.01)
+    # every query id is also a corpus id, and that document is the query itself
+    corpus = np.concatenate([queries, corpus])
+    corpus_ids = query_ids + corpus_ids
+    kept = {q: qrels[q] for q in query_ids[:10]}
+    plain = evaluate_vectors(queries, query_ids, corpus, corpus_ids, kept, "mrr@10")
+    ignoring = evaluate_vectors(
+        queries, query_ids, corpus, corpus_ids, kept, "mrr@10", ignore_identical_ids=True
+    )
+    assert plain.num_queries == 10 == ignoring.num_queries
+    assert plain.means["mrr@10"] == pytest.approx(0.5)  # the query itself ranks first
+    assert ignoring.means["mrr@10"] == pytest.approx(1.0)
