@@ -256,49 +256,120 @@ def rankings_from_indices(
 
 
 # --- metrics ---------------------------------------------------------------------------------
-def _discount(rank: int) -> float:
-    return 1.0 / math.log2(rank + 1)
+@dataclass
+class Judgments:
+    """Qrels mapped onto row numbers, for scoring :func:`search_topk` results in bulk.
+
+    Row ``q`` is the query ``query_ids[q]``; documents are corpus rows. ``num_relevant`` and
+    ``ideal_gains`` come from the qrels alone (as in trec_eval), so a judged document missing
+    from the corpus still counts in recall's and nDCG's denominators.
+    """
+
+    query_ids: list[str]
+    num_docs: int
+    keys: np.ndarray  # sorted int64: query row * num_docs + corpus row, judged pairs only
+    relevance: np.ndarray  # int64, aligned with keys
+    num_relevant: np.ndarray  # (Q,) judgments with relevance >= RELEVANCE_LEVEL
+    ideal_gains: np.ndarray  # (Q, depth) positive relevance, descending, zero padded
+    missing_docs: int  # judged (query, document) pairs whose document is not in the corpus
+
+    @classmethod
+    def build(
+        cls,
+        query_ids: Sequence[str],
+        corpus_ids: Sequence[str] | Mapping[str, int],
+        qrels: Mapping[str, Mapping[str, int]],
+        depth: int,
+    ) -> Judgments:
+        """``corpus_ids``: the corpus ids in row order, or a ready id -> row mapping."""
+        position = (
+            corpus_ids
+            if isinstance(corpus_ids, Mapping)
+            else {doc_id: row for row, doc_id in enumerate(corpus_ids)}
+        )
+        num_docs = len(position)
+        keys: list[int] = []
+        relevance: list[int] = []
+        num_relevant = np.zeros(len(query_ids), dtype=np.int64)
+        ideal = np.zeros((len(query_ids), depth), dtype=np.float64)
+        missing = 0
+        for row, query_id in enumerate(query_ids):
+            judged = qrels.get(query_id, {})
+            for doc_id, rel in judged.items():
+                corpus_row = position.get(doc_id)
+                if corpus_row is None:
+                    missing += 1
+                else:
+                    keys.append(row * num_docs + corpus_row)
+                    relevance.append(rel)
+            num_relevant[row] = sum(1 for rel in judged.values() if rel >= RELEVANCE_LEVEL)
+            gains = sorted((rel for rel in judged.values() if rel > 0), reverse=True)[:depth]
+            ideal[row, : len(gains)] = gains
+        key_array = np.asarray(keys, dtype=np.int64)
+        order = np.argsort(key_array, kind="stable")
+        return cls(
+            query_ids=list(query_ids),
+            num_docs=num_docs,
+            keys=key_array[order],
+            relevance=np.asarray(relevance, dtype=np.int64)[order],
+            num_relevant=num_relevant,
+            ideal_gains=ideal,
+            missing_docs=missing,
+        )
+
+    def relevance_of(self, indices: np.ndarray) -> np.ndarray:
+        """(Q, k) relevance of the ranked corpus rows (0 for unjudged and ``-1`` slots)."""
+        rows = np.arange(indices.shape[0], dtype=np.int64)[:, None]
+        wanted = rows * self.num_docs + indices
+        if not len(self.keys):
+            return np.zeros(indices.shape, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        found = (self.keys[at] == wanted) & (indices >= 0)
+        return np.where(found, self.relevance[at], 0)
 
 
-def query_metrics(
-    ranking: Sequence[str], judgments: Mapping[str, int], metrics: Sequence[Metric]
-) -> dict[str, float]:
-    """Every metric for one query: ``ranking`` best first, ``judgments`` doc id -> relevance.
-    A document listed twice counts at its first rank only (trec_eval drops duplicates)."""
-    seen: set[str] = set()
-    ranked: list[str] = []
-    for doc_id in ranking:
-        if doc_id not in seen:
-            seen.add(doc_id)
-            ranked.append(doc_id)
-    num_relevant = sum(1 for r in judgments.values() if r >= RELEVANCE_LEVEL)
-    ideal_gains = sorted((r for r in judgments.values() if r > 0), reverse=True)
-    values: dict[str, float] = {}
+def score_indices(
+    indices: np.ndarray, judgments: Judgments, metrics: Sequence[Metric]
+) -> dict[str, np.ndarray]:
+    """Per-query values of each metric for ranked corpus rows (one row per judged query,
+    best first, no repeats, ``-1`` for an empty slot). The formulas are in the module doc."""
+    if indices.shape[0] != len(judgments.query_ids):
+        raise ValueError("one row of indices per query of the judgments")
+    relevance = judgments.relevance_of(indices)
+    gains = np.maximum(relevance, 0).astype(np.float64)
+    relevant = relevance >= RELEVANCE_LEVEL
+    width = indices.shape[1]
+    ranks = np.arange(1, width + 1, dtype=np.float64)
+    discounts = 1.0 / np.log2(ranks + 1.0)
+    num_relevant = judgments.num_relevant.astype(np.float64)
+    has_relevant = num_relevant > 0
+    safe_relevant = np.where(has_relevant, num_relevant, 1.0)
+    values: dict[str, np.ndarray] = {}
     for metric in metrics:
-        top = ranked[: metric.k]
-        relevant_flags = [judgments.get(d, 0) >= RELEVANCE_LEVEL for d in top]
+        k = metric.k
+        top_relevant = relevant[:, :k]
         if metric.name == "ndcg":
-            dcg = sum(
-                max(judgments.get(d, 0), 0) * _discount(i) for i, d in enumerate(top, start=1)
+            dcg = gains[:, :k] @ discounts[: min(k, width)]
+            ideal_discounts = 1.0 / np.log2(np.arange(2, judgments.ideal_gains.shape[1] + 2))
+            ideal = (
+                judgments.ideal_gains[:, :k]
+                @ ideal_discounts[: min(k, judgments.ideal_gains.shape[1])]
             )
-            ideal = sum(g * _discount(i) for i, g in enumerate(ideal_gains[: metric.k], start=1))
-            value = dcg / ideal if ideal > 0 else 0.0
+            value = np.divide(dcg, ideal, out=np.zeros_like(dcg), where=ideal > 0)
         elif metric.name == "recall":
-            value = sum(relevant_flags) / num_relevant if num_relevant else 0.0
+            value = np.where(has_relevant, top_relevant.sum(axis=1) / safe_relevant, 0.0)
         elif metric.name == "precision":
-            value = sum(relevant_flags) / metric.k
+            value = top_relevant.sum(axis=1) / k
         elif metric.name == "mrr":
-            value = next((1.0 / i for i, f in enumerate(relevant_flags, start=1) if f), 0.0)
+            first = top_relevant.argmax(axis=1)
+            value = np.where(top_relevant.any(axis=1), 1.0 / (first + 1.0), 0.0)
         elif metric.name == "map":
-            hits, total = 0, 0.0
-            for i, flag in enumerate(relevant_flags, start=1):
-                if flag:
-                    hits += 1
-                    total += hits / i
-            value = total / num_relevant if num_relevant else 0.0
+            hits = np.cumsum(top_relevant, axis=1)
+            precision_at_hits = np.where(top_relevant, hits / ranks[: hits.shape[1]], 0.0)
+            value = np.where(has_relevant, precision_at_hits.sum(axis=1) / safe_relevant, 0.0)
         else:  # parse_metrics admits only the names above
             raise ValueError(f"unknown metric {metric.name}")
-        values[metric.label] = value
+        values[metric.label] = np.asarray(value, dtype=np.float64).reshape(len(indices))
     return values
 
 
@@ -313,6 +384,23 @@ class RankingEvaluation:
     def num_queries(self) -> int:
         return len(self.per_query)
 
+    @classmethod
+    def from_scores(
+        cls, query_ids: Sequence[str], scores: dict[str, np.ndarray]
+    ) -> RankingEvaluation:
+        means = {label: float(v.mean()) if len(v) else 0.0 for label, v in scores.items()}
+        per_query = {
+            query_id: {label: float(v[row]) for label, v in scores.items()}
+            for row, query_id in enumerate(query_ids)
+        }
+        return cls(means=means, per_query=per_query)
+
+
+def _parsed(metrics: Sequence[Metric | str] | str) -> list[Metric]:
+    if isinstance(metrics, str):
+        return parse_metrics(metrics)
+    return [m if isinstance(m, Metric) else parse_metrics(m)[0] for m in metrics]
+
 
 def evaluate_rankings(
     rankings: Mapping[str, Sequence[str]],
@@ -322,23 +410,26 @@ def evaluate_rankings(
     """Mean (and per-query) metrics of a run: query id -> document ids, best first.
 
     Averaged over the queries present in both ``rankings`` and ``qrels`` (pytrec_eval's rule);
-    the means are 0.0 when there are none.
+    the means are 0.0 when there are none. A document listed twice counts at its first rank
+    only (trec_eval ignores repeats).
     """
-    parsed = [
-        m if isinstance(m, Metric) else parse_metrics(m)[0]
-        for m in (parse_metrics(metrics) if isinstance(metrics, str) else metrics)
-    ]
-    per_query = {
-        query_id: query_metrics(ranking, qrels[query_id], parsed)
-        for query_id, ranking in rankings.items()
-        if query_id in qrels
-    }
-    count = len(per_query)
-    means = {
-        m.label: (sum(v[m.label] for v in per_query.values()) / count if count else 0.0)
-        for m in parsed
-    }
-    return RankingEvaluation(means=means, per_query=per_query)
+    parsed = _parsed(metrics)
+    query_ids = [q for q in rankings if q in qrels]
+    position: dict[str, int] = {}
+    for judged in (qrels[q] for q in query_ids):
+        for doc_id in judged:
+            position.setdefault(doc_id, len(position))
+    rows = []
+    for query_id in query_ids:
+        ranked = list(dict.fromkeys(rankings[query_id]))
+        rows.append([position.setdefault(doc_id, len(position)) for doc_id in ranked])
+    width = max((len(r) for r in rows), default=0)
+    indices = np.full((len(rows), max(width, 1)), -1, dtype=np.int64)
+    for row, ranked_rows in enumerate(rows):
+        indices[row, : len(ranked_rows)] = ranked_rows
+    depth = max(m.k for m in parsed)
+    judgments = Judgments.build(query_ids, position, qrels, depth)
+    return RankingEvaluation.from_scores(query_ids, score_indices(indices, judgments, parsed))
 
 
 # --- vectors to metrics ----------------------------------------------------------------------
@@ -368,11 +459,7 @@ def evaluate_vectors(
 
     Only the query rows whose id is in ``qrels`` are searched (the others would not count).
     """
-    parsed = (
-        parse_metrics(metrics)
-        if isinstance(metrics, str)
-        else [m if isinstance(m, Metric) else parse_metrics(m)[0] for m in metrics]
-    )
+    parsed = _parsed(metrics)
     device = resolve_device(device) if isinstance(device, str) else device
     rows = [i for i, query_id in enumerate(query_ids) if query_id in qrels]
     query_ids = [query_ids[i] for i in rows]
@@ -382,7 +469,8 @@ def evaluate_vectors(
     corpus = prefix_normalized(_as_tensor(corpus_vectors, device), dim)
     depth = max(m.k for m in parsed)
     _, indices = search_topk(queries, corpus, depth, device=device, exclude=exclude)
-    return evaluate_rankings(rankings_from_indices(indices, query_ids, corpus_ids), qrels, parsed)
+    judgments = Judgments.build(query_ids, corpus_ids, qrels, depth)
+    return RankingEvaluation.from_scores(query_ids, score_indices(indices, judgments, parsed))
 
 
 def ndcg_at_10(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from madapt_cli.errors import InputError
-from madapt_cli.evaluation import Metric, evaluate_rankings, parse_metrics, query_metrics
+from madapt_cli.evaluation import Metric, evaluate_rankings, parse_metrics
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
@@ -25,6 +25,11 @@ def _dataset(name: str) -> Path | None:
         ).is_file():
             return root / name
     return None
+
+
+def query_metrics(ranking, judgments, metrics):
+    """One query's values through the public entry point."""
+    return evaluate_rankings({"q": ranking}, {"q": judgments}, metrics).per_query["q"]
 
 
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
@@ -171,3 +176,43 @@ def test_real_beir_qrels_match_pytrec_eval(name):
         assert {r for judged in qrels.values() for r in judged.values()} >= {1, 2}
     result = _compare_with_pytrec(rankings, qrels, METRICS)
     assert result.num_queries == len(qrels)
+
+
+@pytest.mark.parametrize("name", ["scifact", "nfcorpus"])
+def test_vector_search_path_matches_pytrec_eval(name):
+    """evaluate_vectors (search + bulk scoring by corpus row) on the real qrels, with random
+    vectors and a tenth of the corpus left out so some judged documents are missing."""
+    import numpy as np
+
+    from madapt_cli.evaluation import evaluate_vectors, search_topk
+
+    dataset = _dataset(name)
+    if dataset is None:
+        pytest.skip(f"BEIR {name} not present under {DATASET_ROOTS}")
+    qrels = _read_qrels(dataset / "qrels" / "test.tsv")
+    with open(dataset / "corpus.jsonl", encoding="utf-8") as handle:
+        corpus_ids = [json.loads(line)["_id"] for i, line in enumerate(handle) if i % 10]
+    rng = np.random.default_rng(11)
+    corpus = rng.standard_normal((len(corpus_ids), 16)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    query_ids = sorted(qrels)
+    # queries near one of their judged documents, so the metrics are far from zero
+    row_of = {d: i for i, d in enumerate(corpus_ids)}
+    queries = rng.standard_normal((len(query_ids), 16)).astype(np.float32)
+    for i, q in enumerate(query_ids):
+        near = [row_of[d] for d in qrels[q] if d in row_of]
+        if near:
+            queries[i] = corpus[near[0]] + 0.3 * queries[i]
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    ours = evaluate_vectors(queries, query_ids, corpus, corpus_ids, qrels, METRICS)
+    _, indices = search_topk(queries, corpus, 100)
+    # pytrec_eval gets our order as distinct scores (its own tie rule differs from ours)
+    run = {
+        q: {corpus_ids[j]: float(100 - rank) for rank, j in enumerate(indices[i])}
+        for i, q in enumerate(query_ids)
+    }
+    assert ours.means["ndcg@10"] > 0.1
+    for metric in parse_metrics(METRICS):
+        theirs = _pytrec_means(run, qrels, metric)
+        mean = sum(theirs.values()) / len(theirs)
+        assert ours.means[metric.label] == pytest.approx(mean, abs=1e-6), metric.label
