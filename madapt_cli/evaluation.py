@@ -31,9 +31,15 @@ within 1e-6)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,7 +107,11 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def _as_tensor(values: ArrayLike, device: torch.device) -> torch.Tensor:
-    tensor = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+    if isinstance(values, torch.Tensor):
+        return values.to(device=device, dtype=torch.float32)
+    with warnings.catch_warnings():  # read-only arrays (zero-copy from Arrow) are never written
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(np.asarray(values))
     return tensor.to(device=device, dtype=torch.float32)
 
 
@@ -500,3 +510,313 @@ def ndcg_at_10(
         ignore_identical_ids=ignore_identical_ids,
         device=device,
     ).means["ndcg@10"]
+
+
+# --- `madapt eval`: methods x sizes over a store ---------------------------------------------
+BASELINES = ("truncate", "pca")
+DEFAULT_DIMS = (64, 128, 256)
+
+
+def parse_dims(spec: str | Iterable[int], dimension: int) -> list[int]:
+    """``"64,128,256"`` -> sorted distinct sizes, each within 1..``dimension``."""
+    tokens = spec.split(",") if isinstance(spec, str) else [str(d) for d in spec]
+    dims: set[int] = set()
+    for token in (t.strip() for t in tokens):
+        if not token:
+            continue
+        try:
+            dim = int(token)
+        except ValueError:
+            raise InputError(f"--dims: {token!r} is not a whole number (e.g. 64,128,256)") from None
+        if dim < 1:
+            raise InputError(f"--dims: size {dim} is below 1")
+        if dim > dimension:
+            raise InputError(f"--dims: size {dim} is above the vectors' dimension {dimension}")
+        dims.add(dim)
+    if not dims:
+        raise InputError("--dims: no sizes given (e.g. 64,128,256)")
+    return sorted(dims)
+
+
+@dataclass
+class ResultRow:
+    """One method at one size."""
+
+    method: str
+    dim: int
+    metrics: dict[str, float]
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "dim": self.dim, "metrics": self.metrics}
+
+
+@dataclass
+class EvaluationReport:
+    """What `madapt eval` measured, and with what (for reports)."""
+
+    store: str
+    qrels: str
+    num_queries: int
+    dimension: int
+    dims: list[int]
+    metrics: list[str]
+    results: list[ResultRow]
+    methods: list[dict[str, Any]]  # name, kind (baseline|adaptor), path, fingerprint
+    settings: dict[str, Any]
+    fingerprints: dict[str, str]
+    warnings: list[str]
+    seconds: dict[str, float]
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` document (a stable shape scripts rely on)."""
+        return {
+            "store": self.store,
+            "qrels": self.qrels,
+            "num_queries": self.num_queries,
+            "results": [row.to_json() for row in self.results],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`summary` plus settings, methods, fingerprints, warnings and timings."""
+        return {
+            **self.summary(),
+            "dimension": self.dimension,
+            "dims": self.dims,
+            "metrics": self.metrics,
+            "methods": self.methods,
+            "settings": self.settings,
+            "fingerprints": self.fingerprints,
+            "warnings": self.warnings,
+            "seconds": self.seconds,
+        }
+
+    def value(self, method: str, dim: int, metric: str) -> float | None:
+        for row in self.results:
+            if row.method == method and row.dim == dim:
+                return row.metrics.get(metric)
+        return None
+
+
+def table_fingerprint(store: Any, table: str) -> str:
+    """sha256 over a table's model identity and its (id, text_sha256) rows: changes when the
+    texts, their ids or the embedding model change, without hashing gigabytes of vectors."""
+    metadata = store.metadata(table)
+    digest = hashlib.sha256()
+    identity = {k: metadata.get(k) for k in ("provider", "model", "dimension", "normalized")}
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    columns = ["id", "text_sha256"] if "text_sha256" in store.schema(table).names else ["id"]
+    for batch in store.iter_batches(table, columns=columns):
+        for values in zip(*(batch.column(i).to_pylist() for i in range(len(columns))), strict=True):
+            digest.update("\t".join(str(v) for v in values).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def file_fingerprint(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _pca_baseline(corpus: np.ndarray, dimension: int) -> Any:
+    """The PCA map fitted on the whole corpus, as `madapt fit --method pca` would make it."""
+    from madapt_cli.adaptor import Adaptor, fit_pca
+
+    batches = (corpus[start : start + 65_536] for start in range(0, len(corpus), 65_536))
+    config = {"name": "pca", "method": "pca", "dimension": dimension}
+    return Adaptor(fit_pca(batches, dimension), config)
+
+
+ProgressCallback = Callable[[str, int], None]
+
+
+def run_evaluation(
+    store_path: str | Path,
+    qrels_path: str | Path,
+    dims: str | Iterable[int] | None = None,
+    *,
+    adaptors: Sequence[str | Path] = (),
+    baselines: Sequence[str] | None = None,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    ignore_identical_ids: bool = False,
+    device: str = "auto",
+    corpus_table: str = "corpus",
+    queries_table: str = "queries",
+    fingerprints: bool = False,
+    on_progress: ProgressCallback | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> EvaluationReport:
+    """Exact cosine search of the qrels' queries against the corpus for every method and size.
+
+    Methods: the ``baselines`` (``truncate``: the first m coordinates; ``pca``: the corpus'
+    principal axes, fitted here with :func:`madapt_cli.adaptor.fit_pca`; default both) and
+    each adaptor directory. Each method maps the corpus once at full size; each size m then
+    takes the first m coordinates and re-normalises. ``truncate`` at the full dimension D is
+    always included: the original vectors, the reference row.
+    """
+    from madapt_cli.adaptor import Adaptor
+    from madapt_cli.data import read_qrels
+    from madapt_cli.stores import open_store
+
+    started = time.perf_counter()
+    warning_lines: list[str] = []
+
+    def warn(message: str) -> None:
+        warning_lines.append(message)
+        if on_warning is not None:
+            on_warning(message)
+
+    parsed_metrics = _parsed(metrics)
+    chosen_baselines = list(dict.fromkeys(baselines or ["truncate", "pca"]))
+    for baseline in chosen_baselines:
+        if baseline not in BASELINES:
+            raise InputError(f"unknown --baseline {baseline!r}: use {' or '.join(BASELINES)}")
+    torch_device = resolve_device(device)
+    qrels = read_qrels(qrels_path)
+    store = open_store(store_path)
+    store.require_table(corpus_table)
+    store.require_table(queries_table)
+    corpus_meta, query_meta = store.metadata(corpus_table), store.metadata(queries_table)
+    for key in ("model", "dimension"):
+        if key in corpus_meta and key in query_meta and corpus_meta[key] != query_meta[key]:
+            raise InputError(
+                f"tables '{queries_table}' and '{corpus_table}' differ in {key}: "
+                f"{query_meta[key]!r} vs {corpus_meta[key]!r}"
+            )
+    dimension = store.schema(corpus_table).field("vector").type.list_size
+    sizes = parse_dims(
+        dims if dims is not None else [d for d in DEFAULT_DIMS if d < dimension] or [dimension],
+        dimension,
+    )
+
+    loaded: list[Any] = []
+    for path in adaptors:
+        adaptor = Adaptor.load(path)
+        adaptor.check_compatible(corpus_meta, what=f"the vectors of table '{corpus_table}'")
+        adaptor.check_compatible(query_meta, what=f"the vectors of table '{queries_table}'")
+        loaded.append((Path(path), adaptor))
+
+    read_started = time.perf_counter()
+    all_query_ids, all_queries = store.read_vectors(queries_table)
+    position = {query_id: row for row, query_id in enumerate(all_query_ids)}
+    query_ids = [q for q in qrels if q in position]
+    missing_queries = len(qrels) - len(query_ids)
+    if not query_ids:
+        raise InputError(
+            f"none of the {len(qrels):,} queries in {qrels_path} has a vector in table "
+            f"'{queries_table}' of {store_path} (is it the right qrels file or store?)"
+        )
+    if missing_queries:
+        warn(
+            f"{missing_queries:,} of {len(qrels):,} qrels queries have no vector in table "
+            f"'{queries_table}'; evaluating the other {len(query_ids):,}"
+        )
+    queries = all_queries[[position[q] for q in query_ids]]
+    del all_queries
+    corpus_ids, corpus = store.read_vectors(corpus_table)
+    if not corpus_ids:
+        raise InputError(f"table '{corpus_table}' of {store_path} is empty")
+    read_seconds = time.perf_counter() - read_started
+
+    depth = max(m.k for m in parsed_metrics)
+    judgments = Judgments.build(query_ids, corpus_ids, qrels, depth)
+    if judgments.missing_docs:
+        warn(
+            f"{judgments.missing_docs:,} judged documents are not in table '{corpus_table}' "
+            "(they count as relevant and never retrieved, as in trec_eval)"
+        )
+    exclude = identical_id_exclusions(query_ids, corpus_ids) if ignore_identical_ids else None
+
+    methods: list[tuple[str, dict[str, Any], Any]] = []
+    names: set[str] = set()
+    # truncate always runs: at least at full size, the reference row
+    for baseline in ["truncate", *(b for b in chosen_baselines if b != "truncate")]:
+        methods.append((baseline, {"name": baseline, "kind": "baseline"}, baseline))
+        names.add(baseline)
+    for path, adaptor in loaded:
+        name = adaptor.name if adaptor.name not in names else str(path)
+        if name in names:
+            raise InputError(f"adaptor {path} is given twice")
+        names.add(name)
+        entry: dict[str, Any] = {"name": name, "kind": "adaptor", "path": str(path)}
+        entry["method"] = adaptor.method
+        if fingerprints:
+            entry["fingerprint"] = file_fingerprint(
+                path / "config.json", path / "adaptor.safetensors"
+            )
+        methods.append((name, entry, adaptor))
+
+    corpus_tensor = _as_tensor(corpus, torch_device)
+    query_tensor = _as_tensor(queries, torch_device)
+    results: list[ResultRow] = []
+    fit_seconds: dict[str, float] = {}
+    for name, _entry, how in methods:
+        method_started = time.perf_counter()
+        if how == "truncate":
+            mapped_corpus, mapped_queries = corpus_tensor, query_tensor
+        else:
+            adaptor = _pca_baseline(corpus, dimension) if how == "pca" else how
+            adaptor.to(torch_device)
+            mapped_corpus = adaptor.transform(corpus_tensor)
+            mapped_queries = adaptor.transform(query_tensor)
+        fit_seconds[name] = time.perf_counter() - method_started
+        method_sizes = sizes
+        if how == "truncate":
+            method_sizes = sorted(
+                {*sizes, dimension} if "truncate" in chosen_baselines else {dimension}
+            )
+        for dim in method_sizes:
+            size_started = time.perf_counter()
+            _, indices = search_topk(
+                prefix_normalized(mapped_queries, dim),
+                prefix_normalized(mapped_corpus, dim),
+                depth,
+                device=torch_device,
+                exclude=exclude,
+            )
+            scores = score_indices(indices, judgments, parsed_metrics)
+            means = {label: float(values.mean()) for label, values in scores.items()}
+            results.append(ResultRow(name, dim, means, time.perf_counter() - size_started))
+            if on_progress is not None:
+                on_progress(name, dim)
+        del mapped_corpus, mapped_queries
+
+    fingerprint_values: dict[str, str] = {}
+    if fingerprints:
+        fingerprint_values = {
+            "qrels_sha256": file_fingerprint(Path(qrels_path)),
+            f"{corpus_table}_sha256": table_fingerprint(store, corpus_table),
+            f"{queries_table}_sha256": table_fingerprint(store, queries_table),
+        }
+    return EvaluationReport(
+        store=str(store_path),
+        qrels=str(qrels_path),
+        num_queries=len(query_ids),
+        dimension=dimension,
+        dims=sizes,
+        metrics=[m.label for m in parsed_metrics],
+        results=results,
+        methods=[entry for _, entry, _ in methods],
+        settings={
+            "corpus_table": corpus_table,
+            "queries_table": queries_table,
+            "corpus_rows": len(corpus_ids),
+            "qrels_queries": len(qrels),
+            "provider": corpus_meta.get("provider"),
+            "model": corpus_meta.get("model"),
+            "ignore_identical_ids": ignore_identical_ids,
+            "device": str(torch_device),
+            "search": "exact cosine (dot product of re-normalised prefixes)",
+        },
+        fingerprints=fingerprint_values,
+        warnings=warning_lines,
+        seconds={
+            "read": round(read_seconds, 3),
+            **{f"prepare_{k}": round(v, 3) for k, v in fit_seconds.items()},
+            "search_and_score": round(sum(r.seconds for r in results), 3),
+            "total": round(time.perf_counter() - started, 3),
+        },
+    )
