@@ -8,9 +8,11 @@ Exit codes (stable; see README.md): 0 success, 1 internal error, 2 bad input or 
 from __future__ import annotations
 
 import importlib
-import sys
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from madapt_cli import __version__
 from madapt_cli.console import err
@@ -18,7 +20,23 @@ from madapt_cli.errors import EXIT_INTERRUPTED, MadaptError
 
 COMMAND_MODULES = ("embed", "info", "fit", "apply", "eval", "quickstart")
 
+class MadaptGroup(TyperGroup):
+    """Turns a :class:`MadaptError` from any command into one line on stderr and its exit
+    code, both under the console script and under typer's test runner."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MadaptError as error:
+            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            err.print("interrupted; rerun the same command to resume", highlight=False)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
 app = typer.Typer(
+    cls=MadaptGroup,
     name="madapt",
     help="Make any text embedding cheaper to store and search with Matryoshka adaptors.",
     no_args_is_help=True,
@@ -54,15 +72,8 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point: one-line errors, stable exit codes."""
-    try:
-        app()
-    except MadaptError as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted; rerun the same command to resume", highlight=False)
-        sys.exit(EXIT_INTERRUPTED)
+    """Console-script entry point."""
+    app()
 
 
 if __name__ == "__main__":

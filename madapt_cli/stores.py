@@ -326,7 +326,12 @@ class ParquetStore(Store):
         self.require_table(name)
         files = self._files(name)
         masks = self._live_masks(name)
-        live_before = self.num_rows(name)
+        stale = 0
+        if keep_ids is not None:
+            for batch in self.iter_batches(name, columns=["id"]):
+                stale += sum(i not in keep_ids for i in batch.column(0).to_pylist())
+        if stale == 0 and all(mask is None for mask in masks):
+            return 0  # nothing superseded, nothing stale: leave the files alone
         pieces = []
         for (_, _, path), mask in zip(files, masks, strict=True):
             table = pq.read_table(path)
@@ -336,15 +341,12 @@ class ParquetStore(Store):
                 keep = [i in keep_ids for i in table.column("id").to_pylist()]
                 table = table.filter(pa.array(keep, type=pa.bool_()))
             pieces.append(table)
-        dropped = live_before - sum(t.num_rows for t in pieces)
-        if len(files) == 1 and dropped == 0:
-            return 0
         schema = self.schema(name)
         merged = pa.concat_tables([p.replace_schema_metadata(schema.metadata) for p in pieces])
         self._write_file(name, "base", merged, self._next_sequence(name))
         for _, _, path in files:  # now unreachable: the new base shadows them
             path.unlink(missing_ok=True)
-        return dropped
+        return stale
 
     def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
         directory = self._table_dir(name)
@@ -467,7 +469,8 @@ def detect_format(path: Path) -> StoreFormat | None:
         raise StoreError(f"{marker}: unknown store format {fmt!r}")
     if path.is_dir() and any(p.suffix == ".lance" for p in path.iterdir()):
         return "lance"
-    if path.is_dir() and any(p.is_dir() and next(p.glob("*.parquet"), None) for p in path.iterdir()):
+    tables = [p for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
+    if any(next(t.glob("*.parquet"), None) for t in tables):
         return "parquet"
     return None
 

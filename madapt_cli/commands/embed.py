@@ -1,0 +1,191 @@
+"""`madapt embed`: texts -> vectors in a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
+
+from madapt_cli import console
+from madapt_cli.data import BeirDataset, TextSource
+from madapt_cli.embedding import EmbedPlan, embed_source, plan_embedding
+from madapt_cli.errors import InputError
+from madapt_cli.providers import get_provider
+from madapt_cli.providers.base import EmbeddingProvider, Role
+from madapt_cli.stores import FORMATS, open_store, validate_table_name
+
+DEFAULT_MODELS = {
+    "local": "all-MiniLM-L6-v2",
+    "openai": "text-embedding-3-small",
+    "vertex": "text-embedding-005",
+}
+
+
+class RowsPerSecond(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.1f} rows/s", style="cyan")
+
+
+def jobs_for(
+    source: Path,
+    table: str | None,
+    role: Role | None,
+    id_field: str,
+    text_field: str,
+    title_field: str | None,
+    file_format: str | None,
+    skip_empty: bool,
+    use_titles: bool,
+) -> list[tuple[str, Role, TextSource]]:
+    """(table, role, source) for each table to fill: two for a BEIR folder, one for a file."""
+    if source.is_dir():
+        if not BeirDataset.is_beir(source):
+            raise InputError(f"{source}: a folder must be a BEIR dataset (corpus.jsonl[.gz])")
+        if table is not None:
+            raise InputError("--table applies to a single file; a BEIR folder fills "
+                             "'corpus' and 'queries'")
+        beir = BeirDataset(source)
+        jobs: list[tuple[str, Role, TextSource]] = [
+            ("corpus", "document", beir.corpus(skip_empty, use_titles))
+        ]
+        queries = beir.queries(skip_empty)
+        if queries is not None:
+            jobs.append(("queries", "query", queries))
+        return jobs
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    text_source = TextSource(
+        source, id_field, text_field, title_field if use_titles else None, file_format,
+        skip_empty,
+    )
+    return [(validate_table_name(table or "corpus"), role or "document", text_source)]
+
+
+def run_embed(
+    source: Path,
+    out: Path,
+    provider: EmbeddingProvider,
+    *,
+    store_format: str | None = None,
+    table: str | None = None,
+    role: Role | None = None,
+    id_field: str = "id",
+    text_field: str = "text",
+    title_field: str | None = "title",
+    file_format: str | None = None,
+    skip_empty: bool = False,
+    use_titles: bool = True,
+    normalize: bool = True,
+    dtype: str = "float32",
+    store_text: bool = False,
+    limit: int | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Validate every input, then embed each into its table; returns the JSON summary."""
+    jobs = jobs_for(source, table, role, id_field, text_field, title_field, file_format,
+                    skip_empty, use_titles)
+    existing = open_store(out, store_format) if out.exists() and any(out.iterdir()) else None
+    plans: list[EmbedPlan] = [
+        plan_embedding(src, provider, existing, name, job_role, limit)
+        for name, job_role, src in jobs
+    ]  # every input is validated before the store is touched
+    store = existing or open_store(out, store_format, create=True)
+    summaries = []
+    with console.progress(RowsPerSecond(), quiet=quiet) as bar:
+        for (name, job_role, src), plan in zip(jobs, plans, strict=True):
+            task = bar.add_task(f"{name}", total=plan.to_embed)
+            summary = embed_source(
+                src, provider, store, name, job_role, normalize=normalize, dtype=dtype,
+                store_text=store_text, limit=limit, plan=plan,
+                on_progress=lambda n, task=task: bar.advance(task, n),
+            )
+            summaries.append(summary.to_dict())
+    return {
+        "store": str(out),
+        "format": store.format,
+        "provider": provider.name,
+        "model": provider.model,
+        "rows_embedded": sum(s["embedded"] for s in summaries),
+        "rows_reused": sum(s["reused"] for s in summaries),
+        "seconds": round(sum(s["seconds"] for s in summaries), 3),
+        "tables": summaries,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("embed")
+    def embed(
+        source: Path = typer.Argument(..., help="A BEIR folder, or a .jsonl/.csv/.parquet file."),
+        out: Path = typer.Option(..., "--out", "-o", help="The store directory to write."),
+        provider_name: str = typer.Option("local", "--provider", help="local, openai or vertex."),
+        model: str | None = typer.Option(None, "--model", "-m",
+                                         help="Model name or path (default per provider)."),
+        table: str | None = typer.Option(None, "--table", help="Table for a single file "
+                                         "[default: corpus]."),
+        role: str = typer.Option("document", "--role",
+                                 help="document or query (single file only)."),
+        store_format: str | None = typer.Option(None, "--format",
+                                                help="parquet (default) or lance."),
+        dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help="Texts per model batch."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (local models)."),
+        normalize: bool = typer.Option(True, "--normalize/--no-normalize",
+                                       help="L2-normalise the vectors."),
+        query_prompt: str | None = typer.Option(None, "--query-prompt",
+                                                help="Prefix for queries (local models)."),
+        document_prompt: str | None = typer.Option(None, "--document-prompt",
+                                                   help="Prefix for documents (local models)."),
+        id_field: str = typer.Option("id", "--id-field"),
+        text_field: str = typer.Option("text", "--text-field"),
+        title_field: str = typer.Option("title", "--title-field"),
+        no_title: bool = typer.Option(False, "--no-title", help="Ignore titles."),
+        file_format: str | None = typer.Option(None, "--input-format",
+                                               help="jsonl, csv or parquet (default: by name)."),
+        skip_empty: bool = typer.Option(False, "--skip-empty",
+                                        help="Skip rows with empty text (counted)."),
+        store_text: bool = typer.Option(False, "--store-text", help="Keep the text column."),
+        limit: int | None = typer.Option(None, "--limit", min=1,
+                                         help="Embed only the first N rows of each input."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        """Embed a corpus (and its queries) into a store; reruns resume and reuse."""
+        if dtype not in ("float32", "float16"):
+            raise InputError(f"--dtype must be float32 or float16, not {dtype!r}")
+        if store_format is not None and store_format not in FORMATS:
+            raise InputError(f"--format must be parquet or lance, not {store_format!r}")
+        if role not in ("document", "query"):
+            raise InputError(f"--role must be document or query, not {role!r}")
+        provider = get_provider(
+            provider_name,
+            model or DEFAULT_MODELS.get(provider_name, ""),
+            batch_size=batch_size,
+            device=device,
+            query_prompt=query_prompt,
+            document_prompt=document_prompt,
+        )
+        try:
+            summary = run_embed(
+                source, out, provider, store_format=store_format, table=table,
+                role=role,  # type: ignore[arg-type]
+                id_field=id_field, text_field=text_field, title_field=title_field,
+                file_format=file_format, skip_empty=skip_empty, use_titles=not no_title,
+                normalize=normalize, dtype=dtype, store_text=store_text, limit=limit,
+                quiet=quiet or as_json,
+            )
+        finally:
+            provider.close()
+        if as_json:
+            console.print_json(summary)
+            return
+        for entry in summary["tables"]:
+            skipped = f", {entry['skipped_empty']} empty skipped" if entry["skipped_empty"] else ""
+            console.log(
+                f"{entry['table']}: {entry['rows']} rows ({entry['embedded']} embedded, "
+                f"{entry['reused']} reused{skipped}) in {entry['seconds']:.1f}s"
+            )
+        console.log(f"store: {summary['store']} ({summary['format']})")

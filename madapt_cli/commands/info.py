@@ -1,0 +1,34 @@
+"""`madapt info`: what a store holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from madapt_cli import console
+from madapt_cli.stores import open_store
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("info")
+    def info(
+        store_path: Path = typer.Argument(..., help="A store directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    ) -> None:
+        """Show a store's tables: rows, dimension, model and metadata."""
+        described = open_store(store_path).describe()
+        if as_json:
+            console.print_json(described)
+            return
+        table = Table(title=f"{described['store']} ({described['format']})")
+        for column in ("table", "rows", "vectors", "provider", "model", "created"):
+            table.add_column(column)
+        for entry in described["tables"]:
+            meta = entry["metadata"]
+            vectors = ", ".join(f"{c}[{d}]" for c, d in entry["vector_columns"].items())
+            table.add_row(entry["name"], f"{entry['rows']:,}", vectors,
+                          str(meta.get("provider", "")), str(meta.get("model", "")),
+                          str(meta.get("created_at", "")))
+        console.out.print(table)

@@ -1,0 +1,249 @@
+"""The embed pipeline: texts from a source -> vectors in a store table, cached and resumable.
+
+1. Validate the whole source first (bad input fails before anything is written) and compare
+   each row's content key (:meth:`EmbeddingProvider.content_key`) with what the table holds:
+   a row with the same id and key is reused, anything else is embedded.
+2. Group the rows to embed into requests within the provider's limits, run them (several at
+   once for API providers), normalise, and append each finished request to the table as one
+   atomic write. A killed run loses at most the requests in flight; a rerun embeds only what
+   is missing or changed.
+3. After a complete run, drop rows that a changed text superseded and ids that left the
+   source, so the table mirrors the source.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from itertools import islice
+
+import numpy as np
+import pyarrow as pa
+
+from madapt_cli.data import TextSource
+from madapt_cli.providers.base import EmbeddingProvider, Role, TextItem
+from madapt_cli.stores import (
+    Store,
+    check_compatible,
+    embedding_schema,
+    new_table_metadata,
+    vectors_to_arrow,
+)
+
+#: called with the number of rows just stored
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class EmbedPlan:
+    """What a run will do, known after the validation pass."""
+
+    table: str
+    rows: int
+    to_embed: int
+    reused: int
+    skipped_empty: int
+    estimated_tokens: int
+
+
+@dataclass
+class EmbedSummary:
+    table: str
+    rows: int
+    embedded: int
+    reused: int
+    skipped_empty: int
+    dropped: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _limited(source: Iterable[TextItem], limit: int | None) -> Iterator[TextItem]:
+    return iter(source) if limit is None else islice(source, limit)
+
+
+def plan_embedding(
+    source: TextSource,
+    provider: EmbeddingProvider,
+    store: Store | None,
+    table: str,
+    role: Role,
+    limit: int | None = None,
+) -> EmbedPlan:
+    """Validate ``source`` and count what is to embed (all of it if there is no store yet);
+    writes nothing."""
+    stored = store.read_keys(table) if store is not None else {}
+    counts = {"rows": 0, "to_embed": 0, "tokens": 0}
+
+    def count(item: TextItem) -> None:
+        if limit is not None and counts["rows"] >= limit:
+            return
+        counts["rows"] += 1
+        if stored.get(item.id) != provider.content_key(item, role):
+            counts["to_embed"] += 1
+            counts["tokens"] += provider.estimate_tokens(item)
+
+    source.validate(on_item=count)
+    return EmbedPlan(
+        table=table,
+        rows=counts["rows"],
+        to_embed=counts["to_embed"],
+        reused=counts["rows"] - counts["to_embed"],
+        skipped_empty=source.skipped_empty,
+        estimated_tokens=counts["tokens"],
+    )
+
+
+def plan_requests(
+    items: Iterable[TextItem], provider: EmbeddingProvider
+) -> Iterator[list[TextItem]]:
+    """Group items into requests within ``provider.limits`` (count and total tokens)."""
+    limits = provider.limits
+    batch: list[TextItem] = []
+    batch_tokens = 0
+    for item in items:
+        tokens = provider.estimate_tokens(item)
+        if limits.max_input_tokens is not None:
+            tokens = min(tokens, limits.max_input_tokens)  # the provider truncates longer ones
+        too_many = len(batch) >= limits.max_inputs
+        too_long = (
+            limits.max_total_tokens is not None
+            and batch
+            and batch_tokens + tokens > limits.max_total_tokens
+        )
+        if too_many or too_long:
+            yield batch
+            batch, batch_tokens = [], 0
+        batch.append(item)
+        batch_tokens += tokens
+    if batch:
+        yield batch
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def embed_source(
+    source: TextSource,
+    provider: EmbeddingProvider,
+    store: Store,
+    table: str,
+    role: Role,
+    *,
+    normalize: bool = True,
+    dtype: str = "float32",
+    store_text: bool = False,
+    limit: int | None = None,
+    plan: EmbedPlan | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> EmbedSummary:
+    """Embed ``source`` into ``store[table]``, reusing stored rows (see the module docstring)."""
+    started = time.perf_counter()
+    plan = plan or plan_embedding(source, provider, store, table, role, limit)
+    stored = store.read_keys(table)
+    source_ids: set[str] = set()
+
+    def pending() -> Iterator[TextItem]:
+        for item in _limited(source, limit):
+            source_ids.add(item.id)
+            if stored.get(item.id) != provider.content_key(item, role):
+                yield item
+
+    schema: pa.Schema | None = None
+    embedded = 0
+
+    def write(items: list[TextItem], vectors: np.ndarray) -> None:
+        nonlocal schema, embedded
+        if vectors.shape != (len(items), provider.dimension):
+            raise RuntimeError(
+                f"provider returned {vectors.shape} for {len(items)} inputs"
+            )  # providers validate responses; this guards the store
+        if normalize:
+            vectors = _normalise(vectors)
+        if schema is None:
+            metadata = new_table_metadata(**provider.metadata(role, normalize), dtype=dtype)
+            if store.has_table(table):
+                check_compatible(table, store.metadata(table), metadata)
+            schema = embedding_schema(provider.dimension, dtype, store_text, metadata)
+        columns = [
+            pa.array([i.id for i in items], pa.string()),
+            vectors_to_arrow(vectors, dtype),
+            pa.array([provider.content_key(i, role) for i in items], pa.string()),
+        ]
+        if store_text:
+            columns.append(pa.array([_joined(i) for i in items], pa.string()))
+        store.append(table, pa.Table.from_arrays(columns, schema=schema))
+        embedded += len(items)
+        if on_progress:
+            on_progress(len(items))
+
+    if plan.to_embed:
+        if store.has_table(table):  # fail before any work if the table holds another model
+            probe = new_table_metadata(**provider.metadata(role, normalize), dtype=dtype)
+            check_compatible(table, store.metadata(table), probe)
+        _run_requests(plan_requests(pending(), provider), provider, role, write)
+    else:
+        for _ in pending():  # still collect the ids, for the retention below
+            pass
+
+    dropped = 0
+    if store.has_table(table):
+        # A run over part of the source (--limit) keeps the other rows; a full run mirrors it.
+        dropped = store.retain(table, None if limit is not None else source_ids)
+    return EmbedSummary(
+        table=table,
+        rows=plan.rows,
+        embedded=embedded,
+        reused=plan.rows - embedded,
+        skipped_empty=plan.skipped_empty,
+        dropped=dropped,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _joined(item: TextItem) -> str:
+    return item.text if item.title is None else f"{item.title} {item.text}"
+
+
+def _run_requests(
+    requests: Iterator[list[TextItem]],
+    provider: EmbeddingProvider,
+    role: Role,
+    write: Callable[[list[TextItem], np.ndarray], None],
+) -> None:
+    """Run requests, ``provider.concurrency`` at a time; store each as it finishes."""
+    workers = max(1, provider.concurrency)
+    if workers == 1:
+        for items in requests:
+            write(items, provider.embed_batch(items, role))
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="madapt-embed") as pool:
+        in_flight: dict[Future, list[TextItem]] = {}
+        try:
+            for items in requests:
+                in_flight[pool.submit(provider.embed_batch, items, role)] = items
+                while len(in_flight) >= workers * 2:
+                    _drain(in_flight, write, return_when=FIRST_COMPLETED)
+            while in_flight:
+                _drain(in_flight, write, return_when=FIRST_COMPLETED)
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise
+
+
+def _drain(
+    in_flight: dict[Future, list[TextItem]],
+    write: Callable[[list[TextItem], np.ndarray], None],
+    return_when: str,
+) -> None:
+    done, _ = wait(list(in_flight), return_when=return_when)
+    for future in done:
+        items = in_flight.pop(future)
+        write(items, future.result())

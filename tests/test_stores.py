@@ -1,0 +1,148 @@
+"""The embedding store on both backends: round trips, metadata, atomicity, compaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from madapt_cli.errors import StoreError
+from madapt_cli.stores import (
+    Store,
+    arrow_to_vectors,
+    embedding_schema,
+    new_table_metadata,
+    open_store,
+    vectors_to_arrow,
+)
+
+BACKENDS = ["parquet", "lance"]
+
+
+def rows(
+    ids: list[str],
+    vectors: np.ndarray,
+    model: str = "m",
+    dtype: str = "float32",
+    text: bool = False,
+) -> pa.Table:
+    metadata = new_table_metadata(
+        provider="local",
+        model=model,
+        dimension=vectors.shape[1],
+        normalized=True,
+        role="document",
+        dtype=dtype,
+    )
+    schema = embedding_schema(vectors.shape[1], dtype, with_text=text, metadata=metadata)
+    columns = [pa.array(ids), vectors_to_arrow(vectors, dtype), pa.array([f"sha-{i}" for i in ids])]
+    if text:
+        columns.append(pa.array([f"text {i}" for i in ids]))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def random_vectors(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return open_store(tmp_path / "store", request.param, create=True)
+
+
+def test_round_trip_and_metadata(store: Store):
+    vectors = random_vectors(10)
+    store.append("corpus", rows([f"d{i}" for i in range(10)], vectors, text=True))
+    ids, read = store.read_vectors("corpus")
+    assert ids == [f"d{i}" for i in range(10)]
+    np.testing.assert_array_equal(read, vectors)
+    meta = store.metadata("corpus")
+    assert meta["model"] == "m" and meta["dimension"] == 8 and meta["normalized"] is True
+    assert "created_at" in meta and "madapt_version" in meta
+    assert store.read_keys("corpus")["d3"] == "sha-d3"
+    reopened = open_store(store.path)  # the format comes from the marker
+    assert reopened.format == store.format
+    assert reopened.tables() == ["corpus"]
+    described = reopened.describe()["tables"][0]
+    assert described["rows"] == 10 and described["vector_columns"] == {"vector": 8}
+
+
+def test_float16_storage(store: Store):
+    vectors = random_vectors(5)
+    store.append("corpus", rows(list("abcde"), vectors, dtype="float16"))
+    assert store.schema("corpus").field("vector").type.value_type == pa.float16()
+    _, read = store.read_vectors("corpus")
+    assert read.dtype == np.float32
+    np.testing.assert_allclose(read, vectors, atol=2e-3)
+    _, raw = store.read_vectors("corpus", dtype=None)
+    assert raw.dtype == np.float16
+
+
+def test_later_rows_supersede_earlier_ones(store: Store):
+    store.append("corpus", rows(["a", "b", "c"], random_vectors(3, seed=1)))
+    newer = random_vectors(1, seed=2)
+    store.append("corpus", rows(["b"], newer))
+    ids, vectors = store.read_vectors("corpus")
+    assert sorted(ids) == ["a", "b", "c"] and store.num_rows("corpus") == 3
+    np.testing.assert_array_equal(vectors[ids.index("b")], newer[0])
+    assert store.retain("corpus", {"a", "b"}) == 1  # drops 'c'
+    ids, vectors = store.read_vectors("corpus")
+    assert sorted(ids) == ["a", "b"]
+    np.testing.assert_array_equal(vectors[ids.index("b")], newer[0])
+
+
+def test_appending_another_model_or_dimension_is_an_error(store: Store):
+    store.append("corpus", rows(["a"], random_vectors(1)))
+    with pytest.raises(StoreError, match="model='m', not 'other'"):
+        store.append("corpus", rows(["b"], random_vectors(1), model="other"))
+    with pytest.raises(StoreError, match="dimension=8, not 4"):
+        store.append("corpus", rows(["b"], random_vectors(1, d=4)))
+    assert store.num_rows("corpus") == 1
+
+
+def test_iter_batches_streams_in_bounded_chunks(store: Store):
+    store.append("corpus", rows([str(i) for i in range(1000)], random_vectors(1000)))
+    sizes = [b.num_rows for b in store.iter_batches("corpus", ["id"], batch_rows=128)]
+    assert sum(sizes) == 1000 and max(sizes) <= 128
+
+
+def test_write_table_replaces_atomically(store: Store):
+    store.append("corpus", rows(["a", "b"], random_vectors(2)))
+    schema = rows(["x"], random_vectors(1)).schema
+
+    def failing():
+        yield rows(["x"], random_vectors(1)).to_batches()[0]
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        store.write_table("corpus", schema, failing())
+    assert sorted(store.read_vectors("corpus")[0]) == ["a", "b"]  # untouched
+    written = store.write_table("corpus", schema, rows(["x", "y"], random_vectors(2)).to_batches())
+    assert written == 2 and sorted(store.read_vectors("corpus")[0]) == ["x", "y"]
+
+
+def test_parquet_crash_leftovers_are_ignored(tmp_path: Path):
+    store = open_store(tmp_path / "s", "parquet", create=True)
+    store.append("corpus", rows(["a"], random_vectors(1)))
+    (store.path / "corpus" / ".tmp-deadbeef.parquet").write_bytes(b"half a file")
+    assert store.read_vectors("corpus")[0] == ["a"]
+
+
+def test_parquet_single_chunk_read_is_zero_copy(tmp_path: Path):
+    vectors = random_vectors(100)
+    column = vectors_to_arrow(vectors)
+    view = arrow_to_vectors(column)
+    assert view.ctypes.data == column.values.buffers()[1].address  # same memory
+
+
+def test_opening_with_the_wrong_format_or_a_non_store(tmp_path: Path):
+    open_store(tmp_path / "s", "parquet", create=True)
+    with pytest.raises(StoreError, match="is a parquet store, not lance"):
+        open_store(tmp_path / "s", "lance")
+    with pytest.raises(StoreError, match="not a madapt store"):
+        open_store(tmp_path / "nothing")
+    store = open_store(tmp_path / "s")
+    with pytest.raises(StoreError, match="has no table 'queries'"):
+        store.read_vectors("queries")
