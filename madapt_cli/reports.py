@@ -1,0 +1,227 @@
+"""Presenting an :class:`~madapt_cli.evaluation.EvaluationReport`: a terminal table, and a
+report directory (``report.json``, ``report.md``, one PNG plot per metric against size).
+
+A report directory is written under a temporary name beside its destination and renamed into
+place, so a failure never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from madapt_cli import __version__
+from madapt_cli.errors import InputError
+from madapt_cli.evaluation import EvaluationReport
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+FLOAT32_BYTES = 4
+
+
+def bytes_per_vector(dim: int) -> int:
+    """Storage of one float32 vector of ``dim`` coordinates."""
+    return FLOAT32_BYTES * dim
+
+
+def method_names(report: EvaluationReport) -> list[str]:
+    return [m["name"] for m in report.methods]
+
+
+def plot_filename(metric: str) -> str:
+    """``ndcg@10`` -> ``ndcg_at_10.png``."""
+    return metric.replace("@", "_at_") + ".png"
+
+
+def _rows(report: EvaluationReport) -> list[tuple[int, str, dict[str, float], bool]]:
+    """(size, method, metrics, is_reference) ordered by size then method; the full-size
+    original last."""
+    order = {name: i for i, name in enumerate(method_names(report))}
+    rows = []
+    for row in report.results:
+        reference = row.method == "truncate" and row.dim == report.dimension
+        rows.append((row.dim, row.method, row.metrics, reference))
+    rows.sort(key=lambda r: (r[3], r[0], order.get(r[1], len(order))))
+    return rows
+
+
+def _best_by_size(report: EvaluationReport) -> dict[tuple[int, str], float]:
+    best: dict[tuple[int, str], float] = {}
+    for row in report.results:
+        for metric, value in row.metrics.items():
+            key = (row.dim, metric)
+            best[key] = max(best.get(key, value), value)
+    return best
+
+
+def render_table(report: EvaluationReport) -> Table:
+    """A rich table: one row per (size, method), the best value at each size in bold."""
+    table = Table(
+        title=f"{report.num_queries:,} queries, {report.settings.get('corpus_rows', 0):,} "
+        f"documents, {report.dimension}-d vectors",
+        title_justify="left",
+    )
+    table.add_column("size", justify="right")
+    table.add_column("bytes/vector", justify="right")
+    table.add_column("method", no_wrap=True)
+    for metric in report.metrics:
+        table.add_column(metric, justify="right")
+    best = _best_by_size(report)
+    previous_size = None
+    for dim, method, metrics, reference in _rows(report):
+        if previous_size is not None and dim != previous_size:
+            table.add_section()
+        previous_size = dim
+        cells = []
+        for metric in report.metrics:
+            value = metrics[metric]
+            text = f"{value:.4f}"
+            several = sum(1 for r in report.results if r.dim == dim) > 1
+            if several and value == best[(dim, metric)] and not reference:
+                text = f"[bold]{text}[/bold]"
+            cells.append(text)
+        label = f"{method} (original)" if reference else method
+        table.add_row(str(dim), f"{bytes_per_vector(dim):,}", label, *cells)
+    return table
+
+
+def render_markdown(report: EvaluationReport) -> str:
+    """The report as Markdown: the table, the settings, fingerprints and plots."""
+    lines = [
+        "# madapt evaluation report",
+        "",
+        f"- store: `{report.store}`",
+        f"- qrels: `{report.qrels}` ({report.num_queries:,} queries evaluated)",
+        f"- corpus: {report.settings.get('corpus_rows', 0):,} documents, "
+        f"{report.dimension}-d vectors from `{report.settings.get('provider')}` / "
+        f"`{report.settings.get('model')}`",
+        f"- search: {report.settings.get('search')} on `{report.settings.get('device')}`",
+        f"- ignore identical ids: {report.settings.get('ignore_identical_ids')}",
+        f"- metrics: {', '.join(report.metrics)} (trec_eval definitions, mean over queries)",
+        f"- written {datetime.now(UTC).isoformat(timespec='seconds')} by madapt {__version__}",
+        "",
+        "## Results",
+        "",
+        "| size | bytes/vector | method | " + " | ".join(report.metrics) + " |",
+        "|---:|---:|---|" + "---:|" * len(report.metrics),
+    ]
+    best = _best_by_size(report)
+    for dim, method, metrics, reference in _rows(report):
+        cells = []
+        for metric in report.metrics:
+            text = f"{metrics[metric]:.4f}"
+            several = sum(1 for r in report.results if r.dim == dim) > 1
+            if several and metrics[metric] == best[(dim, metric)] and not reference:
+                text = f"**{text}**"
+            cells.append(text)
+        label = f"{method} (original)" if reference else method
+        lines.append(f"| {dim} | {bytes_per_vector(dim):,} | {label} | " + " | ".join(cells) + " |")
+    lines += ["", "The best value at each size is in bold; the original is the full-size vectors."]
+    lines += ["", "## Methods", ""]
+    for method in report.methods:
+        details = ", ".join(
+            f"{key}: `{value}`" for key, value in method.items() if key not in ("name",)
+        )
+        lines.append(f"- **{method['name']}**: {details}")
+    if report.fingerprints:
+        lines += ["", "## Fingerprints (sha256)", ""]
+        lines += [f"- {name}: `{value}`" for name, value in report.fingerprints.items()]
+    if report.warnings:
+        lines += ["", "## Warnings", ""]
+        lines += [f"- {warning}" for warning in report.warnings]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{metric}]({plot_filename(metric)})" for metric in report.metrics]
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
+    lines += ["", f"Timings: {timings}.", ""]
+    return "\n".join(lines)
+
+
+def plot_metric(report: EvaluationReport, metric: str, path: Path) -> None:
+    """One line per method (metric against size, log2 x axis), the full-size original as a
+    dashed horizontal line; each size labelled with its bytes per vector."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.0, 4.5), dpi=120)
+    try:
+        markers = "osD^v<>ph*"
+        for index, name in enumerate(method_names(report)):
+            points = sorted(
+                (row.dim, row.metrics[metric])
+                for row in report.results
+                if row.method == name and row.dim in report.dims
+            )
+            if points:
+                xs, ys = zip(*points, strict=True)
+                axes.plot(xs, ys, marker=markers[index % len(markers)], label=name)
+        original = report.value("truncate", report.dimension, metric)
+        if original is not None:
+            axes.axhline(
+                original,
+                linestyle="--",
+                color="grey",
+                label=f"original ({report.dimension}-d): {original:.3f}",
+            )
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(report.dims)
+        axes.set_xticklabels([f"{d}\n{bytes_per_vector(d):,} B" for d in report.dims])
+        axes.minorticks_off()
+        axes.set_xlabel("size (dimensions, bytes per float32 vector)")
+        axes.set_ylabel(metric)
+        axes.set_title(f"{metric} against size ({report.num_queries:,} queries)")
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="lower right")
+        figure.tight_layout()
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
+
+
+def write_report(report: EvaluationReport, directory: str | Path) -> Path:
+    """Write ``report.json``, ``report.md`` and ``<metric>.png`` files into ``directory``.
+
+    Built in a temporary sibling directory and renamed into place; an existing report there
+    is replaced, any other non-empty directory is refused.
+    """
+    directory = Path(directory)
+    if directory.exists():
+        if not directory.is_dir():
+            raise InputError(f"--report {directory} is a file; give a directory")
+        if any(directory.iterdir()) and not (directory / REPORT_JSON).is_file():
+            raise InputError(
+                f"--report {directory} is a non-empty directory without a {REPORT_JSON}; "
+                "choose a new or empty directory"
+            )
+    parent = directory.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        payload: dict[str, Any] = {
+            **report.to_json(),
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "madapt_version": __version__,
+        }
+        (staging / REPORT_JSON).write_text(json.dumps(payload, indent=2) + "\n")
+        (staging / REPORT_MD).write_text(render_markdown(report))
+        for metric in report.metrics:
+            plot_metric(report, metric, staging / plot_filename(metric))
+        if directory.exists():
+            retired = parent / f".{directory.name}.old-{uuid.uuid4().hex}"
+            os.replace(directory, retired)
+            os.replace(staging, directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
