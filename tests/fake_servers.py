@@ -58,6 +58,7 @@ class Logged:
     body: dict[str, Any]
     headers: dict[str, str]
     started: float
+    fault: str | None = None
 
 
 @dataclass
@@ -83,9 +84,18 @@ class ServerState:
             return [t for entry in self.log for t in entry.texts]
 
     def texts_served(self) -> list[str]:
-        """Texts of requests answered 200 (each of these was embedded and paid for)."""
+        """Texts of requests answered with good vectors (a 200 without an injected fault)."""
         with self.lock:
-            return [t for entry in self.log if entry.status == 200 for t in entry.texts]
+            return [
+                t
+                for entry in self.log
+                if entry.status == 200 and entry.fault is None
+                for t in entry.texts
+            ]
+
+    def requests(self) -> list[Logged]:
+        with self.lock:
+            return list(self.log)
 
 
 class _Reject(Exception):
@@ -120,7 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         headers = {k.lower(): v for k, v in self.headers.items()}
         texts: list[str] = []
-        status = 200
+        fault: str | None = None
+        body: dict[str, Any] = {}
+        reply: tuple[int, bytes, dict[str, str]] | None
         try:
             try:
                 body = json.loads(raw or b"{}")
@@ -132,44 +144,37 @@ class _Handler(BaseHTTPRequestHandler):
             fault = state.next_fault()
             if fault == "hang":
                 time.sleep(state.hang_seconds)
-                status = 599  # the client gave up; nothing is sent back
-                self.close_connection = True
-                return
-            if fault == "429":
-                status = 429
+                reply = None  # the client gave up; nothing is sent back
+            elif fault == "429":
                 extra = {"Retry-After": state.retry_after}
                 if state.retry_after_ms is not None:
                     extra["retry-after-ms"] = state.retry_after_ms
-                self.server.send_error_json(
-                    self, 429, "Rate limit reached", extra, "RESOURCE_EXHAUSTED"
-                )
-                return
-            if fault == "500":
-                status = 500
-                self.server.send_error_json(self, 500, "internal error", {}, "INTERNAL")
-                return
-            if fault == "503":
-                status = 503
-                self.server.send_error_json(self, 503, "overloaded", {}, "UNAVAILABLE")
-                return
-            self.server.check_auth(headers)
-            payload = self.server.respond(self.path, body, texts)
-            if fault == "malformed":
-                status = 200
-                self._send(200, b'{"data": [{"embedding": [0.1, 0.2', {})
-                return
-            if fault == "wrong_count":
-                payload = self.server.drop_one(payload)
-            self._send(200, json.dumps(payload).encode(), {})
+                reply = self.server.error_reply(429, "Rate limit reached", "RESOURCE_EXHAUSTED")
+                reply[2].update(extra)
+            elif fault == "500":
+                reply = self.server.error_reply(500, "internal error", "INTERNAL")
+            elif fault == "503":
+                reply = self.server.error_reply(503, "overloaded", "UNAVAILABLE")
+            else:
+                self.server.check_auth(headers)
+                payload = self.server.respond(self.path, body, texts)
+                if fault == "malformed":
+                    reply = (200, b'{"data": [{"embedding": [0.1, 0.2', {})
+                else:
+                    if fault == "wrong_count":
+                        payload = self.server.drop_one(payload)
+                    reply = (200, json.dumps(payload).encode(), {})
         except _Reject as rejection:
-            status = rejection.status
-            self.server.send_error_json(
-                self, rejection.status, rejection.message, {}, rejection.reason
-            )
-        finally:
-            if state.keep_log:
-                with state.lock:
-                    state.log.append(Logged(self.path, texts, status, {}, headers, started))
+            reply = self.server.error_reply(rejection.status, rejection.message, rejection.reason)
+        # log before answering, so a client that got its answer finds its request logged
+        if state.keep_log:
+            status = 599 if reply is None else reply[0]
+            with state.lock:
+                state.log.append(Logged(self.path, texts, status, body, headers, started, fault))
+        if reply is None:
+            self.close_connection = True
+            return
+        self._send(*reply)
 
     def _send(self, status: int, data: bytes, extra: dict[str, str]) -> None:
         self.send_response(status)
@@ -195,8 +200,10 @@ class _Server(ThreadingHTTPServer):
         raise NotImplementedError
 
     def check_auth(self, headers: dict[str, str]) -> None:
-        if headers.get("authorization") != f"Bearer {self.api_key}":
-            raise _Reject(401, "missing or wrong bearer token", "UNAUTHENTICATED")
+        received = headers.get("authorization")
+        if received != f"Bearer {self.api_key}":
+            # like the real services, echo what was sent: clients must scrub it
+            raise _Reject(401, f"Incorrect API key provided: {received}", "UNAUTHENTICATED")
 
     def respond(self, path: str, body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
         raise NotImplementedError
@@ -204,9 +211,7 @@ class _Server(ThreadingHTTPServer):
     def drop_one(self, payload: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def send_error_json(
-        self, handler: _Handler, status: int, message: str, extra: dict[str, str], reason: str
-    ) -> None:
+    def error_reply(self, status: int, message: str, reason: str) -> tuple[int, bytes, dict]:
         raise NotImplementedError
 
 
@@ -262,11 +267,9 @@ class FakeOpenAI(_Server):
         payload["data"] = payload["data"][:-1] if len(payload["data"]) > 1 else []
         return payload
 
-    def send_error_json(
-        self, handler: _Handler, status: int, message: str, extra: dict[str, str], reason: str
-    ) -> None:
+    def error_reply(self, status: int, message: str, reason: str) -> tuple[int, bytes, dict]:
         body = {"error": {"message": message, "type": reason.lower(), "param": None, "code": None}}
-        handler._send(status, json.dumps(body).encode(), extra)
+        return status, json.dumps(body).encode(), {}
 
 
 _VERTEX_ROUTE = re.compile(
@@ -412,11 +415,9 @@ class FakeVertex(_Server):
             payload["embedding"] = {"values": []}
         return payload
 
-    def send_error_json(
-        self, handler: _Handler, status: int, message: str, extra: dict[str, str], reason: str
-    ) -> None:
+    def error_reply(self, status: int, message: str, reason: str) -> tuple[int, bytes, dict]:
         body = {"error": {"code": status, "message": message, "status": reason}}
-        handler._send(status, json.dumps(body).encode(), extra)
+        return status, json.dumps(body).encode(), {}
 
 
 @contextmanager
