@@ -1,0 +1,83 @@
+"""`madapt eval`: retrieval quality of truncation, PCA and adaptors at chosen sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from madapt_cli import console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def evaluate(
+        store_path: Path = typer.Argument(..., help="A store with 'corpus' and 'queries' tables."),
+        qrels: Path = typer.Option(
+            ...,
+            "--qrels",
+            help="Relevance judgments: BEIR TSV (query-id, corpus-id, score) or TREC qrels.",
+        ),
+        dims: str | None = typer.Option(
+            None,
+            "--dims",
+            help="Sizes to evaluate, e.g. 64,128,256 (each <= D; default: "
+            "those of 64,128,256 below D).",
+        ),
+        adaptor: list[Path] | None = typer.Option(
+            None, "--adaptor", help="An adaptor directory from `madapt fit` (repeatable)."
+        ),
+        baseline: list[str] | None = typer.Option(
+            None, "--baseline", help="truncate or pca (repeatable; default: both)."
+        ),
+        metrics: str = typer.Option(
+            "ndcg@10,recall@100,mrr@10,map@100",
+            "--metrics",
+            help="Comma-separated name@k: ndcg, recall, mrr, map, precision.",
+        ),
+        ignore_identical_ids: bool = typer.Option(
+            False,
+            "--ignore-identical-ids",
+            help="Never return a document whose id equals the query's (e.g. ArguAna).",
+        ),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        corpus_table: str = typer.Option("corpus", "--corpus-table", help="Documents table."),
+        queries_table: str = typer.Option("queries", "--queries-table", help="Queries table."),
+        as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+        report: Path | None = typer.Option(
+            None, "--report", help="Also write report.json, report.md and plots to this directory."
+        ),
+    ) -> None:
+        """Exact cosine search of the qrels' queries against the corpus for each method at
+        each size (first m coordinates, re-normalised), scored with trec_eval's metrics.
+        The full-size original vectors are always the reference row (truncate at D)."""
+        from madapt_cli.evaluation import run_evaluation
+        from madapt_cli.reports import render_table, write_report
+
+        bar = console.progress(quiet=as_json and not console.err.is_terminal)
+        with bar:
+            task = bar.add_task("eval", total=None)
+            result = run_evaluation(
+                store_path,
+                qrels,
+                dims,
+                adaptors=adaptor or [],
+                baselines=baseline or None,
+                metrics=metrics,
+                ignore_identical_ids=ignore_identical_ids,
+                device=device,
+                corpus_table=corpus_table,
+                queries_table=queries_table,
+                fingerprints=report is not None,
+                on_progress=lambda method, dim: bar.update(
+                    task, description=f"{method} @ {dim}", advance=1
+                ),
+                on_warning=console.warn,
+            )
+        if report is not None:
+            write_report(result, report)
+            console.log(f"wrote report to {report}")
+        if as_json:
+            console.print_json(result.summary())
+        else:
+            console.out.print(render_table(result))
