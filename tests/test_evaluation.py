@@ -15,6 +15,7 @@ from madapt_cli.evaluation import (
     prefix_normalized,
     rankings_from_indices,
     search_topk,
+    search_topk_prefixes,
 )
 
 
@@ -143,3 +144,30 @@ def test_unjudged_query_rows_are_skipped_and_identical_ids_dropped():
     assert plain.num_queries == 10 == ignoring.num_queries
     assert plain.means["mrr@10"] == pytest.approx(0.5)  # the query itself ranks first
     assert ignoring.means["mrr@10"] == pytest.approx(1.0)
+
+
+def test_prefix_search_equals_separate_searches_of_renormalised_prefixes():
+    rng = np.random.default_rng(6)
+    corpus = rng.standard_normal((300, 24)).astype(np.float32) * 3  # not normalised
+    queries = rng.standard_normal((17, 24)).astype(np.float32)
+    excluded = [(0, 5), (3, 7)]
+    found = search_topk_prefixes(queries, corpus, [24, 4, 12], 10, chunk_size=64, exclude=excluded)
+    assert sorted(found) == [4, 12, 24]
+    for dim, (scores, indices) in found.items():
+        want_scores, want_indices = search_topk(
+            prefix_normalized(queries, dim), prefix_normalized(corpus, dim), 10, exclude=excluded
+        )
+        np.testing.assert_array_equal(indices, want_indices)
+        np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    with pytest.raises(InputError, match=r"within 1\.\.24"):
+        search_topk_prefixes(queries, corpus, [0, 8], 5)
+
+
+def test_prefix_search_ties_go_to_the_lower_row():
+    rng = np.random.default_rng(7)
+    base = _unit(rng, 4, 8)
+    corpus = np.concatenate([base] * 10)  # row r duplicates base[r % 4]
+    for chunk_size in (5, 11, 40):
+        found = search_topk_prefixes(base[[2]], corpus, [3, 8], 6, chunk_size=chunk_size)
+        for _, indices in found.values():
+            np.testing.assert_array_equal(indices[0], np.arange(2, 24, 4))
