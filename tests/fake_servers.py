@@ -19,10 +19,12 @@ import math
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +76,7 @@ class ServerState:
     in_flight: int = 0
     max_in_flight: int = 0
     keep_log: bool = True
+    tokens_issued: int = 0
 
     def next_fault(self) -> str | None:
         with self.lock:
@@ -134,6 +137,10 @@ class _Handler(BaseHTTPRequestHandler):
         body: dict[str, Any] = {}
         reply: tuple[int, bytes, dict[str, str]] | None
         try:
+            if self.path == "/token":  # OAuth 2.0 token endpoint (service-account JWT grant)
+                reply = self.server.token_reply(raw)
+                self._send(*reply)
+                return
             try:
                 body = json.loads(raw or b"{}")
             except ValueError:
@@ -194,6 +201,16 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.state = state
         self.api_key = api_key
+
+    def token_reply(self, raw: bytes) -> tuple[int, bytes, dict]:
+        form = urllib.parse.parse_qs(raw.decode())
+        grant = form.get("grant_type", [""])[0]
+        if grant != "urn:ietf:params:oauth:grant-type:jwt-bearer" or not form.get("assertion"):
+            raise _Reject(400, f"unsupported grant {grant!r}")
+        with self.state.lock:
+            self.state.tokens_issued += 1
+        body = {"access_token": self.api_key, "expires_in": 3600, "token_type": "Bearer"}
+        return 200, json.dumps(body).encode(), {}
 
     # overridden per API
     def extract_texts(self, path: str, body: dict[str, Any]) -> list[str]:
@@ -431,6 +448,30 @@ def serve(server: _Server) -> Iterator[_Server]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def write_service_account(path: Path, token_uri: str) -> Path:
+    """A service-account key file whose token endpoint is ``token_uri`` (for ADC in tests)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "my-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": pem,
+        "client_email": "madapt-test@my-project.iam.gserviceaccount.com",
+        "client_id": "1234567890",
+        "token_uri": token_uri,
+    }
+    path.write_text(json.dumps(info), encoding="utf-8")
+    return path
 
 
 def url(server: _Server) -> str:

@@ -1,0 +1,272 @@
+"""`madapt embed --provider openai|vertex` end to end: the real CLI in a subprocess, the real
+SDKs, local fake API servers. Covers fault storms, SIGKILL + resume, --dry-run, --skip-bad,
+and that no key or token ever reaches stdout, stderr or the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openai")
+pytest.importorskip("google.genai")
+
+from fake_servers import (
+    FakeOpenAI,
+    FakeVertex,
+    ServerState,
+    serve,
+    url,
+    vector_for,
+    write_service_account,
+)
+
+from madapt_cli.stores import open_store
+
+OPENAI_KEY = "sk-proj-E2E-SECRET-abcdef0123456789"
+VERTEX_TOKEN = "ya29.E2E-access-token-0123456789"
+PROJECT, LOCATION = "my-project", "us-central1"
+
+
+@pytest.fixture()
+def openai_server() -> Iterator[FakeOpenAI]:
+    with serve(FakeOpenAI(ServerState(hang_seconds=1.0), OPENAI_KEY)) as running:
+        yield running
+
+
+@pytest.fixture()
+def vertex_server() -> Iterator[FakeVertex]:
+    state = ServerState(hang_seconds=1.0)
+    with serve(FakeVertex(state, VERTEX_TOKEN, PROJECT, LOCATION)) as running:
+        yield running
+
+
+def write_docs(path: Path, n: int, body: str = "") -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(n):
+            text = f"text of document {i}{body}".strip()  # the reader strips texts
+            row = {"id": f"doc{i}", "title": f"Title {i}", "text": text}
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def madapt(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "madapt_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def openai_env(server: FakeOpenAI) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GOOGLE_"))}
+    return {**env, "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": url(server) + "/v1"}
+
+
+def vertex_env(server: FakeVertex, tmp_path: Path) -> dict[str, str]:
+    key_file = write_service_account(tmp_path / "service-account.json", url(server) + "/token")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GOOGLE_"))}
+    return {
+        **env,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(key_file),
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "GOOGLE_CLOUD_LOCATION": LOCATION,
+    }
+
+
+def assert_no_secret(secrets: list[str], *texts: str, store: Path | None = None) -> None:
+    for secret in secrets:
+        for text in texts:
+            assert secret not in text
+        if store is not None:
+            for file in store.rglob("*"):
+                if file.is_file():
+                    assert secret.encode() not in file.read_bytes(), file
+
+
+FAST = ["--retry-base-delay", "0.01", "--timeout", "0.5"]
+
+
+def stored_rows(out: Path) -> int:
+    try:
+        return len(open_store(out).read_keys("corpus"))
+    except Exception:  # not created yet, or mid-creation
+        return 0
+
+
+def test_openai_fault_storm_stores_every_row_once_with_its_vector(openai_server, tmp_path):
+    source = write_docs(tmp_path / "docs.jsonl", 150, body=" " + "lorem ipsum " * 200)
+    openai_server.state.faults.extend(
+        ["429", "500", "hang", "malformed", "wrong_count", "503", "429", "500"]
+    )
+    out = tmp_path / "store"
+    result = madapt(
+        "embed", str(source), "--out", str(out), "--provider", "openai",
+        "--dimensions", "32", "--concurrency", "4", "--json", *FAST,
+        env=openai_env(openai_server),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rows_embedded"] == 150 and summary["provider_stats"]["retries"] == 8
+    store = open_store(out)
+    ids, vectors = store.read_vectors("corpus")
+    assert sorted(ids) == sorted(f"doc{i}" for i in range(150))
+    lines = [json.loads(line) for line in source.read_text().splitlines()]
+    rendered = {row["id"]: f"{row['title']} {row['text']}" for row in lines}
+    for doc_id, vector in zip(ids, vectors, strict=True):
+        want = vector_for(rendered[doc_id], 32, "text-embedding-3-small")
+        np.testing.assert_allclose(vector, want, atol=1e-5)
+    served = openai_server.state.texts_served()
+    assert sorted(served) == sorted(rendered.values())  # each paid for exactly once
+    # ~2,400 bytes a text, ~1,200 estimated tokens: more than one request was needed
+    assert len([r for r in openai_server.state.requests() if r.fault is None]) >= 1
+    metadata = store.metadata("corpus")
+    assert metadata["provider"] == "openai" and metadata["dimensions"] == 32
+    assert_no_secret([OPENAI_KEY], result.stdout, result.stderr, json.dumps(metadata), store=out)
+
+    # a rerun reuses everything and asks the API for nothing
+    before = len(openai_server.state.requests())
+    again = madapt(
+        "embed", str(source), "--out", str(out), "--provider", "openai",
+        "--dimensions", "32", "--json", *FAST, env=openai_env(openai_server),
+    )  # fmt: skip
+    assert again.returncode == 0 and json.loads(again.stdout)["rows_reused"] == 150
+    assert len(openai_server.state.requests()) == before
+
+
+def test_vertex_killed_run_resumes_without_re_requesting_stored_rows(vertex_server, tmp_path):
+    # ~600-byte texts: ~200 estimated tokens, so ~99 a request under the 20,000-token limit
+    source = write_docs(tmp_path / "docs.jsonl", 300, body=" " + "x" * 570)
+    env = vertex_env(vertex_server, tmp_path)
+    vertex_server.state.latency = 0.4
+    out = tmp_path / "store"
+    args = [
+        "embed", str(source), "--out", str(out), "--provider", "vertex", "--quiet",
+        "--base-url", url(vertex_server), "--concurrency", "1",
+        "--retry-base-delay", "0.01", "--timeout", "10",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "madapt_cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if stored_rows(out):  # kill as soon as the first request's rows are stored
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    stored_ids = set(open_store(out).read_keys("corpus"))
+    assert 0 < len(stored_ids) < 300
+    while vertex_server.state.in_flight and time.monotonic() < deadline:
+        time.sleep(0.02)  # the killed run's last request is still being answered
+    first_run_requests = len(vertex_server.state.requests())
+    vertex_server.state.latency = 0.0
+    rerun = madapt(*args[:-4], "--json", *FAST, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["rows_reused"] == len(stored_ids)
+
+    asked_again = [
+        text for r in vertex_server.state.requests()[first_run_requests:] for text in r.texts
+    ]
+    texts = {row["id"]: row["text"] for row in map(json.loads, source.read_text().splitlines())}
+    assert not {texts[i] for i in stored_ids} & set(asked_again)
+    assert sorted(asked_again) == sorted(texts[i] for i in texts if i not in stored_ids)
+
+    ids, vectors = open_store(out).read_vectors("corpus")
+    assert len(ids) == len(set(ids)) == 300
+    for doc_id, vector in zip(ids, vectors, strict=True):
+        number = int(doc_id.removeprefix("doc"))
+        salt = f"text-embedding-005|RETRIEVAL_DOCUMENT|Title {number}|"
+        np.testing.assert_allclose(vector, vector_for(texts[doc_id], 768, salt), atol=1e-5)
+    key_file = Path(env["GOOGLE_APPLICATION_CREDENTIALS"]).read_text()
+    private_key_line = json.loads(key_file)["private_key"].splitlines()[1]
+    assert_no_secret([VERTEX_TOKEN, private_key_line], rerun.stdout, rerun.stderr, store=out)
+
+
+def test_dry_run_estimates_cost_from_the_price_table_and_sends_nothing(openai_server, tmp_path):
+    source = write_docs(tmp_path / "docs.jsonl", 40)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"openai": {"text-embedding-3-small": 2.5}}))
+    env = {**openai_env(openai_server), "MADAPT_PRICING": str(prices)}
+    result = madapt(
+        "embed", str(source), "--out", str(tmp_path / "store"), "--provider", "openai",
+        "--dry-run", "--json", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    texts = [f"Title {i} text of document {i}" for i in range(40)]
+    tokens = sum(len(t.encode()) // 2 + 1 for t in texts)  # the no-tiktoken estimate
+    assert summary["rows_to_embed"] == 40 and summary["estimated_tokens"] == tokens
+    assert summary["estimated_cost_usd"] == pytest.approx(tokens / 1e6 * 2.5)
+    assert openai_server.state.requests() == [] and not (tmp_path / "store").exists()
+
+    human = madapt(
+        "embed", str(source), "--out", str(tmp_path / "store"), "--provider", "openai",
+        "--dry-run", env=openai_env(openai_server),
+    )  # fmt: skip
+    printed = " ".join(human.stderr.split())
+    assert human.returncode == 0 and "nothing was sent or written" in printed
+    assert "~590 tokens, ~$0.000012 at $0.02/1M tokens" in printed  # the packaged table
+
+
+def test_a_rejected_input_fails_naming_it_or_is_skipped_and_retried_later(openai_server, tmp_path):
+    source = write_docs(tmp_path / "docs.jsonl", 60)
+    openai_server.state.poisoned.add("Title 42 text of document 42")
+    out = tmp_path / "store"
+    base = ["embed", str(source), "--out", str(out), "--provider", "openai", *FAST]
+    env = openai_env(openai_server)
+    env["OPENAI_API_KEY"] = OPENAI_KEY
+
+    failed = madapt(*base, env=env)
+    assert failed.returncode == 3
+    assert "rejected input id 'doc42'" in failed.stderr and "Traceback" not in failed.stderr
+
+    skipped = madapt(*base, "--skip-bad", "--json", env=env)
+    assert skipped.returncode == 0, skipped.stderr
+    summary = json.loads(skipped.stdout)
+    assert summary["tables"][0]["skipped_bad"] == 1
+    assert summary["provider_stats"]["skipped_bad_ids"] == ["doc42"]
+    assert "doc42" not in open_store(out).read_keys("corpus")
+
+    openai_server.state.poisoned.clear()
+    before = len(openai_server.state.requests())
+    fixed = madapt(*base, "--json", env=env)
+    assert fixed.returncode == 0
+    asked = [t for r in openai_server.state.requests()[before:] for t in r.texts]
+    assert asked == ["Title 42 text of document 42"]
+    assert len(open_store(out).read_keys("corpus")) == 60
+    assert_no_secret([OPENAI_KEY], failed.stderr, skipped.stdout, skipped.stderr, store=out)
+
+
+def test_a_wrong_key_fails_cleanly_without_showing_it(openai_server, tmp_path):
+    source = write_docs(tmp_path / "docs.jsonl", 3)
+    env = {**openai_env(openai_server), "OPENAI_API_KEY": "sk-WRONG-key-never-shown-123456"}
+    result = madapt(
+        "embed", str(source), "--out", str(tmp_path / "store"), "--provider", "openai", *FAST,
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 3 and "HTTP 401" in result.stderr
+    assert_no_secret(["sk-WRONG-key-never-shown-123456"], result.stdout, result.stderr)
+
+
+def test_api_options_are_refused_for_local_models(tmp_path):
+    source = write_docs(tmp_path / "docs.jsonl", 2)
+    result = madapt(
+        "embed", str(source), "--out", str(tmp_path / "s"), "--rpm", "60", env={**os.environ}
+    )
+    assert result.returncode == 2 and "--rpm apply to --provider openai or vertex" in result.stderr
