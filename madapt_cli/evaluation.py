@@ -695,10 +695,18 @@ def file_fingerprint(*paths: Path) -> str:
     return digest.hexdigest()
 
 
-def _pca_baseline(corpus: np.ndarray, dimension: int) -> Any:
-    """The PCA map fitted on the whole corpus, as `madapt fit --method pca` would make it."""
+PCA_FIT_ROWS = 200_000
+
+
+def _pca_baseline(corpus: np.ndarray, dimension: int, max_rows: int | None = PCA_FIT_ROWS) -> Any:
+    """The PCA map of :func:`madapt_cli.adaptor.fit_pca` (as `madapt fit --method pca` makes
+    it), fitted on the whole corpus or, above ``max_rows`` rows, on ``max_rows`` evenly spaced
+    ones: the principal axes of 768-d vectors are settled long before that, and the fit's
+    float64 products would otherwise cost more than the searches."""
     from madapt_cli.adaptor import Adaptor, fit_pca
 
+    if max_rows is not None and len(corpus) > max_rows:
+        corpus = corpus[np.linspace(0, len(corpus) - 1, max_rows).round().astype(np.int64)]
     batches = (corpus[start : start + 65_536] for start in range(0, len(corpus), 65_536))
     config = {"name": "pca", "method": "pca", "dimension": dimension}
     return Adaptor(fit_pca(batches, dimension), config)
@@ -720,16 +728,24 @@ def run_evaluation(
     corpus_table: str = "corpus",
     queries_table: str = "queries",
     fingerprints: bool = False,
+    pca_fit_rows: int | None = PCA_FIT_ROWS,
     on_progress: ProgressCallback | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> EvaluationReport:
     """Exact cosine search of the qrels' queries against the corpus for every method and size.
 
     Methods: the ``baselines`` (``truncate``: the first m coordinates; ``pca``: the corpus'
-    principal axes, fitted here with :func:`madapt_cli.adaptor.fit_pca`; default both) and
-    each adaptor directory. Each method maps the corpus once at full size; each size m then
-    takes the first m coordinates and re-normalises. ``truncate`` at the full dimension D is
-    always included: the original vectors, the reference row.
+    principal axes, fitted here with :func:`madapt_cli.adaptor.fit_pca` on at most
+    ``pca_fit_rows`` evenly spaced rows; default both) and each adaptor directory. Each
+    method maps the corpus once at full size; each size m then takes the first m coordinates
+    and re-normalises (all sizes in one pass: :func:`search_topk_prefixes`). ``truncate`` at
+    the full dimension D is always included: the original vectors, the reference row.
+
+    ``dims``: sizes (default: those of 64, 128, 256 below D). ``metrics``: names like
+    ``ndcg@10``. ``device``: ``auto`` takes the GPU when there is one. ``fingerprints``:
+    also hash the qrels file, tables and adaptor files (for reports).
+    ``on_progress(method, dim)`` after each size; ``on_warning(message)`` for each warning
+    (also kept in the report).
     """
     from madapt_cli.adaptor import Adaptor
     from madapt_cli.data import read_qrels
@@ -832,7 +848,7 @@ def run_evaluation(
         if how == "truncate":
             mapped_corpus, mapped_queries = corpus_tensor, query_tensor
         else:
-            adaptor = _pca_baseline(corpus, dimension) if how == "pca" else how
+            adaptor = _pca_baseline(corpus, dimension, pca_fit_rows) if how == "pca" else how
             adaptor.to(torch_device)
             mapped_corpus = adaptor.transform(corpus_tensor)
             mapped_queries = adaptor.transform(query_tensor)
@@ -881,6 +897,9 @@ def run_evaluation(
             "ignore_identical_ids": ignore_identical_ids,
             "device": str(torch_device),
             "search": "exact cosine (dot product of re-normalised prefixes)",
+            "pca_fit_rows": min(len(corpus_ids), pca_fit_rows or len(corpus_ids))
+            if "pca" in chosen_baselines
+            else None,
         },
         fingerprints=fingerprint_values,
         warnings=warning_lines,
