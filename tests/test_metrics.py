@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import random
@@ -19,12 +20,29 @@ DATASET_ROOTS = [REPO.parent / "shared" / "datasets", Path("/work/shared/dataset
 
 
 def _dataset(name: str) -> Path | None:
-    for root in DATASET_ROOTS:
-        if (root / name / "qrels" / "test.tsv").is_file() and (
-            root / name / "corpus.jsonl"
-        ).is_file():
-            return root / name
+    """A BEIR folder with test qrels: the shared datasets, else (SciFact) the bundled copy."""
+    candidates = [root / name for root in DATASET_ROOTS]
+    if name == "scifact":
+        candidates.append(REPO / "examples" / "scifact")
+    for folder in candidates:
+        if (folder / "qrels" / "test.tsv").is_file() and _corpus_file(folder) is not None:
+            return folder
     return None
+
+
+def _corpus_file(folder: Path) -> Path | None:
+    for candidate in (folder / "corpus.jsonl", folder / "corpus.jsonl.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _corpus_ids(folder: Path) -> list[str]:
+    path = _corpus_file(folder)
+    assert path is not None
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line)["_id"] for line in handle]
 
 
 def query_metrics(ranking, judgments, metrics):
@@ -154,8 +172,7 @@ def _beir_runs(dataset: Path, seed: int) -> tuple[dict[str, list[str]], dict[str
     random corpus documents, shuffled, 150 long (so relevant ones fall inside and outside
     every cut-off)."""
     qrels = _read_qrels(dataset / "qrels" / "test.tsv")
-    with open(dataset / "corpus.jsonl", encoding="utf-8") as handle:
-        corpus_ids = [json.loads(line)["_id"] for line in handle]
+    corpus_ids = _corpus_ids(dataset)
     rng = random.Random(seed)
     rankings = {}
     for query_id in sorted(qrels):
@@ -190,8 +207,7 @@ def test_vector_search_path_matches_pytrec_eval(name):
     if dataset is None:
         pytest.skip(f"BEIR {name} not present under {DATASET_ROOTS}")
     qrels = _read_qrels(dataset / "qrels" / "test.tsv")
-    with open(dataset / "corpus.jsonl", encoding="utf-8") as handle:
-        corpus_ids = [json.loads(line)["_id"] for i, line in enumerate(handle) if i % 10]
+    corpus_ids = [doc_id for i, doc_id in enumerate(_corpus_ids(dataset)) if i % 10]
     rng = np.random.default_rng(11)
     corpus = rng.standard_normal((len(corpus_ids), 16)).astype(np.float32)
     corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
