@@ -1,0 +1,146 @@
+"""Retrieval quality of truncation, PCA and Matryoshka adaptors on a BEIR dataset.
+
+Reads pre-computed embeddings from an npz (arrays doc_ids, doc_vectors, query_ids,
+query_vectors) and the BEIR qrels, trains with the same package functions as `madapt fit`
+(train_unsupervised / train_supervised / fit_pca) and prints nDCG@10 on the test qrels, with
+queries and corpus both adapted, truncated and re-normalised.
+
+    python bench/quality.py --npz /work/cache/scifact_minilm.npz \
+        --beir /work/shared/datasets/scifact --methods truncate,pca,unsupervised,supervised
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from madapt_cli.adaptor import Adaptor, fit_pca
+from madapt_cli.data import read_qrels
+from madapt_cli.evaluation import ndcg_at_10
+from madapt_cli.training import TrainConfig, train_supervised, train_unsupervised
+
+
+def evaluate(adaptor: Adaptor | None, data: dict, qrels: dict, dims: list[int]) -> dict[str, float]:
+    results = {}
+    for dim in dims:
+        if adaptor is None:
+            corpus, queries = data["doc_vectors"], data["query_vectors"]
+        else:
+            corpus = adaptor.transform(data["doc_vectors"], dim=dim)
+            queries = adaptor.transform(data["query_vectors"], dim=dim)
+        results[str(dim)] = ndcg_at_10(
+            queries, data["query_ids"], corpus, data["doc_ids"], qrels, dim
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--npz", required=True)
+    parser.add_argument("--beir", required=True, help="BEIR folder with qrels/train.tsv, test.tsv")
+    parser.add_argument("--methods", default="truncate,pca,unsupervised,supervised")
+    parser.add_argument("--dims", default="32,64,128,256,384")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--supervised-epochs", type=int, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="TrainConfig override, e.g. --set lr=5e-4 (repeatable)",
+    )
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    raw = np.load(args.npz)
+    data = {
+        "doc_ids": [str(x) for x in raw["doc_ids"]],
+        "doc_vectors": raw["doc_vectors"].astype(np.float32),
+        "query_ids": [str(x) for x in raw["query_ids"]],
+        "query_vectors": raw["query_vectors"].astype(np.float32),
+    }
+    beir = Path(args.beir)
+    test_qrels = read_qrels(beir / "qrels" / "test.tsv")
+    train_qrels = read_qrels(beir / "qrels" / "train.tsv")
+    dims = [int(d) for d in args.dims.split(",")]
+    config = TrainConfig(seed=args.seed, device="cpu")
+    if args.epochs is not None:
+        config.epochs = args.epochs
+    if args.supervised_epochs is not None:
+        config.supervised_epochs = args.supervised_epochs
+    for assignment in args.set:
+        key, value = assignment.split("=", 1)
+        setattr(config, key, json.loads(value))
+    # validation for the unsupervised fit: train queries (never the test ones)
+    train_ids = [q for q in data["query_ids"] if q in train_qrels]
+    row = {q: i for i, q in enumerate(data["query_ids"])}
+    unsupervised_validation = {
+        "corpus_ids": data["doc_ids"],
+        "query_ids": train_ids,
+        "queries": data["query_vectors"][[row[q] for q in train_ids]],
+        "qrels": {q: train_qrels[q] for q in train_ids},
+    }
+
+    def report(record: dict) -> None:
+        scores = record.get("ndcg@10", {})
+        loss = record["loss"]
+        print(
+            f"  {record['stage']:>12} epoch {record['epoch']:3d} "
+            f"loss {'-' if loss is None else f'{loss:.4f}'} val "
+            + " ".join(f"{d}:{v:.4f}" for d, v in scores.items()),
+            flush=True,
+        )
+
+    table: dict[str, dict[str, float]] = {}
+    timings: dict[str, float] = {}
+    for method in args.methods.split(","):
+        started = time.perf_counter()
+        if method == "truncate":
+            adaptor = None
+        elif method == "pca":
+            module = fit_pca([data["doc_vectors"]], data["doc_vectors"].shape[1])
+            adaptor = Adaptor(module, {"method": "pca", "dimension": module.mean.shape[0]})
+        elif method == "unsupervised":
+            result = train_unsupervised(
+                data["doc_vectors"], config, unsupervised_validation, report
+            )
+            adaptor = _wrap(result.module, data)
+        elif method == "supervised":
+            result = train_supervised(
+                data["doc_vectors"],
+                data["doc_ids"],
+                data["query_vectors"],
+                data["query_ids"],
+                train_qrels,
+                config,
+                on_epoch=report,
+            )
+            adaptor = _wrap(result.module, data)
+        else:
+            raise SystemExit(f"unknown method {method}")
+        timings[method] = time.perf_counter() - started
+        table[method] = evaluate(adaptor, data, test_qrels, dims)
+        print(
+            f"{method:>12}: "
+            + "  ".join(f"{d}:{v:.4f}" for d, v in table[method].items())
+            + f"  ({timings[method]:.0f}s)",
+            flush=True,
+        )
+    print(json.dumps({"npz": args.npz, "results": table, "seconds": timings}, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": table, "seconds": timings}, indent=2))
+
+
+def _wrap(module: torch.nn.Module, data: dict) -> Adaptor:
+    return Adaptor(module, {"method": "matryoshka", "dimension": data["doc_vectors"].shape[1]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Adaptors: maps f(e) applied to embeddings before truncating to a prefix of dimensions.
+
+Two methods share one artifact format (a directory with ``adaptor.safetensors`` and
+``config.json``, never pickle), so ``apply`` and ``eval`` treat them alike:
+
+* ``matryoshka``: f(e) = e + g(e), g a residual MLP trained with the Matryoshka-Adaptor losses
+  (see :mod:`madapt_cli.training`);
+* ``pca``: f(e) = (e - mu) W, W the corpus' principal axes ordered by variance.
+
+:meth:`Adaptor.transform` normalises its input, applies f, keeps the first ``dim`` coordinates
+and re-normalises them to unit length.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from madapt_cli import __version__
+from madapt_cli.errors import InputError, MadaptError
+
+WEIGHTS_FILE = "adaptor.safetensors"
+CONFIG_FILE = "config.json"
+METHODS = ("matryoshka", "pca")
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+class ResidualMLP(nn.Module):
+    """f(e) = e + g(e), g = Linear(D, H) -> act -> ... -> Linear(H, D).
+
+    g's last layer starts at zero, so an untrained adaptor is exactly the identity.
+    """
+
+    def __init__(
+        self, dimension: int, hidden: int, depth: int = 2, activation: str = "gelu"
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise InputError("the adaptor needs at least one layer (--depth >= 1)")
+        if activation not in ACTIVATIONS:
+            raise InputError(f"unknown activation {activation!r}: use {', '.join(ACTIVATIONS)}")
+        widths = [dimension] + [hidden] * (depth - 1) + [dimension]
+        layers: list[nn.Module] = []
+        for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
+            if index:
+                layers.append(ACTIVATIONS[activation]())
+            layers.append(nn.Linear(width_in, width_out))
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.g = nn.Sequential(*layers)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return e + self.g(e)
+
+
+class PCAMap(nn.Module):
+    """f(e) = (e - mu) W, W's columns the principal axes by decreasing variance."""
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("components", components)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return (e - self.mean) @ self.components
+
+
+def fit_pca(batches: Iterator[np.ndarray] | list[np.ndarray], dimension: int) -> PCAMap:
+    """PCA of unit-normalised vectors, streamed: one pass of sums, O(D^2) memory."""
+    count = 0
+    total = np.zeros(dimension, dtype=np.float64)
+    gram = np.zeros((dimension, dimension), dtype=np.float64)
+    for batch in batches:
+        x = _unit(np.asarray(batch, dtype=np.float64))
+        count += x.shape[0]
+        total += x.sum(axis=0)
+        gram += x.T @ x
+    if count < 2:
+        raise InputError("PCA needs at least 2 corpus vectors")
+    mean = total / count
+    covariance = gram / count - np.outer(mean, mean)
+    variances, axes = np.linalg.eigh(covariance)
+    order = np.argsort(variances)[::-1]
+    axes = axes[:, order]
+    # a deterministic sign per axis (eigh's is arbitrary): largest coordinate positive
+    signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(dimension)])
+    axes = axes * np.where(signs == 0, 1.0, signs)
+    return PCAMap(
+        torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(axes.astype(np.float32))
+    )
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class Adaptor:
+    """A trained map plus its configuration. ``Adaptor.load(path).transform(x, dim=128)``."""
+
+    def __init__(self, module: nn.Module, config: dict[str, Any]) -> None:
+        self.module = module.eval()
+        self.config = config
+
+    # --- identity ----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", "adaptor"))
+
+    @property
+    def method(self) -> str:
+        return str(self.config["method"])
+
+    @property
+    def dimension(self) -> int:
+        """D, the dimension of the vectors it takes (and gives before truncation)."""
+        return int(self.config["dimension"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.config.get("training_data_sha256", ""))
+
+    def check_compatible(self, metadata: dict[str, Any], what: str = "the vectors") -> None:
+        """Raise MadaptError unless vectors with this store metadata can go through f."""
+        dimension = metadata.get("dimension")
+        if dimension is not None and int(dimension) != self.dimension:
+            raise MadaptError(
+                f"adaptor '{self.name}' takes {self.dimension}-d vectors but {what} are "
+                f"{dimension}-d"
+            )
+        ours = self.config.get("base_model")
+        theirs = metadata.get("model")
+        if ours and theirs and ours != theirs:
+            raise MadaptError(
+                f"adaptor '{self.name}' was trained on vectors of model {ours!r} but {what} "
+                f"come from {theirs!r}"
+            )
+        our_provider = self.config.get("base_provider")
+        their_provider = metadata.get("provider")
+        if our_provider and their_provider and our_provider != their_provider:
+            raise MadaptError(
+                f"adaptor '{self.name}' was trained on {our_provider!r} vectors but {what} "
+                f"come from provider {their_provider!r}"
+            )
+
+    # --- transforming ------------------------------------------------------------------
+    def check_dim(self, dim: int | None) -> int:
+        if dim is None:
+            return self.dimension
+        if not 1 <= dim <= self.dimension:
+            raise InputError(f"dimension {dim} is out of range 1..{self.dimension}")
+        return int(dim)
+
+    def transform(
+        self, x: np.ndarray | torch.Tensor, dim: int | None = None, batch_size: int = 65_536
+    ) -> np.ndarray | torch.Tensor:
+        """Normalise, apply f, keep the first ``dim`` coordinates, re-normalise.
+
+        numpy in, float32 numpy out; torch in, torch out (on the input's device).
+        """
+        dim = self.check_dim(dim)
+        as_numpy = not isinstance(x, torch.Tensor)
+        tensor = torch.from_numpy(np.asarray(x, dtype=np.float32)) if as_numpy else x
+        if tensor.shape[-1] != self.dimension:
+            raise InputError(
+                f"adaptor '{self.name}' takes {self.dimension}-d vectors, got {tensor.shape[-1]}-d"
+            )
+        flat = tensor.reshape(-1, self.dimension)
+        device = next(self.module.buffers(), next(self.module.parameters(), None))
+        device = device.device if device is not None else torch.device("cpu")
+        pieces = []
+        with torch.no_grad():
+            for start in range(0, flat.shape[0], batch_size):
+                chunk = flat[start : start + batch_size].to(device, torch.float32)
+                pieces.append(self.forward_prefix(chunk, dim).to(tensor.device))
+        result = (
+            torch.cat(pieces) if pieces else flat.new_zeros((0, dim), dtype=torch.float32)
+        ).reshape(*tensor.shape[:-1], dim)
+        return result.numpy() if as_numpy else result
+
+    def forward_prefix(self, e: torch.Tensor, dim: int) -> torch.Tensor:
+        """The differentiable core of :meth:`transform` on a (N, D) tensor."""
+        adapted = self.module(torch.nn.functional.normalize(e, dim=-1))
+        return torch.nn.functional.normalize(adapted[:, :dim], dim=-1)
+
+    def to(self, device: str | torch.device) -> Adaptor:
+        self.module.to(device)
+        return self
+
+    # --- the artifact ------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``adaptor.safetensors`` and ``config.json`` into the directory ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        save_file(tensors, str(path / WEIGHTS_FILE), metadata={"method": self.method})
+        config = {**self.config, "madapt_version": self.config.get("madapt_version", __version__)}
+        config.setdefault("name", path.name)
+        (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+        self.config = config
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Adaptor:
+        path = Path(path)
+        config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise InputError(
+                f"{path} is not a madapt adaptor (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+                "make one with `madapt fit`"
+            )
+        try:
+            config = json.loads(config_path.read_text())
+        except ValueError as error:
+            raise InputError(f"{config_path}: invalid JSON ({error})") from None
+        config.setdefault("name", path.name)
+        module = build_module(config)
+        try:
+            state = load_file(str(weights_path))
+            module.load_state_dict(state)
+        except Exception as error:  # a torn or foreign file: say which
+            raise InputError(f"{weights_path}: cannot load weights ({error})") from None
+        return cls(module.to(device), config)
+
+
+def build_module(config: dict[str, Any]) -> nn.Module:
+    """An untrained module of the architecture described by ``config``."""
+    method = config.get("method")
+    try:
+        dimension = int(config["dimension"])
+        if method == "matryoshka":
+            arch = config["architecture"]
+            return ResidualMLP(
+                dimension, int(arch["hidden"]), int(arch["depth"]), str(arch["activation"])
+            )
+        if method == "pca":
+            return PCAMap(torch.zeros(dimension), torch.eye(dimension))
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"adaptor config is missing or has a bad field ({error})") from None
+    raise InputError(f"unknown adaptor method {method!r}: use {', '.join(METHODS)}")

@@ -1,0 +1,51 @@
+"""`madapt apply`: write a store's vectors through an adaptor at chosen sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from madapt_cli import console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("apply")
+    def apply(
+        adaptor: Path = typer.Argument(..., help="An adaptor directory from `madapt fit`."),
+        store_path: Path = typer.Argument(..., help="The store whose tables to transform."),
+        dims: str = typer.Option(..., "--dims", help="Sizes to write, e.g. 64,128."),
+        out: Path = typer.Option(..., "--out", help="The new store to write."),
+        format: str | None = typer.Option(
+            None, "--format", help="parquet or lance (default: the input store's)."
+        ),
+        table: list[str] | None = typer.Option(
+            None, "--table", help="Only this table (repeatable; default: all)."
+        ),
+        chunk_rows: int = typer.Option(65_536, "--chunk-rows", help="Rows per streamed chunk."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    ) -> None:
+        """Write each table of STORE with adapted, truncated, re-normalised vectors:
+        one column vector_<d> per size, the same ids."""
+        from madapt_cli.applying import apply_adaptor
+
+        bar = console.progress(quiet=as_json and not console.err.is_terminal)
+        with bar:
+            task = bar.add_task("apply", total=None)
+            summary = apply_adaptor(
+                adaptor,
+                store_path,
+                dims,
+                out,
+                format=format,
+                tables=table,
+                chunk_rows=chunk_rows,
+                overwrite=overwrite,
+                on_progress=lambda name, rows: bar.update(task, description=name, advance=rows),
+            )
+        if as_json:
+            console.print_json(summary)
+        else:
+            rows = ", ".join(f"{t}: {n:,} rows" for t, n in summary["tables"].items())
+            console.out.print(f"wrote {out} ({rows}) at sizes {summary['dims']}")

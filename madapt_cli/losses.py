@@ -1,0 +1,135 @@
+"""The Matryoshka-Adaptor losses (Yoon et al., EMNLP 2024), one class per loss.
+
+Notation: ``e`` an original unit vector, ``f(e) = e + g(e)`` its adapted version, ``M`` the
+prefix sizes trained at once and ``sim_m(a, b)`` the cosine of the first ``m`` coordinates.
+Every loss averages over ``m`` in ``M`` with equal weight. Memory is O(batch): nothing here
+ever sees the whole corpus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_EPS = 1e-8
+
+
+def prefix_cosine_pairs(a: torch.Tensor, b: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """``sim_m(a, b)`` of aligned rows: (..., D) x (..., D) -> (..., |M|), via running sums."""
+    index = torch.as_tensor([m - 1 for m in dims], device=a.device)
+    dot = torch.cumsum(a * b, dim=-1).index_select(-1, index)
+    norm_a = torch.cumsum(a * a, dim=-1).index_select(-1, index)
+    norm_b = torch.cumsum(b * b, dim=-1).index_select(-1, index)
+    return dot / torch.sqrt(norm_a * norm_b).clamp_min(_EPS)
+
+
+def prefix_cosine_matrix(a: torch.Tensor, b: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """``sim_m(a_i, b_j)`` for all pairs: (A, D) x (B, D) -> (|M|, A, B)."""
+    return torch.stack(
+        [
+            F.normalize(a[:, :m], dim=-1, eps=_EPS) @ F.normalize(b[:, :m], dim=-1, eps=_EPS).T
+            for m in dims
+        ]
+    )
+
+
+class PairwiseSimilarityLoss(nn.Module):
+    """Keep every pairwise similarity of a batch at every prefix size.
+
+    L_pair = mean over i != j in the batch and m in M of
+             | sim(e_i, e_j) - sim_m(f(e_i), f(e_j)) |
+    """
+
+    def __init__(self, dims: Sequence[int]) -> None:
+        super().__init__()
+        self.dims = list(dims)
+
+    def forward(self, original: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
+        size = original.shape[0]
+        if size < 2:
+            return adapted.sum() * 0.0
+        target = F.normalize(original, dim=-1) @ F.normalize(original, dim=-1).T
+        predicted = prefix_cosine_matrix(adapted, adapted, self.dims)  # (|M|, B, B)
+        off_diagonal = 1.0 - torch.eye(size, dtype=adapted.dtype, device=adapted.device)
+        total = ((target - predicted).abs() * off_diagonal).sum()
+        return total / (len(self.dims) * size * (size - 1))
+
+
+class TopKSimilarityLoss(nn.Module):
+    """Keep each vector's similarity to its k nearest neighbours at every prefix size.
+
+    L_topk = mean over anchors i, j in NN_k(i) and m in M of
+             | sim(e_i, e_j) - sim_m(f(e_i), f(e_j)) |
+
+    NN_k(i) are the k nearest neighbours of e_i in the original space over the whole corpus
+    (mined once, see :func:`madapt_cli.training.mine_topk`); ``original_similarity`` holds their
+    cosines sim(e_i, e_j), so the original neighbour vectors need not be passed again.
+    """
+
+    def __init__(self, dims: Sequence[int]) -> None:
+        super().__init__()
+        self.dims = list(dims)
+
+    def forward(
+        self,
+        adapted_anchors: torch.Tensor,  # (B, D)
+        adapted_neighbours: torch.Tensor,  # (B, k, D)
+        original_similarity: torch.Tensor,  # (B, k)
+    ) -> torch.Tensor:
+        predicted = prefix_cosine_pairs(
+            adapted_anchors.unsqueeze(1).expand_as(adapted_neighbours),
+            adapted_neighbours,
+            self.dims,
+        )  # (B, k, |M|)
+        return (original_similarity.unsqueeze(-1) - predicted).abs().mean()
+
+
+class ReconstructionLoss(nn.Module):
+    """Stay close to the original vectors.
+
+    L_rec = mean over vectors and coordinates of | f(e) - e |   (L1)
+    """
+
+    def forward(self, original: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
+        return (adapted - original).abs().mean()
+
+
+class RankingLoss(nn.Module):
+    """Rank more relevant documents above less relevant ones at every prefix size.
+
+    L_rank = mean over queries i, documents j, k with y_ij > y_ik and m in M of
+             (y_ij - y_ik) * log(1 + exp((s_ik[:m] - s_ij[:m]) / tau))
+
+    where s_ij[:m] = sim_m(f(q_i), f(d_j)) (queries and documents through the same f) and y
+    the graded relevance (0 for unjudged documents such as hard and in-batch negatives).
+    ``relevance`` is a dense (Q, C) grade matrix over the C candidate documents of the batch;
+    only documents with y_ij > 0 can be the better document j of a pair, so memory is
+    O(Q x P x C x |M|) with P the most positives of one query in the batch.
+    """
+
+    def __init__(self, dims: Sequence[int], temperature: float = 0.05) -> None:
+        super().__init__()
+        self.dims = list(dims)
+        self.temperature = temperature
+
+    def forward(
+        self, queries: torch.Tensor, documents: torch.Tensor, relevance: torch.Tensor
+    ) -> torch.Tensor:
+        scores = prefix_cosine_matrix(queries, documents, self.dims)  # (|M|, Q, C)
+        most_positives = int((relevance > 0).sum(dim=1).max().item()) if relevance.numel() else 0
+        if most_positives == 0:
+            return scores.sum() * 0.0
+        better_grade, better = relevance.topk(most_positives, dim=1)  # (Q, P)
+        better_scores = scores.gather(2, better.unsqueeze(0).expand(scores.shape[0], -1, -1))
+        # weight[i, p, k] = y_i,better(p) - y_ik where positive (no pair otherwise)
+        weight = (better_grade.unsqueeze(-1) - relevance.unsqueeze(1)).clamp_min(0.0)
+        weight = weight * (better_grade > 0).unsqueeze(-1)
+        pairs = (weight > 0).sum()
+        if pairs == 0:
+            return scores.sum() * 0.0
+        margin = (scores.unsqueeze(2) - better_scores.unsqueeze(-1)) / self.temperature
+        total = (weight.unsqueeze(0) * F.softplus(margin)).sum()
+        return total / (pairs * len(self.dims))

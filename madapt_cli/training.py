@@ -1,0 +1,694 @@
+"""Training Matryoshka adaptors: unsupervised (corpus only) and supervised (train qrels).
+
+Unsupervised:  L_topk + alpha L_pair + beta L_rec            (on corpus vectors)
+Supervised:    L_rank + alpha L_topk + beta L_pair + gamma L_rec
+(losses in :mod:`madapt_cli.losses`). Supervised training runs in two stages by default:
+stage 1 is the unsupervised fit, stage 2 starts from it. Both keep the checkpoint with the
+best validation nDCG@10 (mean over the validation sizes) and stop after ``patience`` epochs
+without improvement. The data stay on the training device; every step costs O(batch) memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from madapt_cli.adaptor import ResidualMLP
+from madapt_cli.errors import InputError
+from madapt_cli.evaluation import ndcg_at_10, resolve_device, search_topk
+from madapt_cli.losses import (
+    PairwiseSimilarityLoss,
+    RankingLoss,
+    ReconstructionLoss,
+    TopKSimilarityLoss,
+)
+
+Qrels = Mapping[str, Mapping[str, int]]
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def default_train_dims(dimension: int) -> list[int]:
+    """Powers of two from 16 below D, plus D."""
+    dims = [2**p for p in range(4, 32) if 2**p < dimension]
+    return [*dims, dimension]
+
+
+def check_train_dims(dims: Sequence[int], dimension: int) -> list[int]:
+    dims = sorted(set(int(d) for d in dims))
+    if not dims:
+        raise InputError("--train-dims is empty")
+    bad = [d for d in dims if not 1 <= d <= dimension]
+    if bad:
+        raise InputError(
+            f"--train-dims {','.join(map(str, bad))} outside 1..{dimension} "
+            "(the vectors' dimension)"
+        )
+    return dims
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; every field is recorded in the artifact's config.json."""
+
+    train_dims: list[int] | None = None  # None: default_train_dims(D)
+    hidden: int | None = None  # None: 2 D
+    depth: int = 2
+    activation: str = "gelu"
+    epochs: int = 20  # unsupervised (stage 1)
+    supervised_epochs: int = 30  # stage 2
+    batch_size: int = 512  # corpus vectors per unsupervised step
+    query_batch_size: int = 64  # training queries per supervised step
+    lr: float = 1e-3  # stage 1
+    supervised_lr: float = 2e-4  # stage 2
+    weight_decay: float = 0.0
+    topk: int = 10
+    alpha: float | None = None  # None: 1.0 (the defaults of each mode's objective)
+    beta: float | None = None
+    gamma: float | None = None
+    temperature: float = 0.05
+    hard_negatives: int = 30  # mined per training query in the original space
+    positives_per_query: int = 8  # sampled per query and step
+    patience: int = 5
+    validation_fraction: float = 0.2  # of train queries held out when no dev qrels
+    validation_dims: list[int] | None = None  # None: the train dims below D
+    seed: int = 0
+    device: str = "auto"
+
+    def weights(self, mode: str) -> dict[str, float]:
+        def pick(value: float | None) -> float:
+            return 1.0 if value is None else float(value)
+
+        if mode == "unsupervised":
+            return {"topk": 1.0, "pair": pick(self.alpha), "rec": pick(self.beta)}
+        return {
+            "rank": 1.0,
+            "topk": pick(self.alpha),
+            "pair": pick(self.beta),
+            "rec": pick(self.gamma),
+        }
+
+
+@dataclass
+class TrainResult:
+    module: ResidualMLP
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    topk_mining_seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_fingerprint(*parts: Any) -> str:
+    """sha256 over ids (strings), vectors (float32 bytes) and qrels, in order."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(np.ascontiguousarray(part, dtype=np.float32).tobytes())
+        elif isinstance(part, Mapping):
+            for query_id in sorted(part):
+                for doc_id, grade in sorted(part[query_id].items()):
+                    digest.update(f"{query_id}\t{doc_id}\t{grade}\n".encode())
+        else:
+            for item in part:
+                digest.update(str(item).encode("utf-8") + b"\0")
+        digest.update(b"\1")
+    return digest.hexdigest()
+
+
+def mine_topk(
+    queries: torch.Tensor, corpus: torch.Tensor, k: int, exclude_self: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k cosine neighbours over the whole corpus, chunked (never N x N in memory)."""
+    exclude = None
+    if exclude_self:
+        rows = np.arange(queries.shape[0], dtype=np.int64)
+        exclude = np.stack([rows, rows], axis=1)
+    scores, indices = search_topk(queries, corpus, k, device=corpus.device, exclude=exclude)
+    device = corpus.device
+    return torch.from_numpy(scores).to(device), torch.from_numpy(indices).to(device)
+
+
+class Validation:
+    """nDCG@10 of held-out queries against the adapted corpus, at each size."""
+
+    def __init__(
+        self,
+        corpus: torch.Tensor,
+        corpus_ids: Sequence[str],
+        queries: torch.Tensor,
+        query_ids: Sequence[str],
+        qrels: Qrels,
+        dims: Sequence[int],
+        selection_dims: Sequence[int],
+    ) -> None:
+        self.corpus, self.corpus_ids = corpus, list(corpus_ids)
+        self.queries, self.query_ids = queries, list(query_ids)
+        self.qrels, self.dims, self.selection_dims = qrels, list(dims), list(selection_dims)
+
+    @torch.no_grad()
+    def __call__(self, module: torch.nn.Module) -> dict[str, Any]:
+        was_training = module.training
+        module.eval()
+        corpus = torch.cat([module(c) for c in self.corpus.split(65_536)])
+        queries = torch.cat([module(q) for q in self.queries.split(65_536)])
+        module.train(was_training)
+        device = self.corpus.device
+        scores = {
+            str(d): ndcg_at_10(
+                queries, self.query_ids, corpus, self.corpus_ids, self.qrels, d, device=device
+            )
+            for d in self.dims
+        }
+        selected = float(np.mean([scores[str(d)] for d in self.selection_dims]))
+        return {"ndcg@10": scores, "score": selected}
+
+
+# --- one step of each objective ---------------------------------------------------------------
+class UnsupervisedObjective:
+    """L_topk + w_pair L_pair + w_rec L_rec on a batch of corpus rows and their neighbours."""
+
+    def __init__(self, corpus: torch.Tensor, dims: Sequence[int], topk: int, weights: dict) -> None:
+        self.corpus = corpus
+        self.neighbour_scores, self.neighbours = mine_topk(corpus, corpus, topk, exclude_self=True)
+        self.topk_loss, self.pair_loss = TopKSimilarityLoss(dims), PairwiseSimilarityLoss(dims)
+        self.rec_loss, self.weights = ReconstructionLoss(), weights
+
+    def __call__(self, module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        neighbours = self.neighbours[batch]  # (B, k); -1 when the corpus has fewer than k + 1
+        valid = neighbours >= 0
+        rows, inverse = torch.unique(
+            torch.cat([batch, neighbours.clamp_min(0).flatten()]), return_inverse=True
+        )
+        original = self.corpus[rows]
+        adapted = module(original)
+        anchors = adapted[inverse[: len(batch)]]
+        adapted_neighbours = adapted[inverse[len(batch) :]].view(*neighbours.shape, -1)
+        target = torch.where(valid, self.neighbour_scores[batch], 1.0)  # a row vs itself: 1
+        adapted_neighbours = torch.where(
+            valid.unsqueeze(-1), adapted_neighbours, anchors.unsqueeze(1)
+        )
+        loss = self.weights["topk"] * self.topk_loss(anchors, adapted_neighbours, target)
+        loss = loss + self.weights["pair"] * self.pair_loss(self.corpus[batch], anchors)
+        return loss + self.weights["rec"] * self.rec_loss(original, adapted)
+
+
+class SupervisedObjective:
+    """L_rank over labelled positives, hard and in-batch negatives, plus the unsupervised
+    terms on a random corpus batch as regularisers."""
+
+    def __init__(
+        self,
+        corpus: torch.Tensor,
+        queries: torch.Tensor,
+        judgments: list[dict[int, int]],  # per training query: corpus row -> grade
+        dims: Sequence[int],
+        config: TrainConfig,
+        weights: dict,
+        generator: torch.Generator,
+    ) -> None:
+        device = corpus.device
+        self.corpus, self.queries, self.generator = corpus, queries, generator
+        self.config, self.weights = config, weights
+        width = max(1, max(sum(1 for g in j.values() if g > 0) for j in judgments))
+        # positives padded with row N (sorted last) and grade 0, sorted by row per query
+        rows = torch.full((len(judgments), width), corpus.shape[0], dtype=torch.long)
+        grades = torch.zeros((len(judgments), width))
+        for i, judged in enumerate(judgments):
+            positive = sorted((r, g) for r, g in judged.items() if g > 0)
+            if positive:
+                rows[i, : len(positive)] = torch.tensor([r for r, _ in positive])
+                grades[i, : len(positive)] = torch.tensor([float(g) for _, g in positive])
+        self.positive_rows, self.positive_grades = rows.to(device), grades.to(device)
+        depth = min(corpus.shape[0], config.hard_negatives + width)
+        _, retrieved = mine_topk(queries, corpus, depth)
+        relevant = self.grades_of(torch.arange(len(judgments), device=device), retrieved) > 0
+        # first `hard_negatives` retrieved rows that are not positives (stable order)
+        order = torch.argsort(relevant.float() * depth + torch.arange(depth, device=device), dim=1)
+        self.hard_negatives = retrieved.gather(1, order)[:, : config.hard_negatives]
+        self.rank_loss = RankingLoss(dims, config.temperature)
+        self.unsupervised = UnsupervisedObjective(
+            corpus, dims, config.topk, {"topk": 1.0, "pair": 1.0, "rec": 1.0}
+        )
+
+    def grades_of(self, query_rows: torch.Tensor, corpus_rows: torch.Tensor) -> torch.Tensor:
+        """Grade of each (query, corpus row): (Q,) x (Q, C) -> (Q, C); 0 when unjudged."""
+        sorted_rows = self.positive_rows[query_rows]
+        slot = torch.searchsorted(sorted_rows, corpus_rows.contiguous()).clamp_max(
+            sorted_rows.shape[1] - 1
+        )
+        hit = sorted_rows.gather(1, slot) == corpus_rows
+        return torch.where(hit, self.positive_grades[query_rows].gather(1, slot), 0.0)
+
+    def __call__(
+        self, module: torch.nn.Module, batch: torch.Tensor, corpus_batch: torch.Tensor
+    ) -> torch.Tensor:
+        # sample up to P positives per query, at random among its labelled ones
+        noise = torch.rand(
+            self.positive_rows[batch].shape, generator=self.generator, device=batch.device
+        )
+        noise = noise.masked_fill(self.positive_grades[batch] <= 0, -1.0)
+        count = min(self.config.positives_per_query, noise.shape[1])
+        picked = self.positive_rows[batch].gather(1, noise.topk(count, dim=1).indices)
+        candidates = torch.cat([picked.flatten(), self.hard_negatives[batch].flatten()])
+        candidates = torch.unique(candidates[candidates < self.corpus.shape[0]])
+        relevance = self.grades_of(batch, candidates.expand(len(batch), -1))
+        queries = module(self.queries[batch])
+        documents = module(self.corpus[candidates])
+        loss = self.weights["rank"] * self.rank_loss(queries, documents, relevance)
+        u = self.unsupervised
+        neighbours = u.neighbours[corpus_batch]
+        valid = neighbours >= 0
+        rows, inverse = torch.unique(
+            torch.cat([corpus_batch, neighbours.clamp_min(0).flatten()]), return_inverse=True
+        )
+        original = self.corpus[rows]
+        adapted = module(original)
+        anchors = adapted[inverse[: len(corpus_batch)]]
+        adapted_neighbours = adapted[inverse[len(corpus_batch) :]].view(*neighbours.shape, -1)
+        adapted_neighbours = torch.where(
+            valid.unsqueeze(-1), adapted_neighbours, anchors.unsqueeze(1)
+        )
+        target = torch.where(valid, u.neighbour_scores[corpus_batch], 1.0)
+        loss = loss + self.weights["topk"] * u.topk_loss(anchors, adapted_neighbours, target)
+        loss = loss + self.weights["pair"] * u.pair_loss(self.corpus[corpus_batch], anchors)
+        return loss + self.weights["rec"] * u.rec_loss(original, adapted)
+
+
+# --- the loops ---------------------------------------------------------------------------------
+def _fit_loop(
+    module: ResidualMLP,
+    step: Callable[[torch.Generator], torch.Tensor],
+    steps_per_epoch: int,
+    epochs: int,
+    lr: float,
+    config: TrainConfig,
+    validation: Validation | None,
+    stage: str,
+    on_epoch: EpochCallback | None,
+    generator: torch.Generator,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """AdamW over ``epochs``; keeps the best validated state (the last one without validation)."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state = None
+    if validation is not None:  # epoch 0: where training starts (the identity, or stage 1)
+        best = {"stage": stage, "epoch": 0, "loss": None, **validation(module)}
+        best_state = copy.deepcopy(module.state_dict())
+        history.append(best)
+        if on_epoch:
+            on_epoch(best)
+    stale = 0
+    for epoch in range(1, epochs + 1):
+        module.train()
+        total = torch.zeros((), device=next(module.parameters()).device)
+        for _ in range(steps_per_epoch):
+            loss = step(generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        record: dict[str, Any] = {
+            "stage": stage,
+            "epoch": epoch,
+            "loss": float(total) / steps_per_epoch,
+        }
+        if validation is not None:
+            record.update(validation(module))
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if validation is None:
+            continue
+        if record["score"] > best["score"] + 1e-6:
+            best, best_state, stale = record, copy.deepcopy(module.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    return history, best
+
+
+def _device_generator(device: torch.device, seed: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def train_unsupervised(
+    corpus: np.ndarray,
+    config: TrainConfig,
+    validation_data: dict[str, Any] | None = None,
+    on_epoch: EpochCallback | None = None,
+    module: ResidualMLP | None = None,
+) -> TrainResult:
+    """Stage 1: fit f on the corpus alone. ``validation_data`` (optional) holds corpus_ids,
+    queries, query_ids and qrels for early stopping."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    dimension = corpus.shape[1]
+    dims = check_train_dims(config.train_dims or default_train_dims(dimension), dimension)
+    vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
+    if module is None:
+        module = ResidualMLP(
+            dimension, config.hidden or 2 * dimension, config.depth, config.activation
+        )
+    module = module.to(device)
+    started = time.perf_counter()
+    objective = UnsupervisedObjective(vectors, dims, config.topk, config.weights("unsupervised"))
+    mined = time.perf_counter() - started
+    validation = _validation(vectors, validation_data, dims, config, device)
+    batch_size = min(config.batch_size, len(vectors))
+    steps = math.ceil(len(vectors) / batch_size)
+    generator = _device_generator(device, config.seed)
+    order = {"perm": None, "position": 0}
+
+    def step(gen: torch.Generator) -> torch.Tensor:
+        if order["perm"] is None or order["position"] >= len(vectors):
+            order["perm"] = torch.randperm(len(vectors), generator=gen, device=device)
+            order["position"] = 0
+        start = order["position"]
+        order["position"] += batch_size
+        return objective(module, order["perm"][start : start + batch_size])
+
+    history, best = _fit_loop(
+        module,
+        step,
+        steps,
+        config.epochs,
+        config.lr,
+        config,
+        validation,
+        "unsupervised",
+        on_epoch,
+        generator,
+    )
+    return TrainResult(module.cpu().eval(), history, best, mined)
+
+
+def train_supervised(
+    corpus: np.ndarray,
+    corpus_ids: Sequence[str],
+    queries: np.ndarray,
+    query_ids: Sequence[str],
+    qrels: Qrels,
+    config: TrainConfig,
+    dev_qrels: Qrels | None = None,
+    on_epoch: EpochCallback | None = None,
+    two_stage: bool = True,
+) -> TrainResult:
+    """Stage 1 (unsupervised, unless ``two_stage`` is False) then stage 2 on the train qrels.
+
+    Training queries are the qrels queries found in ``query_ids`` with a judged document in the
+    corpus. Without ``dev_qrels``, ``validation_fraction`` of them are held out for early
+    stopping (and not trained on).
+    """
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    dimension = corpus.shape[1]
+    dims = check_train_dims(config.train_dims or default_train_dims(dimension), dimension)
+    corpus_row = {doc_id: i for i, doc_id in enumerate(corpus_ids)}
+    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
+    usable = sorted(
+        q
+        for q, judged in qrels.items()
+        if q in query_row and any(g > 0 and d in corpus_row for d, g in judged.items())
+    )
+    if not usable:
+        raise InputError(
+            "no query of the train qrels has a positive judgement on a document of the corpus "
+            "table and a vector in the queries table: do the ids match?"
+        )
+    if dev_qrels is None:
+        shuffled = random.Random(config.seed).sample(usable, len(usable))
+        held = max(1, round(len(usable) * config.validation_fraction)) if len(usable) > 4 else 0
+        validation_ids, train_ids = sorted(shuffled[:held]), sorted(shuffled[held:])
+        validation_qrels = {q: dict(qrels[q]) for q in validation_ids}
+    else:
+        train_ids = usable
+        validation_qrels = {q: dict(j) for q, j in dev_qrels.items() if q in query_row}
+        if not validation_qrels:
+            raise InputError("no query of the dev qrels has a vector in the queries table")
+    validation_data = None
+    if validation_qrels:
+        ids = sorted(validation_qrels)
+        validation_data = {
+            "corpus_ids": list(corpus_ids),
+            "query_ids": ids,
+            "queries": queries[[query_row[q] for q in ids]],
+            "qrels": validation_qrels,
+        }
+    history: list[dict[str, Any]] = []
+    module, mined = None, 0.0
+    if two_stage:
+        stage1 = train_unsupervised(corpus, config, validation_data, on_epoch)
+        module, history, mined = stage1.module, stage1.history, stage1.topk_mining_seconds
+    seed_everything(config.seed)
+    if module is None:
+        module = ResidualMLP(
+            dimension, config.hidden or 2 * dimension, config.depth, config.activation
+        )
+    module = module.to(device)
+    vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
+    train_queries = F.normalize(
+        torch.tensor(np.asarray(queries[[query_row[q] for q in train_ids]], np.float32)).to(device),
+        dim=-1,
+    )
+    judgments = [
+        {corpus_row[d]: g for d, g in qrels[q].items() if d in corpus_row} for q in train_ids
+    ]
+    generator = _device_generator(device, config.seed + 1)
+    objective = SupervisedObjective(
+        vectors, train_queries, judgments, dims, config, config.weights("supervised"), generator
+    )
+    validation = _validation(vectors, validation_data, dims, config, device)
+    query_batch = min(config.query_batch_size, len(train_ids))
+    steps = math.ceil(len(train_ids) / query_batch)
+    corpus_batch = min(config.batch_size, len(vectors))
+    order = {"perm": None, "position": 0}
+
+    def step(gen: torch.Generator) -> torch.Tensor:
+        if order["perm"] is None or order["position"] >= len(train_ids):
+            order["perm"] = torch.randperm(len(train_ids), generator=gen, device=device)
+            order["position"] = 0
+        start = order["position"]
+        order["position"] += query_batch
+        rows = torch.randint(len(vectors), (corpus_batch,), generator=gen, device=device)
+        return objective(module, order["perm"][start : start + query_batch], rows)
+
+    stage2, best = _fit_loop(
+        module,
+        step,
+        steps,
+        config.supervised_epochs,
+        config.supervised_lr,
+        config,
+        validation,
+        "supervised",
+        on_epoch,
+        generator,
+    )
+    return TrainResult(module.cpu().eval(), history + stage2, best, mined)
+
+
+def _validation(
+    vectors: torch.Tensor,
+    data: dict[str, Any] | None,
+    dims: list[int],
+    config: TrainConfig,
+    device: torch.device,
+) -> Validation | None:
+    if not data:
+        return None
+    dimension = vectors.shape[1]
+    selection = config.validation_dims or [d for d in dims if d < dimension] or [dimension]
+    queries = F.normalize(torch.tensor(np.asarray(data["queries"], np.float32)).to(device), dim=-1)
+    report_dims = sorted(set(dims) | set(selection))
+    return Validation(
+        vectors,
+        data["corpus_ids"],
+        queries,
+        data["query_ids"],
+        data["qrels"],
+        report_dims,
+        selection,
+    )
+
+
+def config_record(config: TrainConfig) -> dict[str, Any]:
+    return asdict(config)
+
+
+# --- from a store to an artifact -----------------------------------------------------------------
+def fit_store(
+    store_path: str | Path,
+    out: str | Path,
+    *,
+    method: str = "matryoshka",
+    mode: str = "unsupervised",
+    qrels_path: str | Path | None = None,
+    dev_qrels_path: str | Path | None = None,
+    config: TrainConfig | None = None,
+    name: str | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Fit an adaptor on the ``corpus`` (and ``queries``) tables of a store and write the
+    artifact directory ``out`` (atomically: a failed fit leaves no partial artifact).
+    Returns the artifact's config."""
+    from madapt_cli.adaptor import METHODS, Adaptor, fit_pca
+    from madapt_cli.data import read_qrels
+    from madapt_cli.stores import arrow_to_vectors, open_store
+
+    config = config or TrainConfig()
+    if method not in METHODS:
+        raise InputError(f"unknown --method {method!r}: use {', '.join(METHODS)}")
+    if mode not in ("unsupervised", "supervised"):
+        raise InputError(f"unknown --mode {mode!r}: use unsupervised or supervised")
+    out = Path(out)
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())
+    ):
+        raise InputError(f"{out} exists and is not an adaptor directory; choose another --out")
+    store = open_store(store_path)
+    store.require_table("corpus")
+    metadata = store.metadata("corpus")
+    dimension = store.schema("corpus").field("vector").type.list_size
+    dims = check_train_dims(config.train_dims or default_train_dims(dimension), dimension)
+    config.train_dims = dims
+    if config.validation_dims:
+        check_train_dims(config.validation_dims, dimension)
+    if mode == "supervised" and method == "matryoshka" and qrels_path is None:
+        raise InputError("--mode supervised needs --qrels TRAIN.tsv (query-id, corpus-id, score)")
+    qrels = read_qrels(qrels_path) if qrels_path is not None else None
+    dev_qrels = read_qrels(dev_qrels_path) if dev_qrels_path is not None else None
+
+    record: dict[str, Any] = {
+        "name": name or out.resolve().name,
+        "method": method,
+        "dimension": dimension,
+        "base_provider": metadata.get("provider"),
+        "base_model": metadata.get("model"),
+        "base_normalized": metadata.get("normalized"),
+        "source_store": str(Path(store_path).resolve()),
+    }
+    if method == "pca":
+        digest_ids: list[str] = []
+        batches = []
+        for batch in store.iter_batches("corpus", columns=["id", "vector"]):
+            digest_ids.extend(batch.column(0).to_pylist())
+            batches.append(arrow_to_vectors(batch.column(1)))
+        if not digest_ids:
+            raise InputError(f"table 'corpus' of {store_path} is empty")
+        module = fit_pca(batches, dimension)
+        record.update(
+            architecture={"type": "pca", "centered": True},
+            mode="unsupervised",
+            train_dims=None,
+            training_rows=len(digest_ids),
+            training_data_sha256=training_fingerprint(digest_ids, *batches),
+        )
+        history, best = [], None
+    else:
+        corpus_ids, corpus = store.read_vectors("corpus")
+        if len(corpus_ids) < 2:
+            raise InputError(f"table 'corpus' of {store_path} has {len(corpus_ids)} rows; need 2+")
+        query_ids: list[str] = []
+        queries = np.zeros((0, dimension), np.float32)
+        if qrels is not None or dev_qrels is not None:
+            store.require_table("queries")
+            query_metadata = store.metadata("queries")
+            for key in ("model", "dimension"):
+                if query_metadata.get(key) != metadata.get(key):
+                    raise InputError(
+                        f"tables 'queries' and 'corpus' differ in {key}: "
+                        f"{query_metadata.get(key)!r} vs {metadata.get(key)!r}"
+                    )
+            query_ids, queries = store.read_vectors("queries")
+        if mode == "supervised":
+            result = train_supervised(
+                corpus,
+                corpus_ids,
+                queries,
+                query_ids,
+                qrels,
+                config,
+                dev_qrels,
+                on_epoch,
+                two_stage=config.epochs > 0,
+            )
+            fingerprint = training_fingerprint(corpus_ids, corpus, query_ids, queries, qrels)
+        else:
+            validation_data = None
+            judged = dev_qrels if dev_qrels is not None else qrels
+            if judged is not None:
+                known = set(query_ids)
+                chosen = sorted(q for q in judged if q in known)
+                if not chosen:
+                    raise InputError("no query of the qrels has a vector in the 'queries' table")
+                row = {q: i for i, q in enumerate(query_ids)}
+                validation_data = {
+                    "corpus_ids": corpus_ids,
+                    "query_ids": chosen,
+                    "queries": queries[[row[q] for q in chosen]],
+                    "qrels": {q: dict(judged[q]) for q in chosen},
+                }
+            result = train_unsupervised(corpus, config, validation_data, on_epoch)
+            fingerprint = training_fingerprint(corpus_ids, corpus)
+        module, history, best = result.module, result.history, result.best
+        record.update(
+            architecture={
+                "type": "residual_mlp",
+                "hidden": config.hidden or 2 * dimension,
+                "depth": config.depth,
+                "activation": config.activation,
+            },
+            mode=mode,
+            train_dims=dims,
+            training_rows=len(corpus_ids),
+            training_data_sha256=fingerprint,
+            topk_mining_seconds=round(result.topk_mining_seconds, 3),
+        )
+    from madapt_cli import __version__
+
+    record.update(
+        seed=config.seed,
+        hyperparameters=config_record(config),
+        madapt_version=__version__,
+        validation_curve=history,
+        best_validation=best,
+    )
+    adaptor = Adaptor(module.cpu(), record)
+    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        adaptor.save(staging)
+        if out.exists():
+            retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
+            os.replace(out, retired)
+            os.replace(staging, out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return adaptor.config

@@ -1,0 +1,138 @@
+"""Training on synthetic vectors with planted structure (fast; no real model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from madapt_cli.errors import InputError
+from madapt_cli.evaluation import ndcg_at_10
+from madapt_cli.training import (
+    TrainConfig,
+    check_train_dims,
+    default_train_dims,
+    mine_topk,
+    train_supervised,
+    train_unsupervised,
+)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _hidden_signal(n: int = 400, seed: int = 0) -> dict:
+    """Documents and queries that match on the LAST 8 of 32 coordinates only; the first 24
+    are independent noise. Truncation to 8 dims therefore cannot retrieve anything."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=(n, 8))
+    docs = _unit(np.hstack([rng.normal(size=(n, 24)), signal]))
+    queries = _unit(np.hstack([rng.normal(size=(n, 24)), signal + 0.2 * rng.normal(size=(n, 8))]))
+    doc_ids = [f"d{i}" for i in range(n)]
+    query_ids = [f"q{i}" for i in range(n)]
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(n)}
+    return {
+        "docs": docs,
+        "doc_ids": doc_ids,
+        "queries": queries,
+        "query_ids": query_ids,
+        "qrels": qrels,
+    }
+
+
+def test_default_and_checked_train_dims():
+    assert default_train_dims(384) == [16, 32, 64, 128, 256, 384]
+    assert default_train_dims(64) == [16, 32, 64]
+    assert check_train_dims([64, 32, 32], 384) == [32, 64]
+    with pytest.raises(InputError, match=r"512 outside 1\.\.384"):
+        check_train_dims([64, 512], 384)
+
+
+def test_mine_topk_is_exact_and_excludes_self():
+    x = torch.from_numpy(_unit(np.random.default_rng(0).normal(size=(50, 8))))
+    scores, indices = mine_topk(x, x, 3, exclude_self=True)
+    similarity = (x @ x.T).fill_diagonal_(-2.0)
+    expected_scores, expected_indices = similarity.topk(3, dim=1)
+    torch.testing.assert_close(scores, expected_scores)
+    assert torch.equal(indices, expected_indices)
+    assert not (indices == torch.arange(50).unsqueeze(1)).any()
+
+
+def test_unsupervised_training_lowers_the_loss_and_helps_small_prefixes():
+    rng = np.random.default_rng(1)
+    # the informative directions sit at the end: prefixes of the raw vectors lose them
+    x = _unit(rng.normal(size=(600, 24)) * np.linspace(0.2, 2.0, 24))
+    config = TrainConfig(
+        train_dims=[4, 8, 24], epochs=15, batch_size=128, lr=3e-3, device="cpu", topk=5
+    )
+    result = train_unsupervised(x, config)
+    losses = [r["loss"] for r in result.history]
+    assert losses[-1] < 0.8 * losses[0]
+    # neighbours at 4 dims agree more with the full-size neighbours than truncation does
+    full = torch.from_numpy(x)
+    _, truth = mine_topk(full, full, 5, exclude_self=True)
+
+    def overlap(vectors: torch.Tensor) -> float:
+        v = torch.nn.functional.normalize(vectors[:, :4], dim=-1)
+        _, found = mine_topk(v, v, 5, exclude_self=True)
+        return np.mean(
+            [len(set(a) & set(b)) / 5 for a, b in zip(found.tolist(), truth.tolist(), strict=True)]
+        )
+
+    with torch.no_grad():
+        adapted = result.module(full)
+    assert overlap(adapted) > overlap(full) + 0.05
+
+
+def test_supervised_training_moves_the_signal_into_the_first_dimensions():
+    data = _hidden_signal()
+    config = TrainConfig(
+        train_dims=[8, 32],
+        epochs=0,
+        supervised_epochs=20,
+        batch_size=128,
+        query_batch_size=64,
+        supervised_lr=1e-2,
+        alpha=0.1,
+        beta=0.1,
+        gamma=0.1,
+        temperature=0.1,
+        hard_negatives=10,
+        device="cpu",
+        patience=20,
+        seed=0,
+    )
+    result = train_supervised(
+        data["docs"],
+        data["doc_ids"],
+        data["queries"],
+        data["query_ids"],
+        data["qrels"],
+        config,
+        two_stage=False,
+    )
+    stage = [r for r in result.history if r["stage"] == "supervised"]
+    assert stage[0]["epoch"] == 0  # validation of the starting point (the identity)
+    before = stage[0]["ndcg@10"]["8"]
+    after = result.best["ndcg@10"]["8"]
+    assert before < 0.1
+    assert after > before + 0.4  # on the held-out validation queries
+    with torch.no_grad():
+        docs = result.module(torch.from_numpy(data["docs"]))
+        queries = result.module(torch.from_numpy(data["queries"]))
+    score = ndcg_at_10(queries, data["query_ids"], docs, data["doc_ids"], data["qrels"], 8)
+    assert score > before + 0.4
+
+
+def test_supervised_refuses_qrels_that_match_nothing():
+    data = _hidden_signal(n=20)
+    with pytest.raises(InputError, match="do the ids match"):
+        train_supervised(
+            data["docs"],
+            data["doc_ids"],
+            data["queries"],
+            data["query_ids"],
+            {"other": {"x": 1}},
+            TrainConfig(device="cpu"),
+        )
