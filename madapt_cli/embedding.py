@@ -57,6 +57,7 @@ class EmbedSummary:
     skipped_empty: int
     dropped: int
     seconds: float
+    skipped_bad: int = 0  # inputs the API rejected, skipped with --skip-bad (not stored)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,13 +158,25 @@ def embed_source(
 
     schema: pa.Schema | None = None
     embedded = 0
+    skipped_bad = 0
 
     def write(items: list[TextItem], vectors: np.ndarray) -> None:
-        nonlocal schema, embedded
+        nonlocal schema, embedded, skipped_bad
         if vectors.shape != (len(items), provider.dimension):
             raise RuntimeError(
                 f"provider returned {vectors.shape} for {len(items)} inputs"
             )  # providers validate responses; this guards the store
+        # An all-NaN row is an input the API rejected and the provider skipped (--skip-bad):
+        # it is not stored, so a rerun tries it again.
+        rejected = np.isnan(vectors).all(axis=1)
+        if rejected.any():
+            skipped_bad += int(rejected.sum())
+            if on_progress:
+                on_progress(int(rejected.sum()))
+            items = [item for item, bad in zip(items, rejected, strict=True) if not bad]
+            vectors = vectors[~rejected]
+            if not items:
+                return
         if normalize:
             vectors = _normalise(vectors)
         if schema is None:
@@ -200,10 +213,11 @@ def embed_source(
         table=table,
         rows=plan.rows,
         embedded=embedded,
-        reused=plan.rows - embedded,
+        reused=plan.rows - embedded - skipped_bad,
         skipped_empty=plan.skipped_empty,
         dropped=dropped,
         seconds=round(time.perf_counter() - started, 3),
+        skipped_bad=skipped_bad,
     )
 
 

@@ -113,7 +113,130 @@ def run_embed(
         "rows_reused": sum(s["reused"] for s in summaries),
         "seconds": round(sum(s["seconds"] for s in summaries), 3),
         "tables": summaries,
+        **({"provider_stats": provider.stats()} if provider.stats() else {}),
     }
+
+
+# --- API providers (openai, vertex): options and --dry-run ----------------------------------
+API_PROVIDERS = ("openai", "vertex")
+
+
+def provider_options(
+    provider_name: str,
+    *,
+    local: dict[str, Any],
+    api: dict[str, Any],
+) -> dict[str, Any]:
+    """The options ``get_provider`` passes to ``provider_name``; API-only options given to a
+    local model (or the reverse) are an error rather than silently ignored."""
+    given_api = {k for k, v in api.items() if v not in (None, False) and k not in _API_DEFAULTS}
+    if provider_name not in API_PROVIDERS:
+        if given_api:
+            flags = ", ".join(sorted("--" + k.replace("_", "-") for k in given_api))
+            raise InputError(f"{flags} apply to --provider openai or vertex, not {provider_name}")
+        return local
+    options = {k: v for k, v in api.items() if v is not None}
+    if provider_name == "openai":
+        for vertex_only in ("project", "location"):
+            if options.pop(vertex_only, None) is not None:
+                raise InputError(f"--{vertex_only} applies to --provider vertex")
+    retry_base_delay = options.pop("retry_base_delay", None)
+    if retry_base_delay is not None:
+        from madapt_cli.providers.resilience import RetryPolicy
+
+        options["retry_policy"] = RetryPolicy(
+            max_retries=options["max_retries"],
+            base_delay=retry_base_delay,
+            max_delay=max(retry_base_delay, 1.0) * 60,
+        )
+    return options
+
+
+#: API options whose default value does not count as "given"
+_API_DEFAULTS = {"max_retries", "timeout"}
+
+
+def dry_run_embed(
+    source: Path,
+    out: Path,
+    provider: EmbeddingProvider,
+    *,
+    store_format: str | None = None,
+    table: str | None = None,
+    role: Role | None = None,
+    id_field: str = "id",
+    text_field: str = "text",
+    title_field: str | None = "title",
+    file_format: str | None = None,
+    skip_empty: bool = False,
+    use_titles: bool = True,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """What a run would embed and cost, without calling the API or writing anything."""
+    from madapt_cli.pricing import estimate_cost, price_per_million
+
+    jobs = jobs_for(source, table, role, id_field, text_field, title_field, file_format,
+                    skip_empty, use_titles)
+    existing = open_store(out, store_format) if out.exists() and any(out.iterdir()) else None
+    plans = [plan_embedding(src, provider, existing, name, job_role, limit)
+             for name, job_role, src in jobs]
+    tokens = sum(p.estimated_tokens for p in plans)
+    cost = estimate_cost(provider.name, provider.model, tokens)
+    return {
+        "dry_run": True,
+        "provider": provider.name,
+        "model": provider.model,
+        "rows": sum(p.rows for p in plans),
+        "rows_to_embed": sum(p.to_embed for p in plans),
+        "rows_reused": sum(p.reused for p in plans),
+        "estimated_tokens": tokens,
+        "price_per_million_tokens": price_per_million(provider.name, provider.model),
+        "estimated_cost_usd": None if cost is None else round(cost, 6),
+        "tables": [
+            {"table": p.table, "rows": p.rows, "to_embed": p.to_embed, "reused": p.reused,
+             "skipped_empty": p.skipped_empty, "estimated_tokens": p.estimated_tokens}
+            for p in plans
+        ],
+    }
+
+
+def _print_dry_run(summary: dict[str, Any]) -> None:
+    for entry in summary["tables"]:
+        console.log(
+            f"{entry['table']}: {entry['rows']} rows, {entry['to_embed']} to embed "
+            f"({entry['reused']} already stored), ~{entry['estimated_tokens']:,} tokens"
+        )
+    cost = summary["estimated_cost_usd"]
+    price = (
+        f"~${cost:,.{2 if cost >= 1 else 6}f} at ${summary['price_per_million_tokens']}/1M tokens"
+        if cost is not None
+        else "no price for this model in the price table (see MADAPT_PRICING)"
+    )
+    console.log(
+        f"dry run: {summary['rows_to_embed']} rows, ~{summary['estimated_tokens']:,} tokens, "
+        f"{price}; nothing was sent or written"
+    )
+
+
+def _print_provider_stats(stats: dict[str, Any]) -> None:
+    if not stats:
+        return
+    parts = [f"{stats.get('requests', 0)} requests", f"{stats.get('retries', 0)} retries"]
+    if stats.get("truncated"):
+        parts.append(f"{stats['truncated']} inputs truncated")
+    console.log("api: " + ", ".join(parts))
+    if stats.get("truncated"):
+        console.warn(
+            f"{stats['truncated']} inputs were over the model's token limit and were truncated "
+            "(--strict refuses them instead)"
+        )
+    if stats.get("skipped_bad"):
+        ids = stats.get("skipped_bad_ids", [])
+        shown = ", ".join(repr(i) for i in ids[:10]) + (" ..." if len(ids) > 10 else "")
+        console.warn(
+            f"{stats['skipped_bad']} inputs rejected by the API were skipped (--skip-bad): "
+            f"{shown}; they are not stored, a rerun retries them"
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -152,6 +275,39 @@ def register(app: typer.Typer) -> None:
                                          help="Embed only the first N rows of each input."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        # API providers (openai, vertex)
+        dimensions: int | None = typer.Option(None, "--dimensions", min=1,
+                                              help="Output size the API should return."),
+        base_url: str | None = typer.Option(None, "--base-url",
+                                            help="API server (openai: else OPENAI_BASE_URL)."),
+        project: str | None = typer.Option(None, "--project",
+                                           help="Vertex: Google Cloud project "
+                                           "(else GOOGLE_CLOUD_PROJECT)."),
+        location: str | None = typer.Option(None, "--location",
+                                            help="Vertex: region (else GOOGLE_CLOUD_LOCATION, "
+                                            "us-central1)."),
+        concurrency: int | None = typer.Option(None, "--concurrency", min=1,
+                                               help="API requests in flight [default: 4]."),
+        rpm: float | None = typer.Option(None, "--rpm", min=0.001,
+                                         help="Client-side limit: requests per minute."),
+        tpm: float | None = typer.Option(None, "--tpm", min=1,
+                                         help="Client-side limit: tokens per minute."),
+        max_retries: int = typer.Option(10, "--max-retries", min=0,
+                                        help="Retries of a failed API request (429, 5xx, "
+                                        "timeouts)."),
+        timeout: float = typer.Option(60.0, "--timeout", min=0.001,
+                                      help="Seconds before an API request is abandoned "
+                                      "(and retried)."),
+        strict: bool = typer.Option(False, "--strict",
+                                    help="Refuse over-long inputs instead of truncating them."),
+        skip_bad: bool = typer.Option(False, "--skip-bad",
+                                      help="Skip (and count) inputs the API rejects instead "
+                                      "of failing."),
+        dry_run: bool = typer.Option(False, "--dry-run",
+                                     help="Count inputs, tokens and estimated cost; send "
+                                     "and write nothing."),
+        retry_base_delay: float | None = typer.Option(None, "--retry-base-delay", hidden=True,
+                                                      min=0.0),
     ) -> None:
         """Embed a corpus (and its queries) into a store; reruns resume and reuse."""
         if dtype not in ("float32", "float16"):
@@ -160,14 +316,34 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--format must be parquet or lance, not {store_format!r}")
         if role not in ("document", "query"):
             raise InputError(f"--role must be document or query, not {role!r}")
-        provider = get_provider(
+        options = provider_options(
             provider_name,
-            model or DEFAULT_MODELS.get(provider_name, ""),
-            batch_size=batch_size,
-            device=device,
-            query_prompt=query_prompt,
-            document_prompt=document_prompt,
+            local={"batch_size": batch_size, "device": device, "query_prompt": query_prompt,
+                   "document_prompt": document_prompt},
+            api={"dimensions": dimensions, "base_url": base_url, "project": project,
+                 "location": location, "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
+                 "max_retries": max_retries, "timeout": timeout, "strict": strict,
+                 "skip_bad": skip_bad, "retry_base_delay": retry_base_delay},
         )
+        provider = get_provider(
+            provider_name, model or DEFAULT_MODELS.get(provider_name, ""), **options
+        )
+        if dry_run:
+            try:
+                summary = dry_run_embed(
+                    source, out, provider, store_format=store_format, table=table,
+                    role=role,  # type: ignore[arg-type]
+                    id_field=id_field, text_field=text_field, title_field=title_field,
+                    file_format=file_format, skip_empty=skip_empty, use_titles=not no_title,
+                    limit=limit,
+                )
+            finally:
+                provider.close()
+            if as_json:
+                console.print_json(summary)
+            else:
+                _print_dry_run(summary)
+            return
         try:
             summary = run_embed(
                 source, out, provider, store_format=store_format, table=table,
@@ -184,8 +360,11 @@ def register(app: typer.Typer) -> None:
             return
         for entry in summary["tables"]:
             skipped = f", {entry['skipped_empty']} empty skipped" if entry["skipped_empty"] else ""
+            if entry.get("skipped_bad"):
+                skipped += f", {entry['skipped_bad']} rejected by the API skipped"
             console.log(
                 f"{entry['table']}: {entry['rows']} rows ({entry['embedded']} embedded, "
                 f"{entry['reused']} reused{skipped}) in {entry['seconds']:.1f}s"
             )
+        _print_provider_stats(summary.get("provider_stats", {}))
         console.log(f"store: {summary['store']} ({summary['format']})")

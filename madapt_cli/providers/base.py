@@ -75,7 +75,11 @@ class EmbeddingProvider(ABC):
 
     @abstractmethod
     def embed_batch(self, items: list[TextItem], role: Role) -> np.ndarray:
-        """Embed one batch (within :attr:`limits`): returns float32 (len(items), dimension)."""
+        """Embed one batch (within :attr:`limits`): returns float32 (len(items), dimension).
+
+        A row of NaN marks an input the API rejected and the user chose to skip
+        (``--skip-bad``); the pipeline does not store it.
+        """
 
     # --- identity: what makes two vectors interchangeable ------------------------------
     def settings(self, role: Role) -> dict[str, Any]:
@@ -107,6 +111,10 @@ class EmbeddingProvider(ABC):
             "role": role,
             **self.settings(role),
         }
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the run so far for the summary (requests, retries, truncated...)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and pools."""
