@@ -15,6 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from madapt_cli import __version__
@@ -62,34 +65,55 @@ def _best_by_size(report: EvaluationReport) -> dict[tuple[int, str], float]:
 
 
 def render_table(report: EvaluationReport) -> Table:
-    """A rich table: one row per (size, method), the best value at each size in bold."""
+    """A rich table: one row per (size, method), the best value at each size in bold, the
+    full-size original last. Compact enough for an 80-column terminal with four metrics."""
     table = Table(
         title=f"{report.num_queries:,} queries, {report.settings.get('corpus_rows', 0):,} "
         f"documents, {report.dimension}-d vectors",
         title_justify="left",
+        caption="bytes: float32 bytes per vector; original: the full-size vectors",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
     )
-    table.add_column("size", justify="right")
-    table.add_column("bytes/vector", justify="right")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("bytes", justify="right", no_wrap=True)
     table.add_column("method", no_wrap=True)
     for metric in report.metrics:
-        table.add_column(metric, justify="right")
+        table.add_column(metric, justify="right", no_wrap=True, min_width=len(metric))
     best = _best_by_size(report)
     previous_size = None
     for dim, method, metrics, reference in _rows(report):
         if previous_size is not None and dim != previous_size:
             table.add_section()
         previous_size = dim
+        several = sum(1 for r in report.results if r.dim == dim) > 1
         cells = []
         for metric in report.metrics:
             value = metrics[metric]
             text = f"{value:.4f}"
-            several = sum(1 for r in report.results if r.dim == dim) > 1
             if several and value == best[(dim, metric)] and not reference:
                 text = f"[bold]{text}[/bold]"
             cells.append(text)
-        label = f"{method} (original)" if reference else method
+        label = "original" if reference else method
         table.add_row(str(dim), f"{bytes_per_vector(dim):,}", label, *cells)
     return table
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print at the table's natural width even when that exceeds the console's (a pipe is
+    80 columns to rich): a long line is better than figures cut to an ellipsis."""
+    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    wide = Console(
+        file=console.file,
+        width=natural,
+        force_terminal=console.is_terminal,
+        color_system=console.color_system,  # type: ignore[arg-type]
+        no_color=console.no_color,
+    )
+    wide.print(table)
 
 
 def render_markdown(report: EvaluationReport) -> str:

@@ -125,7 +125,7 @@ def test_table_on_terminal_and_metric_choice(capsys, planted):
     assert code == 0, err
     assert "ndcg@5" in out and "precision@3" in out and "recall@100" not in out
     assert "pca" not in out
-    assert "truncate (original)" in out and f"{4 * DIM}" in out  # bytes per vector at D
+    assert "original" in out and f"{4 * DIM}" in out  # bytes per vector at D
 
 
 def _save_identity_adaptor(path: Path, model: str = MODEL, dimension: int = DIM) -> Path:

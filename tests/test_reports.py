@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -59,10 +60,14 @@ def test_terminal_table():
     console.print(reports.render_table(_report()))
     text = console.export_text()
     assert "300 queries, 5,183 documents, 384-d vectors" in text
-    lines = [line for line in text.splitlines() if "│" in line]
+    lines = [line for line in text.splitlines() if "0." in line]
     assert len(lines) == 7
     assert any("mine" in line and "0.6200" in line and "512" in line for line in lines)
-    assert any("truncate (original)" in line and "1,536" in line for line in lines)
+    assert "original" in lines[-1] and "1,536" in lines[-1] and "0.6400" in lines[-1]
+    printed = io.StringIO()
+    reports.print_table(Console(file=printed, width=40), reports.render_table(_report()))
+    assert "recall@100" in printed.getvalue()  # not cut to fit 40 columns
+    assert "0.9300" in printed.getvalue() and "…" not in printed.getvalue()
 
 
 def test_write_report_files_and_replacement(tmp_path):
