@@ -171,3 +171,17 @@ def test_prefix_search_ties_go_to_the_lower_row():
         found = search_topk_prefixes(base[[2]], corpus, [3, 8], 6, chunk_size=chunk_size)
         for _, indices in found.values():
             np.testing.assert_array_equal(indices[0], np.arange(2, 24, 4))
+
+
+def test_pca_baseline_fits_on_evenly_spaced_rows_above_the_cap():
+    from madapt_cli.adaptor import fit_pca
+    from madapt_cli.evaluation import _pca_baseline
+
+    rng = np.random.default_rng(8)
+    corpus = _unit(rng, 101, 6) + np.linspace(0, 1, 6, dtype=np.float32)
+    capped = _pca_baseline(corpus, 6, max_rows=11)
+    subset = fit_pca([corpus[::10]], 6)  # rows 0, 10, ..., 100: evenly spaced
+    np.testing.assert_allclose(capped.module.components, subset.components, atol=1e-6)
+    whole = _pca_baseline(corpus, 6, max_rows=None)
+    np.testing.assert_allclose(whole.module.mean, fit_pca([corpus], 6).mean, atol=1e-6)
+    assert capped.transform(corpus[:3], dim=2).shape == (3, 2)
