@@ -378,3 +378,34 @@ def test_incompatible_adaptors(capsys, planted, tmp_path):
         "8",
         match="is not a madapt adaptor",
     )
+
+
+def test_empty_corpus_and_mismatched_tables(capsys, planted, tmp_path):
+    _, qrels_path, (queries, query_ids, _, _, _) = planted
+    store = open_store(tmp_path / "no-docs", create=True)
+    store.append("corpus", _table([], np.zeros((0, DIM), np.float32), "document"))
+    store.append("queries", _table(query_ids, queries, "query"))
+    _fails(
+        capsys,
+        "eval",
+        tmp_path / "no-docs",
+        "--qrels",
+        qrels_path,
+        "--dims",
+        "8",
+        match="table 'corpus' of",
+    )
+    mixed = open_store(tmp_path / "mixed", create=True)
+    mixed.append("corpus", _table(["d0", "d1"], _unit(np.ones((2, DIM))), "document"))
+    mixed.append("queries", _table(query_ids, queries, "query", model="other/model"))
+    _fails(
+        capsys,
+        "eval",
+        tmp_path / "mixed",
+        "--qrels",
+        qrels_path,
+        "--dims",
+        "8",
+        match="tables 'queries' and 'corpus' differ in model",
+    )
+    _fails(capsys, "eval", tmp_path / "nowhere", "--qrels", qrels_path, match="not a madapt store")
