@@ -233,6 +233,7 @@ def _search(
         inverse_corpus_norms = _inverse_prefix_norms(corpus_matrix, sizes)
 
     pairs = np.asarray(exclude if exclude is not None else [], dtype=np.int64).reshape(-1, 2)
+    pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]  # by query row: a block is a slice
     pairs_tensor = torch.from_numpy(pairs).to(device)
     results = {
         m: (
@@ -244,7 +245,8 @@ def _search(
     for q_start in range(0, num_queries, query_block):
         q_end = min(q_start + query_block, num_queries)
         block_queries = query_matrix[q_start:q_end]
-        in_block = pairs_tensor[(pairs_tensor[:, 0] >= q_start) & (pairs_tensor[:, 0] < q_end)]
+        first, last = np.searchsorted(pairs[:, 0], [q_start, q_end])
+        in_block = pairs_tensor[first:last]
         best: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for c_start in range(0, num_docs, chunk_size):
             c_end = min(c_start + chunk_size, num_docs)
@@ -555,6 +557,38 @@ def evaluate_vectors(
     _, indices = search_topk(queries, corpus, depth, device=device, exclude=exclude)
     judgments = Judgments.build(query_ids, corpus_ids, qrels, depth)
     return RankingEvaluation.from_scores(query_ids, score_indices(indices, judgments, parsed))
+
+
+def evaluate_prefixes(
+    query_vectors: ArrayLike,
+    query_ids: Sequence[str],
+    corpus_vectors: ArrayLike,
+    corpus_ids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    dims: Sequence[int],
+    metrics: Sequence[Metric | str] | str = DEFAULT_METRICS,
+    *,
+    ignore_identical_ids: bool = False,
+    device: str | torch.device = "cpu",
+) -> dict[int, RankingEvaluation]:
+    """:func:`evaluate_vectors` at several prefix sizes at once (one pass over the corpus,
+    :func:`search_topk_prefixes`): size -> evaluation of the re-normalised first m coordinates.
+    """
+    parsed = _parsed(metrics)
+    device = resolve_device(device) if isinstance(device, str) else device
+    rows = [i for i, query_id in enumerate(query_ids) if query_id in qrels]
+    query_ids = [query_ids[i] for i in rows]
+    query_vectors = query_vectors[rows] if len(rows) != len(query_vectors) else query_vectors
+    exclude = identical_id_exclusions(query_ids, corpus_ids) if ignore_identical_ids else None
+    depth = max(m.k for m in parsed)
+    found = search_topk_prefixes(
+        query_vectors, corpus_vectors, dims, depth, device=device, exclude=exclude
+    )
+    judgments = Judgments.build(query_ids, corpus_ids, qrels, depth)
+    return {
+        dim: RankingEvaluation.from_scores(query_ids, score_indices(indices, judgments, parsed))
+        for dim, (_, indices) in found.items()
+    }
 
 
 def ndcg_at_10(

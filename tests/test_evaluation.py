@@ -185,3 +185,26 @@ def test_pca_baseline_fits_on_evenly_spaced_rows_above_the_cap():
     whole = _pca_baseline(corpus, 6, max_rows=None)
     np.testing.assert_allclose(whole.module.mean, fit_pca([corpus], 6).mean, atol=1e-6)
     assert capped.transform(corpus[:3], dim=2).shape == (3, 2)
+
+
+def test_evaluate_prefixes_equals_one_size_at_a_time():
+    from madapt_cli.evaluation import evaluate_prefixes
+
+    rng = np.random.default_rng(9)
+    queries, query_ids, corpus, corpus_ids, qrels = _planted(rng)
+    together = evaluate_prefixes(queries, query_ids, corpus, corpus_ids, qrels, [2, 8, 32])
+    assert sorted(together) == [2, 8, 32]
+    for dim, evaluation in together.items():
+        alone = evaluate_vectors(queries, query_ids, corpus, corpus_ids, qrels, dim=dim)
+        assert evaluation.means == pytest.approx(alone.means, abs=1e-12)
+    assert together[2].means["ndcg@10"] < together[32].means["ndcg@10"]
+
+
+def test_many_exclusions_spread_over_query_blocks():
+    rng = np.random.default_rng(10)
+    corpus = _unit(rng, 90, 8)
+    pairs = [(q, q) for q in range(90)][::-1]  # self-exclusion, in no particular order
+    _, indices = search_topk(corpus, corpus, 3, chunk_size=16, query_block=7, exclude=pairs)
+    assert not (indices == np.arange(90)[:, None]).any()
+    _, want = _reference_topk(corpus, corpus, 3, pairs)
+    np.testing.assert_array_equal(indices, want)
