@@ -187,3 +187,17 @@ def test_configuration_errors_are_clear(monkeypatch):
     with pytest.raises(ProviderError, match="does not accept --dimensions"):
         VertexProvider("textembedding-gecko@003", dimensions=256)
     assert all(m.max_inputs <= 250 and m.max_input_tokens == 2048 for m in MODELS.values())
+
+
+def test_missing_application_default_credentials_fail_with_a_hint(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    provider = VertexProvider(
+        "text-embedding-005",
+        project=PROJECT,
+        location=LOCATION,
+        base_url=url(server),
+        retry_policy=FAST_RETRIES,
+    )
+    with pytest.raises(ProviderError, match=r"no usable Google credentials.*gcloud auth"):
+        provider.embed_batch(docs(1), "query")
+    assert server.state.requests() == []

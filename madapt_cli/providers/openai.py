@@ -25,6 +25,7 @@ from madapt_cli.providers.resilience import (
     InvalidResponse,
     RemoteProvider,
     parse_retry_after,
+    sdk_failure,
 )
 
 #: model -> (native dimension, accepts ``dimensions``)
@@ -241,11 +242,11 @@ class OpenAIProvider(RemoteProvider):
                 return Failure("bad_input", f"HTTP {status}: {message}")
             hint = " (check OPENAI_API_KEY)" if status in (401, 403) else ""
             return Failure("fatal", f"HTTP {status}: {message}{hint}")
-        if isinstance(error, openai.APIResponseValidationError | ValueError):
+        if isinstance(error, openai.APIResponseValidationError):
             return Failure("transient", f"invalid response: {message}")
         if isinstance(error, openai.OpenAIError):
             return Failure("fatal", message)
-        return None
+        return sdk_failure(error, self.scrub)
 
 
 def _openai_message(error: BaseException) -> str:

@@ -14,6 +14,7 @@ here is SDK-independent.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import random
@@ -79,6 +80,19 @@ class Failure:
     kind: FailureKind
     message: str  # already scrubbed
     retry_after: float | None = None  # seconds, from the server
+
+
+#: top-level packages of the SDKs and HTTP stacks we drive
+_SDK_PACKAGES = {"openai", "google", "httpx", "httpx2", "httpcore", "requests", "urllib3", "anyio"}
+
+
+def sdk_failure(error: BaseException, scrub: Callable[[object], str]) -> Failure | None:
+    """Any other exception raised inside an SDK is fatal and reported scrubbed (its text may
+    hold a URL or header); exceptions from our own code are left alone (``None``): bugs."""
+    package = type(error).__module__.split(".")[0]
+    if package in _SDK_PACKAGES:
+        return Failure("fatal", f"{type(error).__name__}: {scrub(error)}")
+    return None
 
 
 class InvalidResponse(Exception):
@@ -404,6 +418,13 @@ class RemoteProvider(EmbeddingProvider):
 
     def stats(self) -> dict[str, Any]:
         return self.counters.snapshot()
+
+    def close(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None and hasattr(client, "close"):
+            # closing is best effort: the run's result is already stored
+            with contextlib.suppress(Exception):
+                client.close()
 
     # --- one request ------------------------------------------------------------------
     @abstractmethod

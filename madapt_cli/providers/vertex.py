@@ -40,6 +40,7 @@ from madapt_cli.providers.resilience import (
     InvalidResponse,
     RemoteProvider,
     parse_retry_after,
+    sdk_failure,
 )
 
 
@@ -185,7 +186,9 @@ class VertexProvider(RemoteProvider):
         if titled and len(items) == 1:
             config["title"] = items[0].title
         elif titled:
-            # one title per instance (see the module docstring)
+            # one title per instance (see the module docstring); Gemini models take one text
+            # per request (MODELS), so only :predict requests get here
+            assert not self.model.startswith("gemini"), "titled Gemini batches are not built"
             instances = []
             for item, text in zip(items, texts, strict=True):
                 instance = {"content": text, "task_type": task_type}
@@ -223,6 +226,19 @@ class VertexProvider(RemoteProvider):
                 " (check --project, --location and your credentials)" if code in (401, 403) else ""
             )
             return Failure("fatal", f"HTTP {code}: {message}{hint}")
+        try:
+            from google.auth import exceptions as auth_errors
+        except ImportError:  # pragma: no cover - google-genai depends on google-auth
+            auth_errors = None
+        if auth_errors is not None and isinstance(error, auth_errors.GoogleAuthError):
+            message = self.scrub(error)
+            if isinstance(error, auth_errors.TransportError) or getattr(error, "retryable", False):
+                return Failure("transient", f"could not get an access token: {message}")
+            return Failure(
+                "fatal",
+                f"no usable Google credentials: {message} (run `gcloud auth application-default "
+                "login` or set GOOGLE_APPLICATION_CREDENTIALS)",
+            )
         if isinstance(error, json.JSONDecodeError):
             return Failure("transient", "invalid response: body is not JSON")
         if _is_transport_error(error):
@@ -234,7 +250,7 @@ class VertexProvider(RemoteProvider):
             return None
         if isinstance(error, pydantic.ValidationError):
             return Failure("transient", "invalid response: unexpected structure")
-        return None
+        return sdk_failure(error, self.scrub)
 
 
 def _is_transport_error(error: BaseException) -> bool:
