@@ -5,7 +5,9 @@ Search
     are unit-normalised, so this is cosine similarity) with chunked matrix products and a
     running top-k merge, so it never holds more than ``query_block x chunk_size`` scores.
     Results are sorted by descending score; equal scores are ordered by the lower corpus row,
-    so a run is deterministic whatever the chunking.
+    so a run is deterministic whatever the chunking. :func:`search_topk_prefixes` does the
+    same for the cosine of several prefix sizes at once (one pass over the corpus), which is
+    how `madapt eval` searches every size of a method.
 
 Metrics (the definitions of trec_eval, and so of pytrec_eval and BEIR; tests check agreement
 within 1e-6)
@@ -27,6 +29,10 @@ within 1e-6)
     query judged only with relevance <= 0 counts, and scores 0 on every metric (trec_eval
     does the same); a query missing from the run is not averaged, so callers must put every
     qrels query they could search into the run (an empty ranking scores 0).
+
+    Ties: a ranking is scored in the order given (our search puts the lower corpus row first).
+    pytrec_eval re-sorts a run by score and breaks exact ties by document id, descending, so
+    on exactly tied scores its figures can differ; on distinct scores they agree.
 """
 
 from __future__ import annotations
