@@ -200,9 +200,12 @@ def _inverse_prefix_norms(
     matrix: torch.Tensor, sizes: Sequence[int], rows: int = 65_536
 ) -> torch.Tensor:
     """(N, len(sizes)): 1 / |x[:m]| for each size m (0-norm prefixes give 1e12, score 0)."""
-    columns = torch.tensor([m - 1 for m in sizes], device=matrix.device)
+    # squares times a 0/1 matrix whose column i selects the first sizes[i] coordinates
+    selector = torch.zeros((matrix.shape[1], len(sizes)), device=matrix.device)
+    for i, size in enumerate(sizes):
+        selector[:size, i] = 1.0
     parts = [
-        torch.cumsum(matrix[start : start + rows].square(), dim=1)[:, columns]
+        matrix[start : start + rows].square() @ selector
         for start in range(0, matrix.shape[0], rows)
     ]
     squares = torch.cat(parts) if parts else matrix.new_zeros((0, len(sizes)))
@@ -248,6 +251,10 @@ def _search(
         )
         for m in sizes
     }
+    # score blocks are reused, not reallocated: fresh pages cost as much as the products
+    capacity = min(query_block, num_queries) * min(chunk_size, num_docs)
+    products_buffer = torch.empty(capacity, device=device)
+    scaled_buffer = torch.empty(capacity, device=device) if cosine else products_buffer
     for q_start in range(0, num_queries, query_block):
         q_end = min(q_start + query_block, num_queries)
         block_queries = query_matrix[q_start:q_end]
@@ -258,15 +265,18 @@ def _search(
             c_end = min(c_start + chunk_size, num_docs)
             chunk = corpus_matrix[c_start:c_end]
             hit = in_block[(in_block[:, 1] >= c_start) & (in_block[:, 1] < c_end)]
-            products: torch.Tensor | None = None
+            shape = (q_end - q_start, c_end - c_start)
+            products = products_buffer[: shape[0] * shape[1]].view(shape)
+            block = scaled_buffer[: shape[0] * shape[1]].view(shape)
             done = 0
             for j, size in enumerate(sizes):
-                if products is None:
-                    products = block_queries[:, :size] @ chunk[:, :size].T
+                if done == 0:
+                    torch.mm(block_queries[:, :size], chunk[:, :size].T, out=products)
                 else:
                     products.addmm_(block_queries[:, done:size], chunk[:, done:size].T)
                 done = size
-                block = products * inverse_corpus_norms[c_start:c_end, j] if cosine else products
+                if cosine:
+                    torch.mul(products, inverse_corpus_norms[c_start:c_end, j], out=block)
                 if hit.numel():
                     block[hit[:, 0] - q_start, hit[:, 1] - c_start] = -math.inf
                 scores, columns = _chunk_topk(block, min(k, c_end - c_start))
