@@ -4,9 +4,9 @@ Writes a synthetic store (unit vectors; query i is a noisy copy of document i, i
 relevant document), an adaptor (a residual MLP with random weights: the speed of a trained one),
 then times, in the same run:
 
-* ``read``: ``Store.read_vectors`` of the corpus and queries tables (a cold-ish read: the
-  files were just written, so they are likely in the page cache; the read is then mostly
-  Parquet decoding, the cheapest it can be);
+* ``read``: ``Store.read_vectors`` of the corpus and queries tables, the faster of two reads
+  (the files were just written, so they are in the page cache: the read is Parquet decoding,
+  the cheapest it can be, which makes the comparison as hard as it gets for the evaluation);
 * ``eval``: :func:`madapt_cli.evaluation.run_evaluation` with truncate, pca and the adaptor at
   each size (it reads the store again itself; its own timings break the total down).
 
@@ -125,12 +125,15 @@ def main() -> None:
         write_seconds = time.perf_counter() - started
 
         store = open_store(store_path)
-        started = time.perf_counter()
-        corpus_ids, corpus = store.read_vectors("corpus")
-        query_ids, queries = store.read_vectors("queries")
-        read_seconds = time.perf_counter() - started
-        assert len(corpus_ids) == args.docs and len(query_ids) == args.queries
-        del corpus, queries
+        read_times = []
+        for _ in range(2):  # the faster of two reads: the bar for the evaluation is the highest
+            started = time.perf_counter()
+            corpus_ids, corpus = store.read_vectors("corpus")
+            query_ids, queries = store.read_vectors("queries")
+            read_times.append(time.perf_counter() - started)
+            assert len(corpus_ids) == args.docs and len(query_ids) == args.queries
+            del corpus, queries
+        read_seconds = min(read_times)
 
         started = time.perf_counter()
         report = run_evaluation(
@@ -151,6 +154,7 @@ def main() -> None:
             "searches": len(report.results),
             "write_store_s": round(write_seconds, 2),
             "read_s": round(read_seconds, 2),
+            "read_runs_s": [round(t, 2) for t in read_times],
             "eval_s": round(eval_seconds, 2),
             "eval_over_read": round(eval_seconds / read_seconds, 2),
             "eval_breakdown_s": report.seconds,
