@@ -38,13 +38,13 @@ PROJECT, LOCATION = "my-project", "us-central1"
 
 @pytest.fixture()
 def openai_server() -> Iterator[FakeOpenAI]:
-    with serve(FakeOpenAI(ServerState(hang_seconds=1.0), OPENAI_KEY)) as running:
+    with serve(FakeOpenAI(ServerState(hang_seconds=2.5), OPENAI_KEY)) as running:
         yield running
 
 
 @pytest.fixture()
 def vertex_server() -> Iterator[FakeVertex]:
-    state = ServerState(hang_seconds=1.0)
+    state = ServerState(hang_seconds=2.5)
     with serve(FakeVertex(state, VERTEX_TOKEN, PROJECT, LOCATION)) as running:
         yield running
 
@@ -94,7 +94,8 @@ def assert_no_secret(secrets: list[str], *texts: str, store: Path | None = None)
                     assert secret.encode() not in file.read_bytes(), file
 
 
-FAST = ["--retry-base-delay", "0.01", "--timeout", "0.5"]
+FAST = ["--retry-base-delay", "0.01", "--timeout", "10"]
+STORM = ["--retry-base-delay", "0.01", "--timeout", "2"]  # only the injected hang times out
 
 
 def stored_rows(out: Path) -> int:
@@ -112,7 +113,7 @@ def test_openai_fault_storm_stores_every_row_once_with_its_vector(openai_server,
     out = tmp_path / "store"
     result = madapt(
         "embed", str(source), "--out", str(out), "--provider", "openai",
-        "--dimensions", "32", "--concurrency", "4", "--json", *FAST,
+        "--dimensions", "32", "--concurrency", "4", "--json", *STORM,
         env=openai_env(openai_server),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -25,13 +25,13 @@ FAST_RETRIES = RetryPolicy(max_retries=8, base_delay=0.005, max_delay=0.02)
 
 @pytest.fixture()
 def server() -> Iterator[FakeOpenAI]:
-    with serve(FakeOpenAI(ServerState(hang_seconds=1.0), KEY)) as running:
+    with serve(FakeOpenAI(ServerState(hang_seconds=2.0), KEY)) as running:
         yield running
 
 
 def make(server: FakeOpenAI, **options) -> OpenAIProvider:
     options.setdefault("retry_policy", FAST_RETRIES)
-    options.setdefault("timeout", 0.4)
+    options.setdefault("timeout", 1.5)  # ample: only the injected hang times out
     return OpenAIProvider(MODEL, base_url=url(server) + "/v1", api_key=KEY, **options)
 
 
@@ -174,3 +174,18 @@ def test_missing_key_and_bad_options_are_clear(monkeypatch):
         OpenAIProvider(MODEL, dimensions=5000)
     with pytest.raises(ProviderError, match="does not accept --dimensions"):
         OpenAIProvider("text-embedding-ada-002", dimensions=256)
+
+
+def test_rpm_limit_holds_across_worker_threads(server):
+    provider = make(server, rpm=1200, concurrency=8)  # 20 requests/s, a burst of 20
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[TextItem(f"r{i}", f"request {i}")] for i in range(60)]
+    provider.client()  # SDK set-up would otherwise delay the first request
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda b: provider.embed_batch(b, "document"), batches))
+    starts = sorted(r.started for r in server.state.requests())
+    assert len(starts) == 60
+    # after the burst of 20, requests go out at 20 a second (10% slack for arrival jitter)
+    assert starts[-1] - starts[0] >= (60 - 20) / 20 * 0.9
+    assert starts[-1] - starts[20] >= (60 - 21) / 20 * 0.9

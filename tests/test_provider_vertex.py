@@ -25,13 +25,13 @@ FAST_RETRIES = RetryPolicy(max_retries=8, base_delay=0.005, max_delay=0.02)
 
 @pytest.fixture()
 def server() -> Iterator[FakeVertex]:
-    with serve(FakeVertex(ServerState(hang_seconds=1.0), TOKEN, PROJECT, LOCATION)) as running:
+    with serve(FakeVertex(ServerState(hang_seconds=2.0), TOKEN, PROJECT, LOCATION)) as running:
         yield running
 
 
 def make(server: FakeVertex, model: str = "text-embedding-005", **options) -> VertexProvider:
     options.setdefault("retry_policy", FAST_RETRIES)
-    options.setdefault("timeout", 0.4)
+    options.setdefault("timeout", 1.5)  # ample: only the injected hang times out
     return VertexProvider(
         model,
         project=PROJECT,

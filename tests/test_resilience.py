@@ -102,10 +102,10 @@ def test_rate_limiter_is_thread_safe_and_limits_requests_and_tokens():
         thread.start()
     for thread in threads:
         thread.join()
-    # 400 requests of 100 tokens at 1000 tokens/s with a 10 s (10,000-token) burst: the
-    # token limit binds; the last request may start at (40,000 - 10,000) / 1000 = 30 s.
+    # 400 requests of 100 tokens at 1000 tokens/s with a 1 s (1,000-token) burst: the
+    # token limit binds; the last request may start at (40,000 - 1,000) / 1000 = 39 s.
     assert len(waits) == 400
-    assert max(waits) == pytest.approx(30.0, rel=0.02)
+    assert max(waits) == pytest.approx(39.0, rel=0.02)
 
 
 def test_scrubber_removes_keys_tokens_and_key_shaped_strings():

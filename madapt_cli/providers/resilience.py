@@ -187,10 +187,12 @@ class TokenBucket:
 class RateLimiter:
     """Client-side ``rpm`` (requests per minute) and ``tpm`` (tokens per minute) limits.
 
-    Each bucket holds ten seconds' worth of its rate, so a run starts at most that much
-    ahead of the steady rate; ``None`` disables a limit."""
+    Each bucket holds one second's worth of its rate (at least one request), so any minute
+    sees at most the limit plus one second's worth; set the limits a little under the
+    server's quota. A request bigger than a bucket still goes, alone. ``None`` disables a
+    limit."""
 
-    BURST_SECONDS = 10.0
+    BURST_SECONDS = 1.0
 
     def __init__(
         self,
