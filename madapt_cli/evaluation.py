@@ -797,7 +797,7 @@ def run_evaluation(
     ``on_progress(method, dim)`` after each size; ``on_warning(message)`` for each warning
     (also kept in the report).
     """
-    from madapt_cli.adaptor import Adaptor
+    from madapt_cli.adaptor import CONFIG_FILE, WEIGHTS_FILE, Adaptor
     from madapt_cli.data import read_qrels
     from madapt_cli.stores import open_store
 
@@ -884,9 +884,7 @@ def run_evaluation(
         entry: dict[str, Any] = {"name": name, "kind": "adaptor", "path": str(path)}
         entry["method"] = adaptor.method
         if fingerprints:
-            entry["fingerprint"] = file_fingerprint(
-                path / "config.json", path / "adaptor.safetensors"
-            )
+            entry["fingerprint"] = file_fingerprint(path / CONFIG_FILE, path / WEIGHTS_FILE)
         methods.append((name, entry, adaptor))
 
     corpus_tensor = _as_tensor(corpus, torch_device)

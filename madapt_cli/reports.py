@@ -21,7 +21,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from madapt_cli import __version__
-from madapt_cli.errors import InputError
+from madapt_cli.errors import InputError, MadaptError
 from madapt_cli.evaluation import EvaluationReport
 
 REPORT_JSON = "report.json"
@@ -225,6 +225,15 @@ def write_report(report: EvaluationReport, directory: str | Path) -> Path:
                 f"--report {directory} is a non-empty directory without a {REPORT_JSON}; "
                 "choose a new or empty directory"
             )
+    try:
+        return _write_report(report, directory)
+    except OSError as error:
+        raise MadaptError(
+            f"--report {directory}: cannot write the report ({error.strerror or error})"
+        ) from None
+
+
+def _write_report(report: EvaluationReport, directory: Path) -> Path:
     parent = directory.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"

@@ -122,3 +122,12 @@ def test_refuses_to_overwrite_something_else(tmp_path):
 def test_bytes_and_filenames():
     assert reports.bytes_per_vector(64) == 256
     assert reports.plot_filename("map@100") == "map_at_100.png"
+
+
+def test_an_unwritable_place_is_a_one_line_error(tmp_path):
+    from madapt_cli.errors import MadaptError
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(MadaptError, match="cannot write the report"):
+        reports.write_report(_report(), tmp_path / "a-file" / "report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
