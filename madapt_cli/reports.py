@@ -203,7 +203,7 @@ def plot_metric(report: EvaluationReport, metric: str, path: Path) -> None:
         axes.set_ylabel(metric)
         axes.set_title(f"{metric} against size ({report.num_queries:,} queries)")
         axes.grid(True, alpha=0.3)
-        axes.legend(loc="lower right")
+        axes.legend(loc="best")
         figure.tight_layout()
         figure.savefig(path)
     finally:
