@@ -5,7 +5,8 @@ Two methods share one artifact format (a directory with ``adaptor.safetensors`` 
 
 * ``matryoshka``: f(e) = e + g(e), g a residual MLP trained with the Matryoshka-Adaptor losses
   (see :mod:`madapt_cli.training`);
-* ``pca``: f(e) = (e - mu) W, W the corpus' principal axes ordered by variance.
+* ``pca``: f(e) = (e - mu) W, W the corpus' principal axes ordered by variance;
+* ``smec``: f(e) = P x_S, staged residuals and a permutation (see :mod:`madapt_cli.smec`).
 
 :meth:`Adaptor.transform` normalises its input, applies f, keeps the first ``dim`` coordinates
 and re-normalises them to unit length.
@@ -29,7 +30,7 @@ from madapt_cli.errors import InputError, MadaptError
 
 WEIGHTS_FILE = "adaptor.safetensors"
 CONFIG_FILE = "config.json"
-METHODS = ("matryoshka", "pca")
+METHODS = ("matryoshka", "pca", "smec")
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
@@ -242,6 +243,10 @@ def build_module(config: dict[str, Any]) -> nn.Module:
             )
         if method == "pca":
             return PCAMap(torch.zeros(dimension), torch.eye(dimension))
+        if method == "smec":  # staged residuals + a permutation: see madapt_cli.smec
+            from madapt_cli.smec import build_smec_module
+
+            return build_smec_module(config)
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"adaptor config is missing or has a bad field ({error})") from None
     raise InputError(f"unknown adaptor method {method!r}: use {', '.join(METHODS)}")

@@ -1,0 +1,651 @@
+"""SMEC: sequential Matryoshka embedding compression (Zhang et al., EMNLP 2025).
+
+An adaptor made of three parts, each switchable (``madapt fit --method smec``):
+
+* **SMRL, sequential Matryoshka learning.** Sizes are reduced in stages, D -> n_1 -> n_2 -> ...
+  -> ``to_dim`` (default: the powers of two below D). Stage s trains only the loss of its own
+  size n_s, until validation nDCG@10 at n_s stops improving, and is then frozen. Without
+  ``sequential`` a single stage trains every size at once (Matryoshka style).
+* **ADS, adaptive dimension selection.** Each stage owns an importance logit per coordinate
+  (:class:`DimensionSelector`); the n_s coordinates kept at its size are drawn by straight-through
+  Gumbel top-k (:func:`gumbel_topk_masks`) with an annealed temperature, so pruning keeps the
+  most useful coordinates instead of the first ones. Without ``ads`` a stage keeps the first
+  n_s coordinates of the current order.
+* **S-XBM, selectable cross-batch memory.** A FIFO (:class:`CrossBatchMemory`, default 5,000
+  rows) of ORIGINAL, detached corpus embeddings from past batches; each batch vector is tied
+  to its K most similar memory rows by :class:`MemorySimilarityLoss`. Without ``xbm`` the
+  neighbours come from the current batch only.
+
+Design decisions (ours: the paper leaves them open)
+
+* **The module.** f(e) = P x_S with x_0 = e and x_s = x_{s-1} + a_s * g_s(x_{s-1}): one
+  stage-local residual MLP g_s per stage (the :class:`~madapt_cli.adaptor.ResidualMLP` of the
+  Matryoshka adaptor, zero-initialised so a new stage starts as the identity) whose output is
+  masked by a_s, the 0/1 vector of the coordinates still alive when stage s starts (the n_{s-1}
+  first ones of the current order). P is a permutation of the coordinates.
+* **What "frozen" means.** When stage s ends, its residual g_s and its selector logits stop
+  training (``requires_grad`` off, bit-for-bit unchanged afterwards) and its selection is
+  folded into P. Later stages only add their own residual, which writes only to coordinates
+  still alive, so every coordinate pruned at stage s (positions n_s..n_{s-1}) is fixed for
+  good. The kept coordinates keep being refined for the smaller sizes, which may cost the
+  larger sizes a little (measured in docs/benchmarks.md); that is the price of letting each
+  stage optimise its own size only, which is the point of SMRL.
+* **The fold.** After stage s, the alive positions P[:n_{s-1}] are re-ordered by the stage's
+  logits (most important first, ties by position), so the n_s kept coordinates become the
+  prefix. f'(e) = P (x_S) = P e + P(sum of masked residuals): the permutation is a ``long``
+  buffer applied after the residuals and saved in the safetensors file, so outputs are plain
+  prefix-truncatable vectors and ``apply``/``eval`` treat SMEC like any adaptor.
+* **Gumbel top-k, straight-through.** z = l + T * G (G standard Gumbel noise, T the
+  temperature, annealed geometrically from ``temperature_start`` to ``temperature_end`` over a
+  stage; scaling the noise by T makes the selection converge to the top-k of l). Forward: the
+  hard mask of the k largest z, exactly k ones. Backward: the gradient of the soft mask
+  sigmoid((z - t_k) / T), t_k halfway between the k-th and (k+1)-th largest z. The masked
+  vector x * mask has the cosine of the kept coordinates, so every loss is the package's loss
+  at the full width applied to masked vectors.
+* **Learning rate of the logits.** Logits are stored as raw / ``ADS_SCALE``: the shared AdamW
+  step moves them ``ADS_SCALE`` times faster than the MLP weights, so a selection can settle
+  within a stage of a few hundred steps.
+
+Objectives (``alpha`` = ``TrainConfig.alpha``, default 1):
+    supervised:    L = mean_m L_rank(m) + alpha * mean_m L_unsup(m)
+    unsupervised:  L = mean_m L_unsup(m)
+with m the sizes of the stage, L_rank the package's :class:`~madapt_cli.losses.RankingLoss`
+on adapted queries and documents (same f) and L_unsup the S-XBM loss below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from madapt_cli.adaptor import Adaptor, ResidualMLP
+from madapt_cli.errors import InputError
+from madapt_cli.evaluation import resolve_device
+from madapt_cli.losses import RankingLoss, TopKSimilarityLoss
+from madapt_cli.training import (
+    EpochCallback,
+    Qrels,
+    SupervisedObjective,
+    TrainConfig,
+    TrainResult,
+    _device_generator,
+    _fit_loop,
+    _validation,
+    check_train_dims,
+    seed_everything,
+)
+
+METHOD = "smec"
+ADS_SCALE = 100.0
+_DEAD = -1.0e4  # logit of a coordinate pruned by an earlier stage: never selected
+
+
+@dataclass
+class SMECOptions:
+    """The switches of ``--method smec``; recorded in the artifact's config.json."""
+
+    sequential: bool = True
+    ads: bool = True
+    xbm: bool = True
+    memory_size: int = 5000
+    memory_topk: int | None = None  # None: TrainConfig.topk
+    to_dim: int | None = None  # None: the smallest stage size
+    temperature_start: float = 1.0
+    temperature_end: float = 0.05
+
+
+# --- stages and their sizes ----------------------------------------------------------------
+def stage_sizes(start: int, to_dim: int, train_dims: Sequence[int] | None = None) -> list[int]:
+    """Stage sizes below ``start`` down to ``to_dim``: ``train_dims`` strictly between them
+    (default: the powers of two), then ``to_dim``. 384 -> 32: [256, 128, 64, 32]."""
+    if not 1 <= to_dim < start:
+        raise InputError(f"--to-dim {to_dim} must be in 1..{start - 1}")
+    if train_dims is None:
+        train_dims = [2**p for p in range(0, 32) if 2**p < start]
+    between = sorted({int(d) for d in train_dims if to_dim < d < start}, reverse=True)
+    return [*between, to_dim]
+
+
+# --- ADS -----------------------------------------------------------------------------------
+def gumbel_topk_masks(
+    logits: torch.Tensor,
+    sizes: Sequence[int],
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Straight-through Gumbel top-k masks, one per size: (D,) -> (|sizes|, D).
+
+    z = logits + T * G, G ~ Gumbel(0, 1). Forward: mask_k = 1 on the k largest z, 0 elsewhere
+    (exactly k ones, nested across sizes). Backward: d mask_k / d logits is the gradient of
+    sigmoid((z - t_k) / T), t_k = (k-th largest z + (k+1)-th largest z) / 2.
+    """
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+    z = logits + temperature * gumbel
+    ranked, order = z.detach().sort(descending=True)
+    masks = []
+    for k in sizes:
+        hard = torch.zeros_like(z).index_fill(0, order[:k], 1.0)
+        threshold = ranked[k - 1] if k == len(z) else (ranked[k - 1] + ranked[k]) / 2
+        soft = torch.sigmoid((z - threshold) / temperature)
+        masks.append(hard + (soft - soft.detach()))
+    return torch.stack(masks)
+
+
+class DimensionSelector(nn.Module):
+    """Learnable importance logits l = raw * ADS_SCALE over the D coordinates (ADS).
+
+    Coordinates outside ``alive`` get a fixed logit of -1e4 and are never chosen.
+    """
+
+    def __init__(self, alive: torch.Tensor) -> None:
+        super().__init__()
+        self.raw = nn.Parameter(torch.zeros(alive.shape[0]))
+        self.register_buffer("alive", alive.to(torch.bool))
+
+    def logits(self) -> torch.Tensor:
+        return torch.where(self.alive, self.raw * ADS_SCALE, torch.full_like(self.raw, _DEAD))
+
+    def masks(
+        self, sizes: Sequence[int], temperature: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Training masks (|sizes|, D): Gumbel top-k, straight-through."""
+        return gumbel_topk_masks(self.logits(), sizes, temperature, generator)
+
+    def ranking(self, positions: torch.Tensor) -> torch.Tensor:
+        """``positions`` (coordinate ids) re-ordered by decreasing logit, ties by position."""
+        logits = self.logits().detach()[positions]
+        order = sorted(range(len(positions)), key=lambda i: (-float(logits[i]), i))
+        return positions[torch.as_tensor(order, dtype=torch.long, device=positions.device)]
+
+
+# --- the module ----------------------------------------------------------------------------
+class SMECStage(nn.Module):
+    """x -> x + a * g(x): a stage-local residual writing only to the alive coordinates ``a``,
+    plus the stage's selector (used when the stage does ADS)."""
+
+    def __init__(self, alive: torch.Tensor, hidden: int, depth: int, activation: str) -> None:
+        super().__init__()
+        dimension = alive.shape[0]
+        self.residual = ResidualMLP(dimension, hidden, depth, activation)
+        self.selector = DimensionSelector(alive)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.selector.alive.to(x.dtype) * self.residual.g(x)
+
+
+class SMECModule(nn.Module):
+    """f(e) = P x_S, x_s = x_{s-1} + a_s * g_s(x_{s-1}); see the module docstring.
+
+    ``stage_specs`` lists, per stage, its sizes and whether it selects with ADS. ``forward``
+    gives the permuted (prefix-truncatable) output; while a stage is being trained with ADS,
+    its current logits order its alive positions (what validation should see).
+    """
+
+    def __init__(
+        self, dimension: int, architecture: dict[str, Any], stage_specs: Sequence[dict] = ()
+    ) -> None:
+        super().__init__()
+        self.dimension, self.architecture = dimension, dict(architecture)
+        self.stages = nn.ModuleList()
+        self.specs: list[dict[str, Any]] = []
+        self.register_buffer("permutation", torch.arange(dimension))
+        self.training_stage: int | None = None
+        for spec in stage_specs:
+            self.add_stage(spec["sizes"], spec["ads"])
+
+    @property
+    def smallest_size(self) -> int:
+        return min(self.specs[-1]["sizes"]) if self.specs else self.dimension
+
+    def add_stage(self, sizes: Sequence[int], ads: bool) -> SMECStage:
+        """A new identity stage over the coordinates alive now (the first ``smallest_size``)."""
+        sizes = sorted({int(s) for s in sizes}, reverse=True)
+        if not sizes or sizes[0] >= self.smallest_size or sizes[-1] < 1:
+            raise InputError(f"stage sizes {sizes} must lie in 1..{self.smallest_size - 1}")
+        alive = torch.zeros(self.dimension, dtype=torch.bool, device=self.permutation.device)
+        alive[self.permutation[: self.smallest_size]] = True
+        arch = self.architecture
+        stage = SMECStage(alive, int(arch["hidden"]), int(arch["depth"]), str(arch["activation"]))
+        self.stages.append(stage.to(self.permutation.device))
+        self.specs.append({"sizes": sizes, "ads": bool(ads)})
+        return stage
+
+    def residual(self, e: torch.Tensor) -> torch.Tensor:
+        """x_S in the original coordinate order (before P)."""
+        for stage in self.stages:
+            e = stage(e)
+        return e
+
+    def order(self) -> torch.Tensor:
+        """P, or while stage ``training_stage`` trains with ADS, P with its alive positions
+        ordered by its current logits (the fold it would make now)."""
+        index = self.training_stage
+        if index is None or not self.specs[index]["ads"]:
+            return self.permutation
+        alive = int(self.stages[index].selector.alive.sum())
+        ranked = self.stages[index].selector.ranking(self.permutation[:alive])
+        return torch.cat([ranked, self.permutation[alive:]])
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.residual(e)[:, self.order()]
+
+    def selection_masks(
+        self, index: int, temperature: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Masks (|sizes|, D) of stage ``index``'s sizes: Gumbel top-k with ADS (in training
+        mode), otherwise the first coordinates of the current order."""
+        stage, sizes = self.stages[index], self.specs[index]["sizes"]
+        if self.specs[index]["ads"] and self.training:
+            return stage.selector.masks(sizes, temperature, generator)
+        order = self.order()
+        masks = torch.zeros((len(sizes), self.dimension), device=order.device)
+        for row, size in enumerate(sizes):
+            masks[row, order[:size]] = 1.0
+        return masks
+
+    def freeze_all_but(self, index: int | None) -> None:
+        for position, stage in enumerate(self.stages):
+            stage.requires_grad_(position == index)
+        self.training_stage = index
+
+    def fold(self, index: int) -> None:
+        """Fix stage ``index``'s selection into P and freeze everything."""
+        self.training_stage = index
+        self.permutation.copy_(self.order())
+        self.freeze_all_but(None)
+
+    def describe(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "stages": self.specs}
+
+
+def build_smec_module(config: dict[str, Any]) -> SMECModule:
+    """The untrained module an SMEC config.json describes (for :meth:`Adaptor.load`)."""
+    smec = config["smec"]
+    return SMECModule(int(config["dimension"]), smec["architecture"], smec["stages"])
+
+
+# --- S-XBM -------------------------------------------------------------------------------------
+class CrossBatchMemory:
+    """FIFO ring of original corpus embeddings (detached copies, never adapted vectors).
+
+    ``enqueue`` overwrites the oldest rows once ``capacity`` is reached; ``contents`` returns
+    the rows oldest first.
+    """
+
+    def __init__(self, capacity: int, dimension: int, device: torch.device | str = "cpu") -> None:
+        if capacity < 1:
+            raise InputError("--memory-size must be positive")
+        self.capacity = capacity
+        self.rows = torch.zeros((capacity, dimension), device=device)
+        self.size = 0
+        self.head = 0  # next slot to write
+
+    def enqueue(self, originals: torch.Tensor) -> None:
+        originals = originals.detach()[-self.capacity :]
+        count = originals.shape[0]
+        slots = (self.head + torch.arange(count, device=self.rows.device)) % self.capacity
+        self.rows[slots] = originals.to(self.rows.dtype)
+        self.head = (self.head + count) % self.capacity
+        self.size = min(self.capacity, self.size + count)
+
+    def contents(self) -> torch.Tensor:
+        if self.size < self.capacity:
+            return self.rows[: self.size]
+        return torch.cat([self.rows[self.head :], self.rows[: self.head]])
+
+
+def nearest_rows(
+    anchors: torch.Tensor, pool: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` rows of ``pool`` most cosine-similar to each anchor, skipping copies of the
+    anchor itself (similarity >= 1 - 1e-6): (similarity (B, k'), index (B, k')), k' <= k."""
+    similarity = F.normalize(anchors, dim=-1) @ F.normalize(pool, dim=-1).T
+    similarity = similarity.masked_fill(similarity >= 1.0 - 1e-6, -2.0)
+    k = min(k, pool.shape[0] - 1) if pool.shape[0] > 1 else 0
+    if k <= 0:
+        empty = anchors.new_zeros((anchors.shape[0], 0))
+        return empty, empty.long()
+    return similarity.topk(k, dim=1)
+
+
+class MemorySimilarityLoss(nn.Module):
+    """S-XBM: keep each vector's similarity to its K nearest memory rows at the selected size.
+
+    L_unsup = mean over batch rows i, j in N_K(i) of | sim(e_i, e_j) - sim_d(f(e_i), f(e_j)) |
+
+    N_K(i) the K memory rows most similar to e_i in the original space, sim_d the cosine over
+    the selected coordinates (``mask``). The memory holds originals only: f(e_j) is recomputed
+    with the current f at every step. (The package's L_topk on masked vectors.)
+    """
+
+    def __init__(self, k: int, dimension: int) -> None:
+        super().__init__()
+        self.k = k
+        self.topk_loss = TopKSimilarityLoss([dimension])  # the full width of masked vectors
+
+    def forward(
+        self, module: SMECModule, originals: torch.Tensor, pool: torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor:
+        similarity, index = nearest_rows(originals, pool, self.k)
+        if index.shape[1] == 0:
+            return masks.sum() * 0.0
+        rows, inverse = torch.unique(index.flatten(), return_inverse=True)
+        adapted = module.residual(torch.cat([originals, pool[rows]]))
+        anchors, neighbours = adapted[: len(originals)], adapted[len(originals) :][inverse]
+        neighbours = neighbours.view(*index.shape, -1)
+        return torch.stack(
+            [self.topk_loss(anchors * mask, neighbours * mask, similarity) for mask in masks]
+        ).mean()
+
+
+# --- one step of each objective ------------------------------------------------------------------
+@dataclass
+class StageStep:
+    """Everything one training step of a stage needs; ``__call__`` returns the loss."""
+
+    module: SMECModule
+    index: int
+    corpus: torch.Tensor
+    batch_size: int
+    temperatures: tuple[float, float]
+    total_steps: int
+    memory: CrossBatchMemory | None
+    unsup: MemorySimilarityLoss
+    alpha: float
+    supervised: SupervisedObjective | None = None
+    rank_loss: RankingLoss | None = None  # at the full width of masked vectors
+    query_order: dict[str, Any] = field(default_factory=lambda: {"perm": None, "position": 0})
+    query_batch: int = 64
+    steps_done: int = 0
+
+    def temperature(self) -> float:
+        start, end = self.temperatures
+        progress = min(1.0, self.steps_done / max(1, self.total_steps - 1))
+        return start * (end / start) ** progress
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor:
+        masks = self.module.selection_masks(self.index, self.temperature(), generator)
+        self.steps_done += 1
+        device = self.corpus.device
+        rows = torch.randint(
+            len(self.corpus), (self.batch_size,), generator=generator, device=device
+        )
+        originals = self.corpus[rows]
+        if self.memory is not None:
+            self.memory.enqueue(originals)
+            pool = self.memory.contents()
+        else:
+            pool = originals
+        loss = self.alpha * self.unsup(self.module, originals, pool, masks)
+        if self.supervised is None:
+            return loss
+        batch = self._next_queries(generator)
+        candidates, relevance = sample_candidates(self.supervised, batch)
+        queries = self.module.residual(self.supervised.queries[batch])
+        documents = self.module.residual(self.corpus[candidates])
+        rank = torch.stack(
+            [self.rank_loss(queries * mask, documents * mask, relevance) for mask in masks]
+        ).mean()
+        return rank + loss
+
+    def _next_queries(self, generator: torch.Generator) -> torch.Tensor:
+        count = len(self.supervised.queries)
+        order = self.query_order
+        if order["perm"] is None or order["position"] >= count:
+            order["perm"] = torch.randperm(count, generator=generator, device=self.corpus.device)
+            order["position"] = 0
+        start = order["position"]
+        order["position"] += self.query_batch
+        return order["perm"][start : start + self.query_batch]
+
+
+# --- TODO(hook): move into madapt_cli.training once it is committed ---------------------------
+def sample_candidates(
+    objective: SupervisedObjective, batch: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to P random positives and the hard negatives of each query of ``batch``: the
+    candidate corpus rows (C,) and their grades (Q, C)."""
+    noise = torch.rand(
+        objective.positive_rows[batch].shape, generator=objective.generator, device=batch.device
+    )
+    noise = noise.masked_fill(objective.positive_grades[batch] <= 0, -1.0)
+    count = min(objective.config.positives_per_query, noise.shape[1])
+    picked = objective.positive_rows[batch].gather(1, noise.topk(count, dim=1).indices)
+    candidates = torch.cat([picked.flatten(), objective.hard_negatives[batch].flatten()])
+    candidates = torch.unique(candidates[candidates < objective.corpus.shape[0]])
+    return candidates, objective.grades_of(batch, candidates.expand(len(batch), -1))
+
+
+def split_training_queries(
+    corpus_ids: Sequence[str],
+    queries: np.ndarray,
+    query_ids: Sequence[str],
+    qrels: Qrels,
+    dev_qrels: Qrels | None,
+    config: TrainConfig,
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Training query ids and validation data, as :func:`train_supervised` splits them."""
+    import random
+
+    corpus_row = {doc_id: i for i, doc_id in enumerate(corpus_ids)}
+    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
+    usable = sorted(
+        q
+        for q, judged in qrels.items()
+        if q in query_row and any(g > 0 and d in corpus_row for d, g in judged.items())
+    )
+    if not usable:
+        raise InputError(
+            "no query of the train qrels has a positive judgement on a document of the corpus "
+            "table and a vector in the queries table: do the ids match?"
+        )
+    if dev_qrels is None:
+        shuffled = random.Random(config.seed).sample(usable, len(usable))
+        held = max(1, round(len(usable) * config.validation_fraction)) if len(usable) > 4 else 0
+        validation_ids, train_ids = sorted(shuffled[:held]), sorted(shuffled[held:])
+        validation_qrels = {q: dict(qrels[q]) for q in validation_ids}
+    else:
+        train_ids = usable
+        validation_qrels = {q: dict(j) for q, j in dev_qrels.items() if q in query_row}
+        if not validation_qrels:
+            raise InputError("no query of the dev qrels has a vector in the queries table")
+    if not validation_qrels:
+        return train_ids, None
+    ids = sorted(validation_qrels)
+    return train_ids, {
+        "corpus_ids": list(corpus_ids),
+        "query_ids": ids,
+        "queries": queries[[query_row[q] for q in ids]],
+        "qrels": validation_qrels,
+    }
+
+
+# --- the sequential trainer ---------------------------------------------------------------------
+def train_smec(
+    corpus: np.ndarray,
+    config: TrainConfig,
+    options: SMECOptions,
+    *,
+    corpus_ids: Sequence[str] | None = None,
+    queries: np.ndarray | None = None,
+    query_ids: Sequence[str] | None = None,
+    qrels: Qrels | None = None,
+    dev_qrels: Qrels | None = None,
+    validation_data: dict[str, Any] | None = None,
+    module: SMECModule | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train new SMEC stages (on top of ``module`` when resuming) down to ``options.to_dim``.
+
+    Supervised when ``qrels`` is given (training queries split as in
+    :func:`madapt_cli.training.train_supervised`), unsupervised otherwise (``validation_data``
+    optional). Each stage runs ``config.supervised_epochs`` (supervised) or ``config.epochs``
+    epochs with early stopping on its own sizes' validation nDCG@10.
+    """
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    dimension = corpus.shape[1]
+    supervised = qrels is not None
+    if module is None:
+        module = SMECModule(
+            dimension,
+            {
+                "hidden": config.hidden or 2 * dimension,
+                "depth": config.depth,
+                "activation": config.activation,
+            },
+        )
+    module = module.to(device)
+    start = module.smallest_size
+    train_dims = check_train_dims(config.train_dims, dimension) if config.train_dims else None
+    to_dim = options.to_dim or (min(train_dims) if train_dims else min(32, start // 2))
+    if to_dim >= start:
+        raise InputError(
+            f"--to-dim {to_dim} is not below {start}, the smallest size this adaptor already has"
+        )
+    sizes = stage_sizes(start, to_dim, train_dims)
+    plan = [[s] for s in sizes] if options.sequential else [sizes]
+    vectors = F.normalize(torch.from_numpy(np.asarray(corpus, np.float32)).to(device), dim=-1)
+    objective, epochs, lr = None, config.epochs, config.lr
+    if supervised:
+        train_ids, validation_data = split_training_queries(
+            corpus_ids, queries, query_ids, qrels, dev_qrels, config
+        )
+        row = {q: i for i, q in enumerate(query_ids)}
+        corpus_row = {d: i for i, d in enumerate(corpus_ids)}
+        train_queries = F.normalize(
+            torch.from_numpy(np.asarray(queries[[row[q] for q in train_ids]], np.float32)).to(
+                device
+            ),
+            dim=-1,
+        )
+        judgments = [
+            {corpus_row[d]: g for d, g in qrels[q].items() if d in corpus_row} for q in train_ids
+        ]
+        objective = SupervisedObjective(
+            vectors,
+            train_queries,
+            judgments,
+            [dimension],
+            config,
+            config.weights("supervised"),
+            _device_generator(device, config.seed + 1),
+        )
+        epochs, lr = config.supervised_epochs, config.supervised_lr
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for stage_sizes_now in plan:
+        module.add_stage(stage_sizes_now, options.ads)
+        index = len(module.stages) - 1
+        module.freeze_all_but(index)
+        validation = _validation(
+            vectors,
+            validation_data,
+            stage_sizes_now,
+            _with_validation_dims(config, stage_sizes_now),
+            device,
+        )
+        step, steps = _stage_step(module, index, vectors, objective, config, options, epochs)
+        label = "smec " + ",".join(map(str, stage_sizes_now))
+        stage_history, best = _fit_loop(
+            module,
+            step,
+            steps,
+            epochs,
+            lr,
+            config,
+            validation,
+            label,
+            on_epoch,
+            _device_generator(device, config.seed),
+        )
+        module.fold(index)
+        history += stage_history
+    return TrainResult(module.cpu().eval(), history, best)
+
+
+def _with_validation_dims(config: TrainConfig, sizes: list[int]) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(config, validation_dims=list(sizes))
+
+
+def _stage_step(
+    module: SMECModule,
+    index: int,
+    vectors: torch.Tensor,
+    objective: SupervisedObjective | None,
+    config: TrainConfig,
+    options: SMECOptions,
+    epochs: int,
+) -> tuple[StageStep, int]:
+    batch_size = min(config.batch_size, len(vectors))
+    if objective is None:
+        steps = math.ceil(len(vectors) / batch_size)
+    else:
+        steps = math.ceil(
+            len(objective.queries) / min(config.query_batch_size, len(objective.queries))
+        )
+    memory = (
+        CrossBatchMemory(options.memory_size, vectors.shape[1], vectors.device)
+        if options.xbm
+        else None
+    )
+    alpha = 1.0 if config.alpha is None else float(config.alpha)
+    step = StageStep(
+        module=module,
+        index=index,
+        corpus=vectors,
+        batch_size=batch_size,
+        temperatures=(options.temperature_start, options.temperature_end),
+        total_steps=steps * epochs,
+        memory=memory,
+        unsup=MemorySimilarityLoss(options.memory_topk or config.topk, vectors.shape[1]),
+        alpha=alpha if objective is not None else 1.0,
+        supervised=objective,
+        rank_loss=RankingLoss([vectors.shape[1]], config.temperature),
+        query_batch=min(config.query_batch_size, len(objective.queries) if objective else 1),
+    )
+    return step, steps
+
+
+def options_record(options: SMECOptions) -> dict[str, Any]:
+    return asdict(options)
+
+
+def load_for_resume(path: str, dimension: int | None = None) -> Adaptor:
+    """The SMEC adaptor at ``path``, to continue to a smaller size (``--resume``)."""
+    adaptor = Adaptor.load(path)
+    if adaptor.method != METHOD:
+        raise InputError(
+            f"--resume {path}: a {adaptor.method!r} adaptor; only smec adaptors can be resumed"
+        )
+    if dimension is not None and adaptor.dimension != dimension:
+        raise InputError(
+            f"--resume {path}: the adaptor takes {adaptor.dimension}-d vectors, the store has "
+            f"{dimension}-d"
+        )
+    return adaptor
+
+
+__all__ = [
+    "METHOD",
+    "CrossBatchMemory",
+    "DimensionSelector",
+    "MemorySimilarityLoss",
+    "SMECModule",
+    "SMECOptions",
+    "build_smec_module",
+    "gumbel_topk_masks",
+    "load_for_resume",
+    "stage_sizes",
+    "train_smec",
+]
