@@ -30,9 +30,12 @@ within 1e-6)
     does the same); a query missing from the run is not averaged, so callers must put every
     qrels query they could search into the run (an empty ranking scores 0).
 
-    Ties: a ranking is scored in the order given (our search puts the lower corpus row first).
-    pytrec_eval re-sorts a run by score and breaks exact ties by document id, descending, so
-    on exactly tied scores its figures can differ; on distinct scores they agree.
+    Ties: trec_eval re-sorts a run by score and breaks exact ties by document id, descending.
+    :func:`evaluate_rankings` scores a ranking in the order given; the vector paths
+    (:func:`evaluate_vectors`, :func:`evaluate_prefixes`, :func:`run_evaluation`) apply
+    trec_eval's rule to the tied scores of the top k (:func:`trec_tie_order`), so their
+    figures are pytrec_eval's on the same scores. Which documents make the top k at a tie on
+    the k-th score is decided by the search (the lower corpus row).
 """
 
 from __future__ import annotations
@@ -357,6 +360,29 @@ def rankings_from_indices(
     }
 
 
+def trec_tie_order(
+    scores: np.ndarray, indices: np.ndarray, corpus_ids: Sequence[str]
+) -> np.ndarray:
+    """``indices`` with each row's equal scores reordered by document id, descending: the
+    order in which trec_eval (so pytrec_eval and BEIR) reads a run. Duplicate documents make
+    exact ties common in real corpora (NFCorpus has 40 groups of identical vectors), and which
+    of two tied documents ranks first changes nDCG and MAP. ``-1`` slots stay last."""
+    tied_rows = np.nonzero((scores[:, 1:] == scores[:, :-1]).any(axis=1))[0]
+    if not len(tied_rows):
+        return indices
+    ordered = indices.copy()
+    for row in tied_rows:
+        hits = [
+            (float(s), corpus_ids[i], i)
+            for s, i in zip(scores[row], indices[row], strict=True)
+            if i >= 0
+        ]
+        hits.sort(key=lambda hit: hit[1], reverse=True)
+        hits.sort(key=lambda hit: hit[0], reverse=True)  # stable: ties keep id order
+        ordered[row, : len(hits)] = [hit[2] for hit in hits]
+    return ordered
+
+
 # --- metrics ---------------------------------------------------------------------------------
 @dataclass
 class Judgments:
@@ -570,7 +596,8 @@ def evaluate_vectors(
     queries = prefix_normalized(_as_tensor(query_vectors, device), dim)
     corpus = prefix_normalized(_as_tensor(corpus_vectors, device), dim)
     depth = max(m.k for m in parsed)
-    _, indices = search_topk(queries, corpus, depth, device=device, exclude=exclude)
+    scores, indices = search_topk(queries, corpus, depth, device=device, exclude=exclude)
+    indices = trec_tie_order(scores, indices, corpus_ids)
     judgments = Judgments.build(query_ids, corpus_ids, qrels, depth)
     return RankingEvaluation.from_scores(query_ids, score_indices(indices, judgments, parsed))
 
@@ -602,8 +629,11 @@ def evaluate_prefixes(
     )
     judgments = Judgments.build(query_ids, corpus_ids, qrels, depth)
     return {
-        dim: RankingEvaluation.from_scores(query_ids, score_indices(indices, judgments, parsed))
-        for dim, (_, indices) in found.items()
+        dim: RankingEvaluation.from_scores(
+            query_ids,
+            score_indices(trec_tie_order(scores, indices, corpus_ids), judgments, parsed),
+        )
+        for dim, (scores, indices) in found.items()
     }
 
 
@@ -912,7 +942,8 @@ def run_evaluation(
         )
         search_seconds = (time.perf_counter() - search_started) / len(method_sizes)
         for dim in method_sizes:
-            scores = score_indices(found[dim][1], judgments, parsed_metrics)
+            ranked = trec_tie_order(found[dim][0], found[dim][1], corpus_ids)
+            scores = score_indices(ranked, judgments, parsed_metrics)
             means = {label: float(values.mean()) for label, values in scores.items()}
             results.append(ResultRow(name, dim, means, search_seconds))
             if on_progress is not None:

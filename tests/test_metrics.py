@@ -232,3 +232,42 @@ def test_vector_search_path_matches_pytrec_eval(name):
         theirs = _pytrec_means(run, qrels, metric)
         mean = sum(theirs.values()) / len(theirs)
         assert ours.means[metric.label] == pytest.approx(mean, abs=1e-6), metric.label
+
+
+def test_tied_scores_are_read_in_trec_eval_order():
+    """Duplicate documents tie exactly; trec_eval ranks tied documents by id, descending.
+    The vector paths must give pytrec_eval's figures on the very same (tied) scores."""
+    import numpy as np
+
+    from madapt_cli.evaluation import evaluate_prefixes, evaluate_vectors, search_topk
+
+    rng = np.random.default_rng(12)
+    base = rng.standard_normal((40, 12)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    corpus = np.concatenate([base, base[:20]])  # rows 40..59 duplicate rows 0..19
+    corpus_ids = [f"doc{i:03d}" for i in range(40)] + [f"dup{i:03d}" for i in range(20)]
+    queries = base[:20] + 0.3 * rng.standard_normal((20, 12)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    query_ids = [f"q{i}" for i in range(20)]
+    # the original is relevant, its duplicate ('dup' > 'doc': trec_eval ranks it first) is not
+    qrels = {f"q{i}": {f"doc{i:03d}": 1 + i % 2, f"doc{(i + 1) % 40:03d}": 1} for i in range(20)}
+    metrics = "ndcg@10,map@10,recall@10"
+    ours = evaluate_vectors(queries, query_ids, corpus, corpus_ids, qrels, metrics)
+    scores, indices = search_topk(queries, corpus, 10)
+    assert (scores[:, 1:] == scores[:, :-1]).any()  # there are exact ties
+    run = {
+        q: {corpus_ids[j]: float(s) for s, j in zip(scores[r], indices[r], strict=True)}
+        for r, q in enumerate(query_ids)
+    }
+    for metric in parse_metrics(metrics):
+        theirs = _pytrec_means(run, qrels, metric)
+        assert ours.means[metric.label] == pytest.approx(
+            sum(theirs.values()) / len(theirs), abs=1e-6
+        )
+    at_full = evaluate_prefixes(queries, query_ids, corpus, corpus_ids, qrels, [12], metrics)[12]
+    assert at_full.means == pytest.approx(ours.means, abs=1e-6)
+    # and it matters: scored in search order (lower row first) nDCG would be higher
+    in_search_order = evaluate_rankings(
+        {q: [corpus_ids[j] for j in indices[r]] for r, q in enumerate(query_ids)}, qrels, metrics
+    )
+    assert in_search_order.means["ndcg@10"] > ours.means["ndcg@10"] + 0.01
