@@ -122,6 +122,8 @@ class VertexProvider(RemoteProvider):
         self._credentials = credentials
         token = getattr(credentials, "token", None)
         self.scrub.add(token if isinstance(token, str) else None)
+        for variable in ("GOOGLE_API_KEY", "GEMINI_API_KEY"):  # unused, but never shown
+            self.scrub.add(os.environ.get(variable))
         self._client: Any = None
         self._client_lock = threading.Lock()
 
