@@ -58,6 +58,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -457,14 +458,23 @@ def split_training_queries(
         validation_qrels = {q: dict(j) for q, j in dev_qrels.items() if q in query_row}
         if not validation_qrels:
             raise InputError("no query of the dev qrels has a vector in the queries table")
-    if not validation_qrels:
-        return train_ids, None
-    ids = sorted(validation_qrels)
-    return train_ids, {
+    return train_ids, validation_set(corpus_ids, queries, query_ids, validation_qrels)
+
+
+def validation_set(
+    corpus_ids: Sequence[str], queries: np.ndarray, query_ids: Sequence[str], judged: Qrels
+) -> dict[str, Any] | None:
+    """The validation data of :class:`~madapt_cli.training.Validation`: the judged queries
+    that have a vector (None when there are none)."""
+    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
+    ids = sorted(q for q in judged if q in query_row)
+    if not ids:
+        return None
+    return {
         "corpus_ids": list(corpus_ids),
         "query_ids": ids,
         "queries": queries[[query_row[q] for q in ids]],
-        "qrels": validation_qrels,
+        "qrels": {q: dict(judged[q]) for q in ids},
     }
 
 
@@ -507,14 +517,14 @@ def train_smec(
     start = module.smallest_size
     train_dims = check_train_dims(config.train_dims, dimension) if config.train_dims else None
     to_dim = options.to_dim or (min(train_dims) if train_dims else min(32, start // 2))
-    if to_dim >= start:
+    if start < dimension and to_dim >= start:
         raise InputError(
             f"--to-dim {to_dim} is not below {start}, the smallest size this adaptor already has"
         )
     sizes = stage_sizes(start, to_dim, train_dims)
     plan = [[s] for s in sizes] if options.sequential else [sizes]
-    vectors = F.normalize(torch.from_numpy(np.asarray(corpus, np.float32)).to(device), dim=-1)
-    objective, epochs, lr = None, config.epochs, config.lr
+    vectors = F.normalize(torch.from_numpy(np.array(corpus, np.float32)).to(device), dim=-1)
+    objective, epochs, lr = None, config.epochs, config.lr  # stages start at the identity
     if supervised:
         train_ids, validation_data = split_training_queries(
             corpus_ids, queries, query_ids, qrels, dev_qrels, config
@@ -539,7 +549,7 @@ def train_smec(
             config.weights("supervised"),
             _device_generator(device, config.seed + 1),
         )
-        epochs, lr = config.supervised_epochs, config.supervised_lr
+        epochs = config.supervised_epochs
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for stage_sizes_now in plan:
@@ -621,7 +631,103 @@ def options_record(options: SMECOptions) -> dict[str, Any]:
     return asdict(options)
 
 
-def load_for_resume(path: str, dimension: int | None = None) -> Adaptor:
+def train_for_store(
+    corpus: np.ndarray,
+    corpus_ids: Sequence[str],
+    queries: np.ndarray,
+    query_ids: Sequence[str],
+    qrels: Qrels | None,
+    dev_qrels: Qrels | None,
+    mode: str,
+    config: TrainConfig,
+    options: SMECOptions | None,
+    resume: str | Path | None,
+    metadata: dict[str, Any],
+    on_epoch: EpochCallback | None = None,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """``fit_store``'s SMEC path: load ``resume`` (if any), train the new stages, and return
+    the config.json entries that describe the artifact (``smec``, ``architecture``; resumed
+    training keeps the earlier validation curve)."""
+    options = options or SMECOptions()
+    module, earlier = None, {}
+    if resume is not None:
+        adaptor = load_for_resume(resume, corpus.shape[1])
+        adaptor.check_compatible(metadata, "the store's corpus vectors")
+        module, earlier = adaptor.module, adaptor.config
+    if mode == "supervised":
+        result = train_smec(
+            corpus,
+            config,
+            options,
+            corpus_ids=corpus_ids,
+            queries=queries,
+            query_ids=query_ids,
+            qrels=qrels,
+            dev_qrels=dev_qrels,
+            module=module,
+            on_epoch=on_epoch,
+        )
+    else:
+        judged = dev_qrels if dev_qrels is not None else qrels
+        validation = validation_set(corpus_ids, queries, query_ids, judged) if judged else None
+        if judged and validation is None:
+            raise InputError("no query of the qrels has a vector in the 'queries' table")
+        result = train_smec(
+            corpus, config, options, validation_data=validation, module=module, on_epoch=on_epoch
+        )
+    description = result.module.describe()
+    record = {
+        "architecture": {"type": "smec", **description["architecture"]},
+        "smec": {
+            **description,
+            "options": options_record(options),
+            "resumed_from": str(Path(resume).resolve()) if resume is not None else None,
+        },
+    }
+    result.history = list(earlier.get("validation_curve") or []) + result.history
+    return result, record
+
+
+def cli_options(
+    method: str,
+    config: TrainConfig,
+    lr: float | None,
+    to_dim: int | None,
+    resume: Path | None,
+    sequential: bool,
+    ads: bool,
+    xbm: bool,
+    memory_size: int,
+) -> SMECOptions | None:
+    """The SMEC options of `madapt fit` (None for other methods, which must not get them)."""
+    if method != METHOD:
+        given = [
+            flag
+            for flag, used in [
+                ("--to-dim", to_dim is not None),
+                ("--resume", resume is not None),
+                ("--no-sequential", not sequential),
+                ("--no-ads", not ads),
+                ("--no-xbm", not xbm),
+                ("--memory-size", memory_size != SMECOptions.memory_size),
+            ]
+            if used
+        ]
+        if given:
+            raise InputError(f"{given[0]} only applies to --method smec")
+        return None
+    if memory_size < 1:
+        raise InputError("--memory-size must be positive")
+    if to_dim is not None and to_dim < 1:
+        raise InputError("--to-dim must be positive")
+    if lr is not None:  # SMEC stages start at the identity: one learning rate, config.lr
+        config.lr = lr
+    return SMECOptions(
+        sequential=sequential, ads=ads, xbm=xbm, memory_size=memory_size, to_dim=to_dim
+    )
+
+
+def load_for_resume(path: str | Path, dimension: int | None = None) -> Adaptor:
     """The SMEC adaptor at ``path``, to continue to a smaller size (``--resume``)."""
     adaptor = Adaptor.load(path)
     if adaptor.method != METHOD:

@@ -551,10 +551,13 @@ def fit_store(
     config: TrainConfig | None = None,
     name: str | None = None,
     on_epoch: EpochCallback | None = None,
+    smec: Any = None,
+    resume: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit an adaptor on the ``corpus`` (and ``queries``) tables of a store and write the
     artifact directory ``out`` (atomically: a failed fit leaves no partial artifact).
-    Returns the artifact's config."""
+    Returns the artifact's config. ``smec`` (:class:`madapt_cli.smec.SMECOptions`) and
+    ``resume`` (an SMEC adaptor directory) only apply to ``method="smec"``."""
     from madapt_cli.adaptor import METHODS, Adaptor, fit_pca
     from madapt_cli.data import read_qrels
     from madapt_cli.stores import arrow_to_vectors, open_store
@@ -577,7 +580,7 @@ def fit_store(
     config.train_dims = dims
     if config.validation_dims:
         check_train_dims(config.validation_dims, dimension)
-    if mode == "supervised" and method == "matryoshka" and qrels_path is None:
+    if mode == "supervised" and method != "pca" and qrels_path is None:
         raise InputError("--mode supervised needs --qrels TRAIN.tsv (query-id, corpus-id, score)")
     qrels = read_qrels(qrels_path) if qrels_path is not None else None
     dev_qrels = read_qrels(dev_qrels_path) if dev_qrels_path is not None else None
@@ -624,7 +627,15 @@ def fit_store(
                         f"{query_metadata.get(key)!r} vs {metadata.get(key)!r}"
                     )
             query_ids, queries = store.read_vectors("queries")
-        if mode == "supervised":
+        if method == "smec":  # SMEC's staged trainer: madapt_cli.smec (issue 7)
+            from madapt_cli.smec import train_for_store
+
+            result, smec_record = train_for_store(
+                corpus, corpus_ids, queries, query_ids, qrels, dev_qrels, mode, config, smec,
+                resume, metadata, on_epoch)
+            labelled = (query_ids, queries, qrels) if mode == "supervised" else ()
+            fingerprint = training_fingerprint(corpus_ids, corpus, *labelled)
+        elif mode == "supervised":
             result = train_supervised(
                 corpus,
                 corpus_ids,
@@ -668,6 +679,8 @@ def fit_store(
             training_data_sha256=fingerprint,
             topk_mining_seconds=round(result.topk_mining_seconds, 3),
         )
+        if method == "smec":
+            record.update(smec_record)
     from madapt_cli import __version__
 
     record.update(

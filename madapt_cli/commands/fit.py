@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
     def fit(
         store_path: Path = typer.Argument(..., help="A store with a 'corpus' table."),
         out: Path = typer.Option(..., "--out", help="Adaptor directory to write."),
-        method: str = typer.Option("matryoshka", "--method", help="matryoshka or pca."),
+        method: str = typer.Option("matryoshka", "--method", help="matryoshka, smec or pca."),
         mode: str = typer.Option("unsupervised", "--mode", help="unsupervised or supervised."),
         qrels: Path | None = typer.Option(
             None,
@@ -79,6 +79,20 @@ def register(app: typer.Typer) -> None:
             None, "--name", help="Adaptor name (default: --out's name)."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+        # --- --method smec only (madapt_cli.smec) ---
+        to_dim: int | None = typer.Option(
+            None, "--to-dim", help="smec: the last (smallest) stage size (default: the "
+            "smallest --train-dims size)."),
+        resume: Path | None = typer.Option(
+            None, "--resume", help="smec: continue this SMEC adaptor to a smaller --to-dim."),
+        sequential: bool = typer.Option(
+            True, "--sequential/--no-sequential", help="smec: one stage per size (SMRL)."),
+        ads: bool = typer.Option(
+            True, "--ads/--no-ads", help="smec: learn which dimensions to keep (ADS)."),
+        xbm: bool = typer.Option(
+            True, "--xbm/--no-xbm", help="smec: neighbours from a cross-batch memory (S-XBM)."),
+        memory_size: int = typer.Option(
+            5000, "--memory-size", help="smec: rows of the cross-batch memory."),
     ) -> None:
         """Train an adaptor on STORE's corpus and write it to --out (safetensors + config.json)."""
         from madapt_cli.training import TrainConfig, fit_store
@@ -117,6 +131,9 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"--{key.replace('_', '-')} must be positive")
         if config.hidden is not None and config.hidden < 1:
             raise InputError("--hidden must be positive")
+        from madapt_cli.smec import cli_options
+
+        smec = cli_options(method, config, lr, to_dim, resume, sequential, ads, xbm, memory_size)
 
         bar = console.progress(quiet=as_json and not console.err.is_terminal)
         with bar:
@@ -144,6 +161,8 @@ def register(app: typer.Typer) -> None:
                 config=config,
                 name=name,
                 on_epoch=on_epoch,
+                smec=smec,
+                resume=resume,
             )
         summary = {
             "out": str(out),
