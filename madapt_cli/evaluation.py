@@ -809,6 +809,7 @@ def run_evaluation(
     queries_table: str = "queries",
     fingerprints: bool = False,
     pca_fit_rows: int | None = PCA_FIT_ROWS,
+    on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> EvaluationReport:
@@ -824,6 +825,7 @@ def run_evaluation(
     ``dims``: sizes (default: those of 64, 128, 256 below D). ``metrics``: names like
     ``ndcg@10``. ``device``: ``auto`` takes the GPU when there is one. ``fingerprints``:
     also hash the qrels file, tables and adaptor files (for reports).
+    ``on_start(n)`` once the n (method, size) rows to compute are known;
     ``on_progress(method, dim)`` after each size; ``on_warning(message)`` for each warning
     (also kept in the report).
     """
@@ -917,6 +919,9 @@ def run_evaluation(
             entry["fingerprint"] = file_fingerprint(path / CONFIG_FILE, path / WEIGHTS_FILE)
         methods.append((name, entry, adaptor))
 
+    truncate_sizes = sorted({*sizes, dimension} if "truncate" in chosen_baselines else {dimension})
+    if on_start is not None:
+        on_start(len(truncate_sizes) + (len(methods) - 1) * len(sizes))
     corpus_tensor = _as_tensor(corpus, torch_device)
     query_tensor = _as_tensor(queries, torch_device)
     results: list[ResultRow] = []
@@ -931,11 +936,7 @@ def run_evaluation(
             mapped_corpus = adaptor.transform(corpus_tensor)
             mapped_queries = adaptor.transform(query_tensor)
         fit_seconds[name] = time.perf_counter() - method_started
-        method_sizes = sizes
-        if how == "truncate":
-            method_sizes = sorted(
-                {*sizes, dimension} if "truncate" in chosen_baselines else {dimension}
-            )
+        method_sizes = truncate_sizes if how == "truncate" else sizes
         search_started = time.perf_counter()
         found = search_topk_prefixes(
             mapped_queries, mapped_corpus, method_sizes, depth, device=torch_device, exclude=exclude

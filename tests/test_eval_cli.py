@@ -409,3 +409,21 @@ def test_empty_corpus_and_mismatched_tables(capsys, planted, tmp_path):
         match="tables 'queries' and 'corpus' differ in model",
     )
     _fails(capsys, "eval", tmp_path / "nowhere", "--qrels", qrels_path, match="not a madapt store")
+
+
+def test_progress_callbacks_count_every_row(planted):
+    from madapt_cli.evaluation import run_evaluation
+
+    store, qrels_path, _ = planted
+    totals, done = [], []
+    report = run_evaluation(
+        store,
+        qrels_path,
+        "4,8",
+        baselines=["pca"],
+        device="cpu",
+        on_start=totals.append,
+        on_progress=lambda method, dim: done.append((method, dim)),
+    )
+    assert totals == [3] and len(done) == 3 == len(report.results)
+    assert sorted(done) == [("pca", 4), ("pca", 8), ("truncate", DIM)]  # the reference row only

@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
                 corpus_table=corpus_table,
                 queries_table=queries_table,
                 fingerprints=report is not None,
+                on_start=lambda total: bar.update(task, total=total),
                 on_progress=lambda method, dim: bar.update(
                     task, description=f"{method} @ {dim}", advance=1
                 ),
