@@ -30,11 +30,11 @@ def print_json(payload: Any) -> None:
 
 
 def log(message: str) -> None:
-    err.print(message, highlight=False)
+    err.print(message, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
 def progress(*extra_columns: Any, quiet: bool = False) -> Progress:
