@@ -271,3 +271,40 @@ def test_api_options_are_refused_for_local_models(tmp_path):
         "embed", str(source), "--out", str(tmp_path / "s"), "--rpm", "60", env={**os.environ}
     )
     assert result.returncode == 2 and "--rpm apply to --provider openai or vertex" in result.stderr
+
+
+def test_vertex_fault_storm_with_concurrent_requests_through_the_pipeline(vertex_server, tmp_path):
+    from google.oauth2.credentials import Credentials
+
+    from madapt_cli.commands.embed import run_embed
+    from madapt_cli.providers.resilience import RetryPolicy
+    from madapt_cli.providers.vertex import VertexProvider
+
+    # ~6 kB texts: ~2,000 estimated tokens, so ~10 a request and ~30 requests for 300 rows
+    source = write_docs(tmp_path / "docs.jsonl", 300, body=" " + "z" * 5900)
+    faults = ["429", "500", "malformed", "wrong_count", "503", "hang"] * 3
+    vertex_server.state.faults.extend(faults)
+    provider = VertexProvider(
+        "text-embedding-005",
+        dimensions=48,
+        project=PROJECT,
+        location=LOCATION,
+        base_url=url(vertex_server),
+        credentials=Credentials(token=VERTEX_TOKEN),
+        concurrency=4,
+        timeout=1.5,
+        retry_policy=RetryPolicy(max_retries=10, base_delay=0.005, max_delay=0.02),
+    )
+    summary = run_embed(source, tmp_path / "store", provider, quiet=True)
+    assert summary["rows_embedded"] == 300 and summary["provider_stats"]["retries"] == len(faults)
+    requests = vertex_server.state.requests()
+    assert len(requests) >= 25 + len(faults) and vertex_server.state.max_in_flight > 1
+    assert all(len(r.texts) <= 250 for r in requests)
+    texts = {row["id"]: row for row in map(json.loads, source.read_text().splitlines())}
+    assert sorted(vertex_server.state.texts_served()) == sorted(r["text"] for r in texts.values())
+    ids, vectors = open_store(tmp_path / "store").read_vectors("corpus")
+    assert len(ids) == len(set(ids)) == 300
+    for doc_id, vector in zip(ids, vectors, strict=True):
+        row = texts[doc_id]
+        salt = f"text-embedding-005|RETRIEVAL_DOCUMENT|{row['title']}|"
+        np.testing.assert_allclose(vector, vector_for(row["text"], 48, salt), atol=1e-5)
