@@ -201,3 +201,13 @@ def test_missing_application_default_credentials_fail_with_a_hint(server, tmp_pa
     with pytest.raises(ProviderError, match=r"no usable Google credentials.*gcloud auth"):
         provider.embed_batch(docs(1), "query")
     assert server.state.requests() == []
+
+
+def test_skip_bad_does_not_skip_a_whole_corpus_when_every_request_is_refused(server):
+    provider = make(server, "gemini-embedding-001", skip_bad=True)  # one text a request
+    batch = docs(8)
+    server.state.poisoned.update(item.text for item in batch)  # as if the request were bad
+    with pytest.raises(ProviderError, match=r"rejected the first 5 inputs and accepted none"):
+        for item in batch:
+            provider.embed_batch([item], "document")
+    assert len(server.state.requests()) == 5

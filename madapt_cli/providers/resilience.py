@@ -440,7 +440,7 @@ class RemoteProvider(EmbeddingProvider):
     def embed_batch(self, items: list[TextItem], role: Role) -> np.ndarray:
         def embed(batch: list[TextItem]) -> np.ndarray:
             tokens = sum(min(self.estimate_tokens(i), self._max_input_tokens()) for i in batch)
-            return send_with_retries(
+            vectors = send_with_retries(
                 lambda: self._send(batch, role),
                 self._classify,
                 policy=self.retry_policy,
@@ -449,8 +449,10 @@ class RemoteProvider(EmbeddingProvider):
                 counters=self.counters,
                 what=f"{self.name} request for {len(batch)} inputs ({batch[0].id!r}...)",
             )
+            self.counters.add("accepted", len(batch))
+            return vectors
 
-        return embed_with_isolation(
+        vectors = embed_with_isolation(
             items,
             embed,
             dimension=lambda: self.dimension,
@@ -458,6 +460,19 @@ class RemoteProvider(EmbeddingProvider):
             counters=self.counters,
             provider_name=f"{self.name} ({self.model})",
         )
+        counts = self.counters.snapshot()
+        rejected, accepted = counts.get("skipped_bad", 0), counts.get("accepted", 0)
+        if rejected >= self.REJECTIONS_BEFORE_GIVING_UP and accepted == 0:
+            # One-input requests (gemini-embedding-001) cannot tell a bad request from bad
+            # data; a run where the API accepts nothing is not a data problem.
+            raise ProviderError(
+                f"{self.name} ({self.model}) rejected the first {rejected} inputs and accepted "
+                f"none: the request itself is likely invalid (check --model/--dimensions)"
+            )
+        return vectors
+
+    #: with --skip-bad, this many rejections before any success stops the run
+    REJECTIONS_BEFORE_GIVING_UP = 5
 
     def _max_input_tokens(self) -> int:
         limit = self.limits.max_input_tokens
