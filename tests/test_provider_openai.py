@@ -189,3 +189,14 @@ def test_rpm_limit_holds_across_worker_threads(server):
     # after the burst of 20, requests go out at 20 a second (10% slack for arrival jitter)
     assert starts[-1] - starts[0] >= (60 - 20) / 20 * 0.9
     assert starts[-1] - starts[20] >= (60 - 21) / 20 * 0.9
+
+
+def test_a_truncated_input_is_counted_once_however_often_it_is_resent(server):
+    server.state.faults.extend(["500", "500"])
+    batch = [*items(6), TextItem("long", "lorem ipsum " * 3000)]
+    server.state.poisoned.add(batch[2].text)  # bisection re-sends "long" in smaller requests
+    provider = make(server, skip_bad=True)
+    provider.embed_batch(batch, "document")
+    stats = provider.stats()
+    assert stats["truncated"] == 1 and stats["truncated_ids"] == ["long"]
+    assert sum("lorem" in text for text in server.state.texts_requested()) >= 3

@@ -227,14 +227,14 @@ def _print_provider_stats(stats: dict[str, Any]) -> None:
     console.log("api: " + ", ".join(parts))
     if stats.get("truncated"):
         console.warn(
-            f"{stats['truncated']} inputs were over the model's token limit and were truncated "
+            f"{stats['truncated']} input(s) over the model's token limit were truncated "
             "(--strict refuses them instead)"
         )
     if stats.get("skipped_bad"):
         ids = stats.get("skipped_bad_ids", [])
         shown = ", ".join(repr(i) for i in ids[:10]) + (" ..." if len(ids) > 10 else "")
         console.warn(
-            f"{stats['skipped_bad']} inputs rejected by the API were skipped (--skip-bad): "
+            f"{stats['skipped_bad']} input(s) rejected by the API were skipped (--skip-bad): "
             f"{shown}; they are not stored, a rerun retries them"
         )
 

@@ -233,16 +233,22 @@ class Counters:
         self._lock = threading.Lock()
         self._values: dict[str, int] = {}
         self._lists: dict[str, list[str]] = {}
+        self._seen: dict[str, set[str]] = {}
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._values[name] = self._values.get(name, 0) + amount
 
     def note(self, name: str, value: str) -> None:
-        """Count ``name`` and remember ``value`` (e.g. the id of a skipped input)."""
+        """Count ``name`` once per distinct ``value`` (e.g. the id of a skipped input), and
+        remember the values: a retried or bisected request does not count twice."""
         with self._lock:
+            seen = self._lists.setdefault(name, [])
+            if value in self._seen.setdefault(name, set()):
+                return
+            self._seen[name].add(value)
+            seen.append(value)
             self._values[name] = self._values.get(name, 0) + 1
-            self._lists.setdefault(name, []).append(value)
 
     def snapshot(self) -> dict[str, int | list[str]]:
         with self._lock:
