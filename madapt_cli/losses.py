@@ -2,8 +2,9 @@
 
 Notation: ``e`` an original unit vector, ``f(e) = e + g(e)`` its adapted version, ``M`` the
 prefix sizes trained at once and ``sim_m(a, b)`` the cosine of the first ``m`` coordinates.
-Every loss averages over ``m`` in ``M`` with equal weight. Memory is O(batch): nothing here
-ever sees the whole corpus.
+Every loss averages over ``m`` in ``M``, with equal weight unless ``dim_weights`` (one weight
+per size, normalised to sum to 1) says otherwise. Memory is O(batch): nothing here ever sees
+the whole corpus.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 _EPS = 1e-8
+
+
+def _size_weights(dims: Sequence[int], dim_weights: Sequence[float] | None) -> torch.Tensor:
+    weights = torch.ones(len(dims)) if dim_weights is None else torch.tensor(dim_weights)
+    if weights.shape != (len(dims),) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("dim_weights needs one non-negative weight per size")
+    return weights / weights.sum()
 
 
 def prefix_cosine_pairs(a: torch.Tensor, b: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
@@ -43,9 +51,10 @@ class PairwiseSimilarityLoss(nn.Module):
              | sim(e_i, e_j) - sim_m(f(e_i), f(e_j)) |
     """
 
-    def __init__(self, dims: Sequence[int]) -> None:
+    def __init__(self, dims: Sequence[int], dim_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.dims = list(dims)
+        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
 
     def forward(self, original: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
         size = original.shape[0]
@@ -54,8 +63,8 @@ class PairwiseSimilarityLoss(nn.Module):
         target = F.normalize(original, dim=-1) @ F.normalize(original, dim=-1).T
         predicted = prefix_cosine_matrix(adapted, adapted, self.dims)  # (|M|, B, B)
         off_diagonal = 1.0 - torch.eye(size, dtype=adapted.dtype, device=adapted.device)
-        total = ((target - predicted).abs() * off_diagonal).sum()
-        return total / (len(self.dims) * size * (size - 1))
+        per_size = ((target - predicted).abs() * off_diagonal).sum(dim=(1, 2))
+        return (per_size * self.size_weights).sum() / (size * (size - 1))
 
 
 class TopKSimilarityLoss(nn.Module):
@@ -69,9 +78,10 @@ class TopKSimilarityLoss(nn.Module):
     cosines sim(e_i, e_j), so the original neighbour vectors need not be passed again.
     """
 
-    def __init__(self, dims: Sequence[int]) -> None:
+    def __init__(self, dims: Sequence[int], dim_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.dims = list(dims)
+        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
 
     def forward(
         self,
@@ -84,7 +94,8 @@ class TopKSimilarityLoss(nn.Module):
             adapted_neighbours,
             self.dims,
         )  # (B, k, |M|)
-        return (original_similarity.unsqueeze(-1) - predicted).abs().mean()
+        per_size = (original_similarity.unsqueeze(-1) - predicted).abs().flatten(0, 1).mean(0)
+        return (per_size * self.size_weights).sum()
 
 
 class ReconstructionLoss(nn.Module):
@@ -110,10 +121,16 @@ class RankingLoss(nn.Module):
     O(Q x P x C x |M|) with P the most positives of one query in the batch.
     """
 
-    def __init__(self, dims: Sequence[int], temperature: float = 0.05) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        temperature: float = 0.05,
+        dim_weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.dims = list(dims)
         self.temperature = temperature
+        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
 
     def forward(
         self, queries: torch.Tensor, documents: torch.Tensor, relevance: torch.Tensor
@@ -131,5 +148,5 @@ class RankingLoss(nn.Module):
         if pairs == 0:
             return scores.sum() * 0.0
         margin = (scores.unsqueeze(2) - better_scores.unsqueeze(-1)) / self.temperature
-        total = (weight.unsqueeze(0) * F.softplus(margin)).sum()
-        return total / (pairs * len(self.dims))
+        per_size = (weight.unsqueeze(0) * F.softplus(margin)).sum(dim=(1, 2, 3))
+        return (per_size * self.size_weights).sum() / pairs

@@ -68,25 +68,33 @@ class TrainConfig:
     hidden: int | None = None  # None: 2 D
     depth: int = 2
     activation: str = "gelu"
-    epochs: int = 20  # unsupervised (stage 1)
+    epochs: int = 10  # unsupervised (stage 1)
     supervised_epochs: int = 30  # stage 2
-    batch_size: int = 512  # corpus vectors per unsupervised step
+    batch_size: int = 128  # corpus vectors per step (anchors; their neighbours come along)
     query_batch_size: int = 64  # training queries per supervised step
-    lr: float = 1e-3  # stage 1
-    supervised_lr: float = 2e-4  # stage 2
+    lr: float = 3e-3  # stage 1 (peak; linear warm-up, cosine decay)
+    supervised_lr: float = 1e-3  # stage 2
     weight_decay: float = 0.0
     topk: int = 10
     alpha: float | None = None  # None: 1.0 (the defaults of each mode's objective)
     beta: float | None = None
     gamma: float | None = None
     temperature: float = 0.05
-    hard_negatives: int = 30  # mined per training query in the original space
+    hard_negatives: int = 50  # mined per training query in the original space
     positives_per_query: int = 8  # sampled per query and step
     patience: int = 5
     validation_fraction: float = 0.2  # of train queries held out when no dev qrels
     validation_dims: list[int] | None = None  # None: the train dims below D
+    dim_weighting: str = "equal"  # or "small": weight 1 + log2(D / m) on size m
     seed: int = 0
     device: str = "auto"
+
+    def dim_weights(self, dims: Sequence[int]) -> list[float]:
+        if self.dim_weighting == "equal":
+            return [1.0] * len(dims)
+        if self.dim_weighting == "small":
+            return [1.0 + math.log2(max(dims) / m) for m in dims]
+        raise InputError(f"unknown dim weighting {self.dim_weighting!r}: use equal or small")
 
     def weights(self, mode: str) -> dict[str, float]:
         def pick(value: float | None) -> float:
@@ -185,10 +193,18 @@ class Validation:
 class UnsupervisedObjective:
     """L_topk + w_pair L_pair + w_rec L_rec on a batch of corpus rows and their neighbours."""
 
-    def __init__(self, corpus: torch.Tensor, dims: Sequence[int], topk: int, weights: dict) -> None:
+    def __init__(
+        self,
+        corpus: torch.Tensor,
+        dims: Sequence[int],
+        topk: int,
+        weights: dict,
+        dim_weights: Sequence[float] | None = None,
+    ) -> None:
         self.corpus = corpus
         self.neighbour_scores, self.neighbours = mine_topk(corpus, corpus, topk, exclude_self=True)
-        self.topk_loss, self.pair_loss = TopKSimilarityLoss(dims), PairwiseSimilarityLoss(dims)
+        self.topk_loss = TopKSimilarityLoss(dims, dim_weights).to(corpus.device)
+        self.pair_loss = PairwiseSimilarityLoss(dims, dim_weights).to(corpus.device)
         self.rec_loss, self.weights = ReconstructionLoss(), weights
 
     def __call__(self, module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -243,9 +259,10 @@ class SupervisedObjective:
         # first `hard_negatives` retrieved rows that are not positives (stable order)
         order = torch.argsort(relevant.float() * depth + torch.arange(depth, device=device), dim=1)
         self.hard_negatives = retrieved.gather(1, order)[:, : config.hard_negatives]
-        self.rank_loss = RankingLoss(dims, config.temperature)
+        dim_weights = config.dim_weights(dims)
+        self.rank_loss = RankingLoss(dims, config.temperature, dim_weights).to(device)
         self.unsupervised = UnsupervisedObjective(
-            corpus, dims, config.topk, {"topk": 1.0, "pair": 1.0, "rec": 1.0}
+            corpus, dims, config.topk, {"topk": 1.0, "pair": 1.0, "rec": 1.0}, dim_weights
         )
 
     def grades_of(self, query_rows: torch.Tensor, corpus_rows: torch.Tensor) -> torch.Tensor:
@@ -307,6 +324,16 @@ def _fit_loop(
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """AdamW over ``epochs``; keeps the best validated state (the last one without validation)."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
+    total_steps = max(1, steps_per_epoch * epochs)
+    warmup = max(1, total_steps // 20)
+
+    def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state = None
@@ -325,6 +352,7 @@ def _fit_loop(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             total += loss.detach()
         record: dict[str, Any] = {
             "stage": stage,
@@ -375,7 +403,9 @@ def train_unsupervised(
         )
     module = module.to(device)
     started = time.perf_counter()
-    objective = UnsupervisedObjective(vectors, dims, config.topk, config.weights("unsupervised"))
+    objective = UnsupervisedObjective(
+        vectors, dims, config.topk, config.weights("unsupervised"), config.dim_weights(dims)
+    )
     mined = time.perf_counter() - started
     validation = _validation(vectors, validation_data, dims, config, device)
     batch_size = min(config.batch_size, len(vectors))
@@ -631,8 +661,19 @@ def fit_store(
             from madapt_cli.smec import train_for_store
 
             result, smec_record = train_for_store(
-                corpus, corpus_ids, queries, query_ids, qrels, dev_qrels, mode, config, smec,
-                resume, metadata, on_epoch)
+                corpus,
+                corpus_ids,
+                queries,
+                query_ids,
+                qrels,
+                dev_qrels,
+                mode,
+                config,
+                smec,
+                resume,
+                metadata,
+                on_epoch,
+            )
             labelled = (query_ids, queries, qrels) if mode == "supervised" else ()
             fingerprint = training_fingerprint(corpus_ids, corpus, *labelled)
         elif mode == "supervised":

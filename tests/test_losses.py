@@ -87,3 +87,13 @@ def test_ranking_loss_gradient_pushes_positive_up():
     loss.backward()
     assert documents.grad[0, 0] < 0  # descending the gradient raises the positive's score
     assert documents.grad[1, 0] > 0
+
+
+def test_size_weights_average_the_per_size_losses():
+    anchors = torch.tensor([[1.0, 0.0]])
+    neighbours = torch.tensor([[[-1.0, 1.0]]])  # errors 1.5 at m = 1, 0.5 + 1/sqrt(2) at m = 2
+    target = torch.tensor([[0.5]])
+    weighted = TopKSimilarityLoss([1, 2], dim_weights=[3.0, 1.0])(anchors, neighbours, target)
+    assert weighted.item() == pytest.approx((3 * 1.5 + 0.5 + 1 / math.sqrt(2)) / 4, abs=1e-6)
+    with pytest.raises(ValueError, match="one non-negative weight per size"):
+        TopKSimilarityLoss([1, 2], dim_weights=[1.0])

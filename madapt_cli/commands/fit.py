@@ -45,12 +45,12 @@ def register(app: typer.Typer) -> None:
         epochs: int | None = typer.Option(
             None,
             "--epochs",
-            help="Epochs of the chosen mode (default 20 unsupervised, 30 supervised).",
+            help="Epochs of the chosen mode (default 10 unsupervised, 30 supervised).",
         ),
         stage1_epochs: int | None = typer.Option(
             None,
             "--stage1-epochs",
-            help="Supervised: epochs of the unsupervised first stage (0 skips it; default 20).",
+            help="Supervised: epochs of the unsupervised first stage (0 skips it; default 10).",
         ),
         batch_size: int | None = typer.Option(
             None, "--batch-size", help="Corpus vectors per step."
@@ -81,18 +81,25 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
         # --- --method smec only (madapt_cli.smec) ---
         to_dim: int | None = typer.Option(
-            None, "--to-dim", help="smec: the last (smallest) stage size (default: the "
-            "smallest --train-dims size)."),
+            None,
+            "--to-dim",
+            help="smec: the last (smallest) stage size (default: the smallest --train-dims size).",
+        ),
         resume: Path | None = typer.Option(
-            None, "--resume", help="smec: continue this SMEC adaptor to a smaller --to-dim."),
+            None, "--resume", help="smec: continue this SMEC adaptor to a smaller --to-dim."
+        ),
         sequential: bool = typer.Option(
-            True, "--sequential/--no-sequential", help="smec: one stage per size (SMRL)."),
+            True, "--sequential/--no-sequential", help="smec: one stage per size (SMRL)."
+        ),
         ads: bool = typer.Option(
-            True, "--ads/--no-ads", help="smec: learn which dimensions to keep (ADS)."),
+            True, "--ads/--no-ads", help="smec: learn which dimensions to keep (ADS)."
+        ),
         xbm: bool = typer.Option(
-            True, "--xbm/--no-xbm", help="smec: neighbours from a cross-batch memory (S-XBM)."),
+            True, "--xbm/--no-xbm", help="smec: neighbours from a cross-batch memory (S-XBM)."
+        ),
         memory_size: int = typer.Option(
-            5000, "--memory-size", help="smec: rows of the cross-batch memory."),
+            5000, "--memory-size", help="smec: rows of the cross-batch memory."
+        ),
     ) -> None:
         """Train an adaptor on STORE's corpus and write it to --out (safetensors + config.json)."""
         from madapt_cli.training import TrainConfig, fit_store
