@@ -166,10 +166,31 @@ class Validation:
         qrels: Qrels,
         dims: Sequence[int],
         selection_dims: Sequence[int],
+        full_size_tolerance: float = 0.005,
     ) -> None:
         self.corpus, self.corpus_ids = corpus, list(corpus_ids)
         self.queries, self.query_ids = queries, list(query_ids)
         self.qrels, self.dims, self.selection_dims = qrels, list(dims), list(selection_dims)
+        self.full_size_tolerance = full_size_tolerance
+        self.original_full_size: float | None = None
+
+    def keeps_full_size(self, record: dict[str, Any]) -> bool:
+        """A checkpoint is eligible only if its full-size nDCG@10 stays within
+        ``full_size_tolerance`` of the original vectors' (f = identity)."""
+        full = self.corpus.shape[1]
+        if str(full) not in record["ndcg@10"]:
+            return True
+        if self.original_full_size is None:
+            self.original_full_size = ndcg_at_10(
+                self.queries,
+                self.query_ids,
+                self.corpus,
+                self.corpus_ids,
+                self.qrels,
+                full,
+                device=self.corpus.device,
+            )
+        return record["ndcg@10"][str(full)] >= self.original_full_size - self.full_size_tolerance
 
     @torch.no_grad()
     def __call__(self, module: torch.nn.Module) -> dict[str, Any]:
@@ -366,7 +387,7 @@ def _fit_loop(
             on_epoch(record)
         if validation is None:
             continue
-        if record["score"] > best["score"] + 1e-6:
+        if record["score"] > best["score"] + 1e-6 and validation.keeps_full_size(record):
             best, best_state, stale = record, copy.deepcopy(module.state_dict()), 0
         else:
             stale += 1
