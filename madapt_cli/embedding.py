@@ -149,11 +149,14 @@ def embed_source(
     plan = plan or plan_embedding(source, provider, store, table, role, limit)
     stored = store.read_keys(table)
     source_ids: set[str] = set()
+    pending_keys: dict[str, str] = {}  # id -> content key of the rows sent, until stored
 
     def pending() -> Iterator[TextItem]:
         for item in _limited(source, limit):
             source_ids.add(item.id)
-            if stored.get(item.id) != provider.content_key(item, role):
+            key = provider.content_key(item, role)
+            if stored.get(item.id) != key:
+                pending_keys[item.id] = key
                 yield item
 
     schema: pa.Schema | None = None
@@ -173,6 +176,9 @@ def embed_source(
             skipped_bad += int(rejected.sum())
             if on_progress:
                 on_progress(int(rejected.sum()))
+            for item, bad in zip(items, rejected, strict=True):
+                if bad:
+                    del pending_keys[item.id]
             items = [item for item, bad in zip(items, rejected, strict=True) if not bad]
             vectors = vectors[~rejected]
             if not items:
@@ -187,7 +193,7 @@ def embed_source(
         columns = [
             pa.array([i.id for i in items], pa.string()),
             vectors_to_arrow(vectors, dtype),
-            pa.array([provider.content_key(i, role) for i in items], pa.string()),
+            pa.array([pending_keys.pop(i.id) for i in items], pa.string()),
         ]
         if store_text:
             columns.append(pa.array([_joined(i) for i in items], pa.string()))

@@ -231,6 +231,10 @@ class ParquetStore(Store):
 
     format: StoreFormat = "parquet"
 
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._schemas: dict[str, pa.Schema] = {}  # a table's schema never changes in place
+
     def _table_dir(self, name: str) -> Path:
         return self.path / validate_table_name(name)
 
@@ -260,9 +264,14 @@ class ParquetStore(Store):
             return []
         return sorted(e.name for e in self.path.iterdir() if e.is_dir() and self._files(e.name))
 
+    def has_table(self, name: str) -> bool:
+        return name in self._schemas or bool(self._files(name))
+
     def schema(self, name: str) -> pa.Schema:
-        self.require_table(name)
-        return pq.read_schema(self._files(name)[0][2])
+        if name not in self._schemas:
+            self.require_table(name)
+            self._schemas[name] = pq.read_schema(self._files(name)[0][2])
+        return self._schemas[name]
 
     def metadata(self, name: str) -> dict[str, Any]:
         return _decode_metadata(self.schema(name))
@@ -350,6 +359,7 @@ class ParquetStore(Store):
 
     def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
         directory = self._table_dir(name)
+        self._schemas.pop(name, None)
         self.path.mkdir(parents=True, exist_ok=True)
         staging = self.path / f".tmp-{name}-{uuid.uuid4().hex}"
         staging.mkdir()
