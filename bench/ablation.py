@@ -5,11 +5,11 @@ supervised stage); our SMEC trainer with every part off (all sizes at once, in-b
 neighbours, prefix pruning); that base plus each part alone (sequential stages, ADS, S-XBM);
 full SMEC. Every trained row gets the same budget of ``--budget`` epochs over the training data
 (the Matryoshka-Adaptor splits it 2:3 between its two stages, sequential SMEC evenly between its
-stages) and the same early stopping (patience 5 on held-out train queries). nDCG@10 on the
-test qrels, queries and corpus adapted, truncated and re-normalised.
+stages) and the same early stopping (patience 5 on held-out train queries), batch sizes and model
+width. nDCG@10 on the test qrels, queries and corpus adapted, truncated and re-normalised.
 
     nice python bench/ablation.py --npz /work/cache/scifact_minilm.npz \
-        --beir /work/shared/datasets/scifact --budget 20 --json scifact.json
+        --beir /work/shared/datasets/scifact --budget 8 --batch-size 128 --json scifact.json
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--dims", default="32,64,128,256")
     parser.add_argument("--budget", type=int, default=20, help="epochs per trained row")
     parser.add_argument("--rows", default="all", help="comma-separated row names, or all")
-    parser.add_argument("--lr", type=float, default=None, help="supervised learning rate")
+    parser.add_argument("--batch-size", type=int, default=None, help="corpus rows per step")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the table here (rewritten after every row)")
@@ -64,8 +64,8 @@ def main() -> None:
     dims = [int(d) for d in args.dims.split(",")]
     dimension = docs.shape[1]
     base = TrainConfig(seed=args.seed, device="cpu", train_dims=[*dims, dimension])
-    if args.lr is not None:
-        base.supervised_lr = args.lr
+    if args.batch_size is not None:
+        base.batch_size = args.batch_size
     stages = len(dims)
 
     def evaluate(adaptor: Adaptor | None) -> dict[str, float]:
@@ -86,9 +86,9 @@ def main() -> None:
 
     wanted = None if args.rows == "all" else set(args.rows.split(","))
     table: dict[str, dict] = {}
-    names = ["truncation", "Matryoshka-Adaptor", *ROWS]
+    names = ["truncation", "Matryoshka-Adaptor", "full SMEC", *ROWS]
     for name in names:
-        if wanted is not None and name not in wanted:
+        if name in table or (wanted is not None and name not in wanted):
             continue
         started = time.perf_counter()
         if name == "truncation":

@@ -42,9 +42,11 @@ Design decisions (ours: the paper leaves them open)
   sigmoid((z - t_k) / T), t_k halfway between the k-th and (k+1)-th largest z. The masked
   vector x * mask has the cosine of the kept coordinates, so every loss is the package's loss
   at the full width applied to masked vectors.
-* **Learning rate of the logits.** Logits are stored as raw / ``ADS_SCALE``: the shared AdamW
-  step moves them ``ADS_SCALE`` times faster than the MLP weights, so a selection can settle
-  within a stage of a few hundred steps.
+* **Learning rates.** The logits are l = ``ADS_SCALE`` * raw, raw the trained parameter: the
+  shared AdamW step moves them ``ADS_SCALE`` times faster than the MLP weights, so a selection
+  can settle within a stage of a few dozen steps. Every stage starts at the identity, so SMEC
+  uses ``TrainConfig.lr`` (``--lr``, default 1e-3) in both modes and has no unsupervised
+  warm-up stage; ``--epochs`` is the budget of each stage.
 
 Objectives (``alpha`` = ``TrainConfig.alpha``, default 1):
     supervised:    L = mean_m L_rank(m) + alpha * mean_m L_unsup(m)
