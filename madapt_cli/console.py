@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,11 +17,29 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 #: logs, warnings and progress bars (never results)
 err = Console(stderr=True)
 #: human-readable results (tables)
 out = Console()
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print at the table's natural width even when that exceeds the console's (a pipe is
+    80 columns to rich): a long line is better than figures cut to an ellipsis."""
+    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    wide = Console(
+        file=console.file,
+        width=natural,
+        force_terminal=console.is_terminal,
+        color_system=console.color_system,  # type: ignore[arg-type]
+        no_color=console.no_color,
+    )
+    wide.print(table)
 
 
 def print_json(payload: Any) -> None:

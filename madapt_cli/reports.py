@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from rich import box
-from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 
 from madapt_cli import __version__
@@ -97,23 +95,6 @@ def render_table(report: EvaluationReport) -> Table:
         label = "original" if reference else method
         table.add_row(str(dim), f"{bytes_per_vector(dim):,}", label, *cells)
     return table
-
-
-def print_table(console: Console, table: Table) -> None:
-    """Print at the table's natural width even when that exceeds the console's (a pipe is
-    80 columns to rich): a long line is better than figures cut to an ellipsis."""
-    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    if natural <= console.width:
-        console.print(table)
-        return
-    wide = Console(
-        file=console.file,
-        width=natural,
-        force_terminal=console.is_terminal,
-        color_system=console.color_system,  # type: ignore[arg-type]
-        no_color=console.no_color,
-    )
-    wide.print(table)
 
 
 def render_markdown(report: EvaluationReport) -> str:

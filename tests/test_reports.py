@@ -65,7 +65,7 @@ def test_terminal_table():
     assert any("mine" in line and "0.6200" in line and "512" in line for line in lines)
     assert "original" in lines[-1] and "1,536" in lines[-1] and "0.6400" in lines[-1]
     printed = io.StringIO()
-    reports.print_table(Console(file=printed, width=40), reports.render_table(_report()))
+    madapt_console.print_table(Console(file=printed, width=40), reports.render_table(_report()))
     assert "recall@100" in printed.getvalue()  # not cut to fit 40 columns
     assert "0.9300" in printed.getvalue() and "…" not in printed.getvalue()
 

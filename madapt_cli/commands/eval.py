@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         each size (first m coordinates, re-normalised), scored with trec_eval's metrics.
         The full-size original vectors are always the reference row (truncate at D)."""
         from madapt_cli.evaluation import run_evaluation
-        from madapt_cli.reports import print_table, render_table, write_report
+        from madapt_cli.reports import render_table, write_report
 
         bar = console.progress(quiet=as_json and not console.err.is_terminal)
         with bar:
@@ -81,4 +81,4 @@ def register(app: typer.Typer) -> None:
         if as_json:
             console.print_json(result.summary())
         else:
-            print_table(console.out, render_table(result))
+            console.print_table(console.out, render_table(result))

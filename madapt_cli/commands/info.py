@@ -31,4 +31,4 @@ def register(app: typer.Typer) -> None:
             table.add_row(entry["name"], f"{entry['rows']:,}", vectors,
                           str(meta.get("provider", "")), str(meta.get("model", "")),
                           str(meta.get("created_at", "")))
-        console.out.print(table)
+        console.print_table(console.out, table)
