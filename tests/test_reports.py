@@ -8,6 +8,7 @@ import json
 import pytest
 from rich.console import Console
 
+from madapt_cli import console as madapt_console
 from madapt_cli import reports
 from madapt_cli.errors import InputError
 from madapt_cli.evaluation import EvaluationReport, ResultRow
