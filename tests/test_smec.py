@@ -14,6 +14,7 @@ from madapt_cli.adaptor import Adaptor
 from madapt_cli.errors import InputError
 from madapt_cli.smec import (
     CrossBatchMemory,
+    DimensionSelector,
     SMECModule,
     SMECOptions,
     gumbel_topk_masks,
@@ -59,6 +60,27 @@ def test_gumbel_straight_through_keeps_exactly_k_and_passes_gradient_to_logits()
     # with the noise annealed away, the hard mask is the top-k of the logits
     low = gumbel_topk_masks(logits.detach(), [5], temperature=1e-6)[0]
     assert set(torch.nonzero(low).flatten().tolist()) == set(logits.topk(5).indices.tolist())
+
+
+def test_selector_learns_to_keep_the_useful_coordinates():
+    """Through the straight-through masks alone, the logits of a selector rise on the
+    coordinates the loss rewards, so the fold would keep those."""
+    torch.manual_seed(0)
+    alive = torch.ones(16, dtype=torch.bool)
+    alive[0] = False  # pruned earlier: never chosen even though it pays the most
+    selector = DimensionSelector(alive)
+    reward = torch.zeros(16)
+    reward[[0, 3, 7, 12, 13]] = torch.tensor([9.0, 1.0, 1.5, 2.0, 2.5])
+    optimizer = torch.optim.Adam(selector.parameters(), lr=1e-3)
+    for step in range(60):
+        temperature = 1.0 * 0.05 ** (step / 59)
+        loss = -(selector.masks([4], temperature, None)[0] * reward).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    kept = selector.ranking(torch.arange(16))[:4]
+    assert set(kept.tolist()) == {3, 7, 12, 13}
+    assert selector.logits()[0] < -1e3
 
 
 def test_permutation_fold_keeps_outputs_identical(tmp_path):
