@@ -1,0 +1,92 @@
+"""The quickstart: embed the bundled SciFact example, fit PCA and two adaptors, evaluate.
+
+Everything runs offline with the packaged all-MiniLM-L6-v2. Each step reuses what a previous
+run left (embeddings are cached by content), so an interrupted quickstart resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from madapt_cli.errors import InputError
+
+QUICKSTART_DIMS = (32, 64, 128, 256)
+#: the repository's bundled copy; present in a source checkout (pip install -e .)
+BUNDLED_SCIFACT = Path(__file__).resolve().parent.parent / "examples" / "scifact"
+
+
+@dataclass(frozen=True)
+class QuickstartPaths:
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    def adaptor(self, name: str) -> Path:
+        return self.root / "adaptors" / name
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+def find_example(data: Path | None) -> Path:
+    from madapt_cli.data import BeirDataset
+
+    folder = data or BUNDLED_SCIFACT
+    if not BeirDataset.is_beir(folder):
+        raise InputError(
+            f"{folder}: no BEIR dataset there; pass --data with a BEIR folder "
+            "(corpus.jsonl, queries.jsonl, qrels/train.tsv and qrels/test.tsv)"
+        )
+    return folder
+
+
+def run_quickstart(
+    out: Path,
+    data: Path | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+    quiet: bool = False,
+):  # -> EvaluationReport
+    """Embed, fit (PCA, unsupervised, supervised), evaluate at 32-256 and full size, report."""
+    from madapt_cli.commands.embed import run_embed
+    from madapt_cli.data import BeirDataset
+    from madapt_cli.evaluation import run_evaluation
+    from madapt_cli.providers.local import LocalProvider
+    from madapt_cli.reports import write_report
+    from madapt_cli.training import TrainConfig, fit_store
+
+    folder = find_example(data)
+    beir = BeirDataset(folder)
+    train_qrels, test_qrels = beir.qrels_path("train"), beir.qrels_path("test")
+    paths = QuickstartPaths(out)
+
+    log(f"1/4 embedding {folder} with all-MiniLM-L6-v2 into {paths.store}")
+    provider = LocalProvider("all-MiniLM-L6-v2", device=device)
+    summary = run_embed(folder, paths.store, provider, quiet=quiet)
+    log(f"    {summary['rows_embedded']} rows embedded, {summary['rows_reused']} reused "
+        f"in {summary['seconds']:.0f}s")
+
+    fits = [
+        ("pca", dict(method="pca")),
+        ("unsupervised", dict(mode="unsupervised")),
+        ("supervised", dict(mode="supervised", qrels_path=train_qrels)),
+    ]
+    for step, (name, options) in enumerate(fits, start=1):
+        log(f"2/4 fitting {name} ({step}/{len(fits)}) -> {paths.adaptor(name)}")
+        fit_store(paths.store, paths.adaptor(name), name=name,
+                  config=TrainConfig(device=device), **options)
+
+    log(f"3/4 evaluating at {', '.join(map(str, QUICKSTART_DIMS))} and full size")
+    report = run_evaluation(
+        paths.store, test_qrels, list(QUICKSTART_DIMS),
+        adaptors=[paths.adaptor(name) for name, _ in fits],
+        baselines=["truncate"], device=device, fingerprints=True,
+    )
+    write_report(report, paths.report)
+    log(f"4/4 report written to {paths.report}")
+    return report
