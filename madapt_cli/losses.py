@@ -117,8 +117,10 @@ class RankingLoss(nn.Module):
     where s_ij[:m] = sim_m(f(q_i), f(d_j)) (queries and documents through the same f) and y
     the graded relevance (0 for unjudged documents such as hard and in-batch negatives).
     ``relevance`` is a dense (Q, C) grade matrix over the C candidate documents of the batch;
-    only documents with y_ij > 0 can be the better document j of a pair, so memory is
-    O(Q x P x C x |M|) with P the most positives of one query in the batch.
+    only documents with y_ij > 0 can be the better document j of a pair. At most
+    ``max_better`` of them per query (the highest graded, ties broken at random) take that
+    role in one call, so memory is O(Q x max_better x C x |M|) even when a query has
+    hundreds of relevant candidates (NFCorpus).
     """
 
     def __init__(
@@ -126,10 +128,12 @@ class RankingLoss(nn.Module):
         dims: Sequence[int],
         temperature: float = 0.05,
         dim_weights: Sequence[float] | None = None,
+        max_better: int = 16,
     ) -> None:
         super().__init__()
         self.dims = list(dims)
         self.temperature = temperature
+        self.max_better = max_better
         self.register_buffer("size_weights", _size_weights(dims, dim_weights))
 
     def forward(
@@ -139,7 +143,13 @@ class RankingLoss(nn.Module):
         most_positives = int((relevance > 0).sum(dim=1).max().item()) if relevance.numel() else 0
         if most_positives == 0:
             return scores.sum() * 0.0
-        better_grade, better = relevance.topk(most_positives, dim=1)  # (Q, P)
+        count = min(most_positives, self.max_better)
+        if count < most_positives:  # the highest grades first, a random choice among equals
+            jitter = torch.rand(relevance.shape, device=relevance.device) * 0.5
+            _, better = (relevance + jitter * (relevance > 0)).topk(count, dim=1)
+        else:
+            _, better = relevance.topk(count, dim=1)  # (Q, P)
+        better_grade = relevance.gather(1, better)
         better_scores = scores.gather(2, better.unsqueeze(0).expand(scores.shape[0], -1, -1))
         # weight[i, p, k] = y_i,better(p) - y_ik where positive (no pair otherwise)
         weight = (better_grade.unsqueeze(-1) - relevance.unsqueeze(1)).clamp_min(0.0)

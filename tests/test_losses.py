@@ -97,3 +97,18 @@ def test_size_weights_average_the_per_size_losses():
     assert weighted.item() == pytest.approx((3 * 1.5 + 0.5 + 1 / math.sqrt(2)) / 4, abs=1e-6)
     with pytest.raises(ValueError, match="one non-negative weight per size"):
         TopKSimilarityLoss([1, 2], dim_weights=[1.0])
+
+
+def test_ranking_loss_caps_the_better_documents_per_query():
+    torch.manual_seed(0)
+    query = torch.nn.functional.normalize(torch.randn(1, 4), dim=-1)
+    documents = torch.nn.functional.normalize(torch.randn(40, 4), dim=-1)
+    relevance = torch.zeros(1, 40)
+    relevance[0, :30] = 1.0  # 30 relevant, 10 not: 300 pairs in all
+    full = RankingLoss([4], temperature=1.0, max_better=30)(query, documents, relevance)
+    scores = (query @ documents.T)[0]
+    expected = torch.nn.functional.softplus(scores[30:].unsqueeze(0) - scores[:30].unsqueeze(1))
+    assert full.item() == pytest.approx(expected.mean().item(), abs=1e-6)
+    capped = RankingLoss([4], temperature=1.0, max_better=5)(query, documents, relevance)
+    # an estimate from 5 of the 30 relevant documents: 50 pairs, finite, same scale
+    assert 0.3 * full.item() < capped.item() < 3 * full.item()
