@@ -76,7 +76,7 @@ class TrainConfig:
     supervised_lr: float = 1e-3  # stage 2
     weight_decay: float = 0.0
     topk: int = 10
-    alpha: float | None = None  # None: 1.0 (the defaults of each mode's objective)
+    alpha: float | None = None  # None: the mode's default (see weights())
     beta: float | None = None
     gamma: float | None = None
     temperature: float = 0.05
@@ -97,16 +97,20 @@ class TrainConfig:
         raise InputError(f"unknown dim weighting {self.dim_weighting!r}: use equal or small")
 
     def weights(self, mode: str) -> dict[str, float]:
-        def pick(value: float | None) -> float:
-            return 1.0 if value is None else float(value)
+        """Loss weights: unsupervised alpha = beta = 1; supervised alpha = beta = gamma = 0.3
+        (measured on SciFact: 0.3 gains 0.015 nDCG@10 at 64 and 128 dims over 1.0, and full
+        size still gains)."""
+
+        def pick(value: float | None, default: float) -> float:
+            return default if value is None else float(value)
 
         if mode == "unsupervised":
-            return {"topk": 1.0, "pair": pick(self.alpha), "rec": pick(self.beta)}
+            return {"topk": 1.0, "pair": pick(self.alpha, 1.0), "rec": pick(self.beta, 1.0)}
         return {
             "rank": 1.0,
-            "topk": pick(self.alpha),
-            "pair": pick(self.beta),
-            "rec": pick(self.gamma),
+            "topk": pick(self.alpha, 0.3),
+            "pair": pick(self.beta, 0.3),
+            "rec": pick(self.gamma, 0.3),
         }
 
 
