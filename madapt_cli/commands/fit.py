@@ -60,15 +60,23 @@ def register(app: typer.Typer) -> None:
         depth: int | None = typer.Option(None, "--depth", help="Linear layers in g (default 2)."),
         topk: int | None = typer.Option(None, "--topk", help="Neighbours per vector for L_topk."),
         alpha: float | None = typer.Option(
-            None, "--alpha", help="Weight of L_pair (unsupervised) or L_topk (supervised)."
+            None,
+            "--alpha",
+            help="Weight of L_pair (unsupervised, default 1) or L_topk (supervised, default 0.3).",
         ),
         beta: float | None = typer.Option(
-            None, "--beta", help="Weight of L_rec (unsupervised) or L_pair (supervised)."
+            None,
+            "--beta",
+            help="Weight of L_rec (unsupervised, default 1) or L_pair (supervised, default 0.3).",
         ),
-        gamma: float | None = typer.Option(None, "--gamma", help="Supervised: weight of L_rec."),
-        tau: float | None = typer.Option(None, "--tau", help="Ranking loss temperature."),
+        gamma: float | None = typer.Option(
+            None, "--gamma", help="Supervised: weight of L_rec (default 0.3)."
+        ),
+        tau: float | None = typer.Option(
+            None, "--tau", help="Ranking loss temperature (default 0.05)."
+        ),
         hard_negatives: int | None = typer.Option(
-            None, "--hard-negatives", help="Hard negatives mined per training query."
+            None, "--hard-negatives", help="Hard negatives mined per training query (default 50)."
         ),
         patience: int | None = typer.Option(
             None, "--patience", help="Epochs without validation gain before stopping."
