@@ -25,11 +25,13 @@ Design decisions (ours: the paper leaves them open)
   first ones of the current order). P is a permutation of the coordinates.
 * **What "frozen" means.** When stage s ends, its residual g_s and its selector logits stop
   training (``requires_grad`` off, bit-for-bit unchanged afterwards) and its selection is
-  folded into P. Later stages only add their own residual, which writes only to coordinates
-  still alive, so every coordinate pruned at stage s (positions n_s..n_{s-1}) is fixed for
-  good. The kept coordinates keep being refined for the smaller sizes, which may cost the
-  larger sizes a little (measured in docs/benchmarks.md); that is the price of letting each
-  stage optimise its own size only, which is the point of SMRL.
+  folded into P; its write mask a_s shrinks from the alive coordinates to the n_s it kept, so
+  the coordinates it pruned get back exactly the values the larger sizes were trained with
+  (its own size never reads them, so its output is unchanged). Later stages only write to
+  coordinates they keep, so every coordinate pruned at stage s (positions n_s..n_{s-1}) is
+  fixed for good. The kept coordinates keep being refined for the smaller sizes, which may
+  cost the larger sizes a little (measured in docs/benchmarks.md); that is the price of
+  letting each stage optimise its own size only, which is the point of SMRL.
 * **The fold.** After stage s, the alive positions P[:n_{s-1}] are re-ordered by the stage's
   logits (most important first, ties by position), so the n_s kept coordinates become the
   prefix. f'(e) = P (x_S) = P e + P(sum of masked residuals): the permutation is a ``long``
@@ -171,17 +173,19 @@ class DimensionSelector(nn.Module):
 
 # --- the module ----------------------------------------------------------------------------
 class SMECStage(nn.Module):
-    """x -> x + a * g(x): a stage-local residual writing only to the alive coordinates ``a``,
-    plus the stage's selector (used when the stage does ADS)."""
+    """x -> x + a * g(x): a stage-local residual writing only to the coordinates ``a``
+    (``writes``: the alive ones while the stage trains, the kept ones once it is folded), plus
+    the stage's selector (used when the stage does ADS)."""
 
     def __init__(self, alive: torch.Tensor, hidden: int, depth: int, activation: str) -> None:
         super().__init__()
         dimension = alive.shape[0]
         self.residual = ResidualMLP(dimension, hidden, depth, activation)
         self.selector = DimensionSelector(alive)
+        self.register_buffer("writes", alive.to(torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.selector.alive.to(x.dtype) * self.residual.g(x)
+        return x + self.writes.to(x.dtype) * self.residual.g(x)
 
 
 class SMECModule(nn.Module):
@@ -260,9 +264,14 @@ class SMECModule(nn.Module):
         self.training_stage = index
 
     def fold(self, index: int) -> None:
-        """Fix stage ``index``'s selection into P and freeze everything."""
+        """Fix stage ``index``'s selection into P, restrict its residual to the coordinates it
+        kept (the ones it pruned get back their values from before the stage, i.e. what the
+        larger sizes were trained with) and freeze everything."""
         self.training_stage = index
         self.permutation.copy_(self.order())
+        kept = self.permutation[: max(self.specs[index]["sizes"])]
+        writes = torch.zeros_like(self.stages[index].writes)
+        self.stages[index].writes.copy_(writes.index_fill(0, kept, 1.0))
         self.freeze_all_but(None)
 
     def describe(self) -> dict[str, Any]:
