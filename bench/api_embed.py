@@ -64,8 +64,7 @@ def main() -> None:
 
     from google.oauth2.credentials import Credentials
 
-    from madapt_cli.commands.embed import run_embed
-    from madapt_cli.embedding import plan_requests
+    from madapt_cli.embedding import plan_requests, run_embed
     from madapt_cli.providers.base import BatchLimits, TextItem
     from madapt_cli.providers.openai import OpenAIProvider
     from madapt_cli.providers.vertex import VertexProvider

@@ -12,12 +12,15 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 #: logs, warnings and progress bars (never results)
 err = Console(stderr=True)
@@ -71,3 +74,11 @@ def progress(*extra_columns: Any, quiet: bool = False) -> Progress:
         disable=quiet or not err.is_terminal,
         transient=False,
     )
+
+
+class RowsPerSecond(ProgressColumn):
+    """Throughput, for the embed progress bar."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.1f} rows/s", style="cyan")

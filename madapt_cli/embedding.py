@@ -18,17 +18,23 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from itertools import islice
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from madapt_cli.data import TextSource
+from madapt_cli import console
+from madapt_cli.data import BeirDataset, TextSource
+from madapt_cli.errors import InputError
 from madapt_cli.providers.base import EmbeddingProvider, Role, TextItem
 from madapt_cli.stores import (
     Store,
     check_compatible,
     embedding_schema,
     new_table_metadata,
+    open_store,
+    validate_table_name,
     vectors_to_arrow,
 )
 
@@ -267,3 +273,137 @@ def _drain(
     for future in done:
         items = in_flight.pop(future)
         write(items, future.result())
+
+
+# --- whole inputs: a BEIR folder or a file into a store ---------------------------------
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read a SOURCE: its fields, and the table and role a single file fills."""
+
+    table: str | None = None  # a single file only; default "corpus"
+    role: Role = "document"  # a single file only
+    id_field: str = "id"
+    text_field: str = "text"
+    title_field: str | None = "title"
+    file_format: str | None = None  # jsonl, csv, parquet; default: by the file's name
+    skip_empty: bool = False
+    use_titles: bool = True
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    table: str
+    role: Role
+    source: TextSource
+
+
+def embed_jobs(source: Path, options: SourceOptions) -> list[EmbedJob]:
+    """The tables to fill: ``corpus`` and ``queries`` for a BEIR folder, one for a file."""
+    if source.is_dir():
+        if not BeirDataset.is_beir(source):
+            raise InputError(f"{source}: a folder must be a BEIR dataset (corpus.jsonl[.gz])")
+        if options.table is not None:
+            raise InputError("--table applies to a single file; a BEIR folder fills "
+                             "'corpus' and 'queries'")
+        beir = BeirDataset(source)
+        jobs = [EmbedJob("corpus", "document", beir.corpus(options.skip_empty,
+                                                           options.use_titles))]
+        queries = beir.queries(options.skip_empty)
+        if queries is not None:
+            jobs.append(EmbedJob("queries", "query", queries))
+        return jobs
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    text_source = TextSource(
+        source, options.id_field, options.text_field,
+        options.title_field if options.use_titles else None, options.file_format,
+        options.skip_empty,
+    )
+    return [EmbedJob(validate_table_name(options.table or "corpus"), options.role, text_source)]
+
+
+def _plan_jobs(
+    source: Path, out: Path, provider: EmbeddingProvider, options: SourceOptions,
+    store_format: str | None, limit: int | None,
+) -> tuple[Store | None, list[EmbedJob], list[EmbedPlan]]:
+    """Validate every input against the store (if there is one yet); writes nothing."""
+    jobs = embed_jobs(source, options)
+    existing = open_store(out, store_format) if out.exists() and any(out.iterdir()) else None
+    plans = [plan_embedding(job.source, provider, existing, job.table, job.role, limit)
+             for job in jobs]
+    return existing, jobs, plans
+
+
+def run_embed(
+    source: Path,
+    out: Path,
+    provider: EmbeddingProvider,
+    options: SourceOptions | None = None,
+    *,
+    store_format: str | None = None,
+    normalize: bool = True,
+    dtype: str = "float32",
+    store_text: bool = False,
+    limit: int | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Validate every input, then embed each into its table; returns the JSON summary."""
+    existing, jobs, plans = _plan_jobs(source, out, provider, options or SourceOptions(),
+                                       store_format, limit)
+    store = existing or open_store(out, store_format, create=True)
+    summaries = []
+    with console.progress(console.RowsPerSecond(), quiet=quiet) as bar:
+        for job, plan in zip(jobs, plans, strict=True):
+            task = bar.add_task(job.table, total=plan.to_embed)
+            summary = embed_source(
+                job.source, provider, store, job.table, job.role, normalize=normalize,
+                dtype=dtype, store_text=store_text, limit=limit, plan=plan,
+                on_progress=lambda n, task=task: bar.advance(task, n),
+            )
+            summaries.append(summary.to_dict())
+    stats = provider.stats()
+    return {
+        "store": str(out),
+        "format": store.format,
+        "provider": provider.name,
+        "model": provider.model,
+        "rows_embedded": sum(s["embedded"] for s in summaries),
+        "rows_reused": sum(s["reused"] for s in summaries),
+        "seconds": round(sum(s["seconds"] for s in summaries), 3),
+        "tables": summaries,
+        **({"provider_stats": stats} if stats else {}),
+    }
+
+
+def estimate_embedding(
+    source: Path,
+    out: Path,
+    provider: EmbeddingProvider,
+    options: SourceOptions | None = None,
+    *,
+    store_format: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """What a run would embed and cost (``--dry-run``), without calling the API or writing."""
+    from madapt_cli.pricing import estimate_cost, price_per_million
+
+    _, _, plans = _plan_jobs(source, out, provider, options or SourceOptions(), store_format,
+                             limit)
+    tokens = sum(p.estimated_tokens for p in plans)
+    cost = estimate_cost(provider.name, provider.model, tokens)
+    return {
+        "dry_run": True,
+        "provider": provider.name,
+        "model": provider.model,
+        "rows": sum(p.rows for p in plans),
+        "rows_to_embed": sum(p.to_embed for p in plans),
+        "rows_reused": sum(p.reused for p in plans),
+        "estimated_tokens": tokens,
+        "price_per_million_tokens": price_per_million(provider.name, provider.model),
+        "estimated_cost_usd": None if cost is None else round(cost, 6),
+        "tables": [
+            {"table": p.table, "rows": p.rows, "to_embed": p.to_embed, "reused": p.reused,
+             "skipped_empty": p.skipped_empty, "estimated_tokens": p.estimated_tokens}
+            for p in plans
+        ],
+    }

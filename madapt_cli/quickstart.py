@@ -53,8 +53,8 @@ def run_quickstart(
     quiet: bool = False,
 ):  # -> EvaluationReport
     """Embed, fit (PCA, unsupervised, supervised), evaluate at 32-256 and full size, report."""
-    from madapt_cli.commands.embed import run_embed
     from madapt_cli.data import BeirDataset
+    from madapt_cli.embedding import run_embed
     from madapt_cli.evaluation import run_evaluation
     from madapt_cli.providers.local import LocalProvider
     from madapt_cli.reports import write_report

@@ -276,7 +276,7 @@ def test_api_options_are_refused_for_local_models(tmp_path):
 def test_vertex_fault_storm_with_concurrent_requests_through_the_pipeline(vertex_server, tmp_path):
     from google.oauth2.credentials import Credentials
 
-    from madapt_cli.commands.embed import run_embed
+    from madapt_cli.embedding import run_embed
     from madapt_cli.providers.resilience import RetryPolicy
     from madapt_cli.providers.vertex import VertexProvider
 

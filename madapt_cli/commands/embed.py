@@ -6,115 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import ProgressColumn, Task
-from rich.text import Text
 
 from madapt_cli import console
-from madapt_cli.data import BeirDataset, TextSource
-from madapt_cli.embedding import EmbedPlan, embed_source, plan_embedding
+from madapt_cli.embedding import SourceOptions, estimate_embedding, run_embed
 from madapt_cli.errors import InputError
 from madapt_cli.providers import get_provider
-from madapt_cli.providers.base import EmbeddingProvider, Role
-from madapt_cli.stores import FORMATS, open_store, validate_table_name
+from madapt_cli.stores import FORMATS
 
 DEFAULT_MODELS = {
     "local": "all-MiniLM-L6-v2",
     "openai": "text-embedding-3-small",
     "vertex": "text-embedding-005",
 }
-
-
-class RowsPerSecond(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.1f} rows/s", style="cyan")
-
-
-def jobs_for(
-    source: Path,
-    table: str | None,
-    role: Role | None,
-    id_field: str,
-    text_field: str,
-    title_field: str | None,
-    file_format: str | None,
-    skip_empty: bool,
-    use_titles: bool,
-) -> list[tuple[str, Role, TextSource]]:
-    """(table, role, source) for each table to fill: two for a BEIR folder, one for a file."""
-    if source.is_dir():
-        if not BeirDataset.is_beir(source):
-            raise InputError(f"{source}: a folder must be a BEIR dataset (corpus.jsonl[.gz])")
-        if table is not None:
-            raise InputError("--table applies to a single file; a BEIR folder fills "
-                             "'corpus' and 'queries'")
-        beir = BeirDataset(source)
-        jobs: list[tuple[str, Role, TextSource]] = [
-            ("corpus", "document", beir.corpus(skip_empty, use_titles))
-        ]
-        queries = beir.queries(skip_empty)
-        if queries is not None:
-            jobs.append(("queries", "query", queries))
-        return jobs
-    if not source.exists():
-        raise InputError(f"{source}: no such file or folder")
-    text_source = TextSource(
-        source, id_field, text_field, title_field if use_titles else None, file_format,
-        skip_empty,
-    )
-    return [(validate_table_name(table or "corpus"), role or "document", text_source)]
-
-
-def run_embed(
-    source: Path,
-    out: Path,
-    provider: EmbeddingProvider,
-    *,
-    store_format: str | None = None,
-    table: str | None = None,
-    role: Role | None = None,
-    id_field: str = "id",
-    text_field: str = "text",
-    title_field: str | None = "title",
-    file_format: str | None = None,
-    skip_empty: bool = False,
-    use_titles: bool = True,
-    normalize: bool = True,
-    dtype: str = "float32",
-    store_text: bool = False,
-    limit: int | None = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Validate every input, then embed each into its table; returns the JSON summary."""
-    jobs = jobs_for(source, table, role, id_field, text_field, title_field, file_format,
-                    skip_empty, use_titles)
-    existing = open_store(out, store_format) if out.exists() and any(out.iterdir()) else None
-    plans: list[EmbedPlan] = [
-        plan_embedding(src, provider, existing, name, job_role, limit)
-        for name, job_role, src in jobs
-    ]  # every input is validated before the store is touched
-    store = existing or open_store(out, store_format, create=True)
-    summaries = []
-    with console.progress(RowsPerSecond(), quiet=quiet) as bar:
-        for (name, job_role, src), plan in zip(jobs, plans, strict=True):
-            task = bar.add_task(f"{name}", total=plan.to_embed)
-            summary = embed_source(
-                src, provider, store, name, job_role, normalize=normalize, dtype=dtype,
-                store_text=store_text, limit=limit, plan=plan,
-                on_progress=lambda n, task=task: bar.advance(task, n),
-            )
-            summaries.append(summary.to_dict())
-    return {
-        "store": str(out),
-        "format": store.format,
-        "provider": provider.name,
-        "model": provider.model,
-        "rows_embedded": sum(s["embedded"] for s in summaries),
-        "rows_reused": sum(s["reused"] for s in summaries),
-        "seconds": round(sum(s["seconds"] for s in summaries), 3),
-        "tables": summaries,
-        **({"provider_stats": provider.stats()} if provider.stats() else {}),
-    }
 
 
 # --- API providers (openai, vertex): options and --dry-run ----------------------------------
@@ -154,50 +57,6 @@ def provider_options(
 
 #: API options whose default value does not count as "given"
 _API_DEFAULTS = {"max_retries", "timeout"}
-
-
-def dry_run_embed(
-    source: Path,
-    out: Path,
-    provider: EmbeddingProvider,
-    *,
-    store_format: str | None = None,
-    table: str | None = None,
-    role: Role | None = None,
-    id_field: str = "id",
-    text_field: str = "text",
-    title_field: str | None = "title",
-    file_format: str | None = None,
-    skip_empty: bool = False,
-    use_titles: bool = True,
-    limit: int | None = None,
-) -> dict[str, Any]:
-    """What a run would embed and cost, without calling the API or writing anything."""
-    from madapt_cli.pricing import estimate_cost, price_per_million
-
-    jobs = jobs_for(source, table, role, id_field, text_field, title_field, file_format,
-                    skip_empty, use_titles)
-    existing = open_store(out, store_format) if out.exists() and any(out.iterdir()) else None
-    plans = [plan_embedding(src, provider, existing, name, job_role, limit)
-             for name, job_role, src in jobs]
-    tokens = sum(p.estimated_tokens for p in plans)
-    cost = estimate_cost(provider.name, provider.model, tokens)
-    return {
-        "dry_run": True,
-        "provider": provider.name,
-        "model": provider.model,
-        "rows": sum(p.rows for p in plans),
-        "rows_to_embed": sum(p.to_embed for p in plans),
-        "rows_reused": sum(p.reused for p in plans),
-        "estimated_tokens": tokens,
-        "price_per_million_tokens": price_per_million(provider.name, provider.model),
-        "estimated_cost_usd": None if cost is None else round(cost, 6),
-        "tables": [
-            {"table": p.table, "rows": p.rows, "to_embed": p.to_embed, "reused": p.reused,
-             "skipped_empty": p.skipped_empty, "estimated_tokens": p.estimated_tokens}
-            for p in plans
-        ],
-    }
 
 
 def _print_dry_run(summary: dict[str, Any]) -> None:
@@ -328,15 +187,15 @@ def register(app: typer.Typer) -> None:
         provider = get_provider(
             provider_name, model or DEFAULT_MODELS.get(provider_name, ""), **options
         )
+        source_options = SourceOptions(
+            table=table, role=role,  # type: ignore[arg-type]
+            id_field=id_field, text_field=text_field, title_field=title_field,
+            file_format=file_format, skip_empty=skip_empty, use_titles=not no_title,
+        )
         if dry_run:
             try:
-                summary = dry_run_embed(
-                    source, out, provider, store_format=store_format, table=table,
-                    role=role,  # type: ignore[arg-type]
-                    id_field=id_field, text_field=text_field, title_field=title_field,
-                    file_format=file_format, skip_empty=skip_empty, use_titles=not no_title,
-                    limit=limit,
-                )
+                summary = estimate_embedding(source, out, provider, source_options,
+                                             store_format=store_format, limit=limit)
             finally:
                 provider.close()
             if as_json:
@@ -346,10 +205,7 @@ def register(app: typer.Typer) -> None:
             return
         try:
             summary = run_embed(
-                source, out, provider, store_format=store_format, table=table,
-                role=role,  # type: ignore[arg-type]
-                id_field=id_field, text_field=text_field, title_field=title_field,
-                file_format=file_format, skip_empty=skip_empty, use_titles=not no_title,
+                source, out, provider, source_options, store_format=store_format,
                 normalize=normalize, dtype=dtype, store_text=store_text, limit=limit,
                 quiet=quiet or as_json,
             )
