@@ -147,3 +147,43 @@ def test_apply_bad_dims_is_a_one_line_error(tmp_path, store, madapt):
     assert result.returncode == 2
     assert "outside 1..16" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_fit_unsupervised_validates_on_qrels_queries_without_training_on_them(
+    tmp_path, store, madapt
+):
+    qrels = write_qrels(tmp_path / "q.tsv", [(f"queries-{i}", f"corpus-{i}", 1) for i in range(6)])
+    result = madapt(
+        "fit",
+        store,
+        "--out",
+        tmp_path / "ad",
+        "--qrels",
+        qrels,
+        "--train-dims",
+        "8,16",
+        "--epochs",
+        "2",
+        "--topk",
+        "3",
+    )
+    assert result.returncode == 0, result.stderr
+    config = Adaptor.load(tmp_path / "ad").config
+    assert config["mode"] == "unsupervised"
+    assert [r["epoch"] for r in config["validation_curve"]] == [0, 1, 2]
+    assert set(config["best_validation"]["ndcg@10"]) == {"8", "16"}
+    # the fingerprint covers the corpus only: qrels never reach the unsupervised objective
+    plain = madapt(
+        "fit",
+        store,
+        "--out",
+        tmp_path / "plain",
+        "--train-dims",
+        "8,16",
+        "--epochs",
+        "1",
+        "--topk",
+        "3",
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert Adaptor.load(tmp_path / "plain").fingerprint == Adaptor.load(tmp_path / "ad").fingerprint
