@@ -35,13 +35,21 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiL
 
 
 class ResidualMLP(nn.Module):
-    """f(e) = e + g(e), g = Linear(D, H) -> act -> ... -> Linear(H, D).
+    """f(e) = x + g(x), g = Linear(D, H) -> act -> ... -> Linear(H, D), with x = e, or with
+    x = e R for a fixed orthogonal rotation R (``rotation=True``; see
+    :func:`principal_rotation`).
 
-    g's last layer starts at zero, so an untrained adaptor is exactly the identity.
+    g's last layer starts at zero, so an untrained adaptor is exactly the identity (or the
+    rotation, which keeps every full-size cosine).
     """
 
     def __init__(
-        self, dimension: int, hidden: int, depth: int = 2, activation: str = "gelu"
+        self,
+        dimension: int,
+        hidden: int,
+        depth: int = 2,
+        activation: str = "gelu",
+        rotation: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -57,9 +65,31 @@ class ResidualMLP(nn.Module):
         nn.init.zeros_(layers[-1].weight)
         nn.init.zeros_(layers[-1].bias)
         self.g = nn.Sequential(*layers)
+        self.register_buffer("rotation", torch.eye(dimension) if rotation else None)
+
+    def start(self, e: torch.Tensor) -> torch.Tensor:
+        """Where f starts before training: e, or e R."""
+        return e if self.rotation is None else e @ self.rotation
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return e + self.g(e)
+        x = self.start(e)
+        return x + self.g(x)
+
+
+def principal_rotation(vectors: torch.Tensor) -> torch.Tensor:
+    """R: the eigenvectors of E^T E (uncentred principal axes) by decreasing eigenvalue.
+
+    R is orthogonal, so e R keeps every full-size cosine exactly, while its first m
+    coordinates hold as much of the vectors' energy as any m orthonormal directions can: a
+    much better start for the small prefixes than the identity. Unlike centred PCA it does
+    not subtract the mean, which would change the cosines at full size.
+    """
+    gram = vectors.double().T @ vectors.double()
+    _, eigenvectors = torch.linalg.eigh(gram)  # ascending eigenvalues
+    rotation = eigenvectors.flip(-1).float()
+    # Fix each axis' sign (eigenvectors are defined up to sign) so fits are reproducible.
+    signs = torch.sign(rotation[rotation.abs().argmax(dim=0), torch.arange(rotation.shape[1])])
+    return (rotation * signs).to(vectors.dtype)
 
 
 class PCAMap(nn.Module):
@@ -239,7 +269,8 @@ def build_module(config: dict[str, Any]) -> nn.Module:
         if method == "matryoshka":
             arch = config["architecture"]
             return ResidualMLP(
-                dimension, int(arch["hidden"]), int(arch["depth"]), str(arch["activation"])
+                dimension, int(arch["hidden"]), int(arch["depth"]), str(arch["activation"]),
+                rotation=bool(arch.get("rotation", False)),
             )
         if method == "pca":
             return PCAMap(torch.zeros(dimension), torch.eye(dimension))

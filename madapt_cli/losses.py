@@ -102,6 +102,9 @@ class ReconstructionLoss(nn.Module):
     """Stay close to the original vectors.
 
     L_rec = mean over vectors and coordinates of | f(e) - e |   (L1)
+
+    When the adaptor starts from a rotation R (f(e) = eR + g(eR)), the trainer passes eR as
+    the original: the term then keeps g small, as it does for f(e) = e + g(e).
     """
 
     def forward(self, original: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from madapt_cli.adaptor import ResidualMLP
+from madapt_cli.adaptor import ResidualMLP, principal_rotation
 from madapt_cli.errors import InputError
 from madapt_cli.evaluation import ndcg_at_10, resolve_device, search_topk
 from madapt_cli.losses import (
@@ -72,6 +72,7 @@ class TrainConfig:
     supervised_epochs: int = 30  # stage 2
     batch_size: int = 128  # corpus vectors per step (anchors; their neighbours come along)
     query_batch_size: int = 64  # training queries per supervised step
+    rotation: bool = True  # start from the corpus' principal rotation (not the identity)
     lr: float = 3e-3  # stage 1 (peak; linear warm-up, cosine decay)
     supervised_lr: float = 1e-3  # stage 2
     weight_decay: float = 0.0
@@ -248,7 +249,7 @@ class UnsupervisedObjective:
         )
         loss = self.weights["topk"] * self.topk_loss(anchors, adapted_neighbours, target)
         loss = loss + self.weights["pair"] * self.pair_loss(self.corpus[batch], anchors)
-        return loss + self.weights["rec"] * self.rec_loss(original, adapted)
+        return loss + self.weights["rec"] * self.rec_loss(module.start(original), adapted)
 
 
 class SupervisedObjective:
@@ -331,7 +332,17 @@ class SupervisedObjective:
         target = torch.where(valid, u.neighbour_scores[corpus_batch], 1.0)
         loss = loss + self.weights["topk"] * u.topk_loss(anchors, adapted_neighbours, target)
         loss = loss + self.weights["pair"] * u.pair_loss(self.corpus[corpus_batch], anchors)
-        return loss + self.weights["rec"] * u.rec_loss(original, adapted)
+        return loss + self.weights["rec"] * u.rec_loss(module.start(original), adapted)
+
+
+def new_adaptor_module(corpus: torch.Tensor, config: TrainConfig) -> ResidualMLP:
+    """An untrained f: the identity, or the corpus' principal rotation (``config.rotation``)."""
+    dimension = corpus.shape[1]
+    module = ResidualMLP(dimension, config.hidden or 2 * dimension, config.depth,
+                         config.activation, rotation=config.rotation)
+    if config.rotation:
+        module.rotation.copy_(principal_rotation(corpus))
+    return module.to(corpus.device)
 
 
 # --- the loops ---------------------------------------------------------------------------------
@@ -423,9 +434,7 @@ def train_unsupervised(
     dims = check_train_dims(config.train_dims or default_train_dims(dimension), dimension)
     vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
     if module is None:
-        module = ResidualMLP(
-            dimension, config.hidden or 2 * dimension, config.depth, config.activation
-        )
+        module = new_adaptor_module(vectors, config)
     module = module.to(device)
     started = time.perf_counter()
     objective = UnsupervisedObjective(
@@ -519,12 +528,10 @@ def train_supervised(
         stage1 = train_unsupervised(corpus, config, validation_data, on_epoch)
         module, history, mined = stage1.module, stage1.history, stage1.topk_mining_seconds
     seed_everything(config.seed)
-    if module is None:
-        module = ResidualMLP(
-            dimension, config.hidden or 2 * dimension, config.depth, config.activation
-        )
-    module = module.to(device)
     vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
+    if module is None:
+        module = new_adaptor_module(vectors, config)
+    module = module.to(device)
     train_queries = F.normalize(
         torch.tensor(np.asarray(queries[[query_row[q] for q in train_ids]], np.float32)).to(device),
         dim=-1,
@@ -738,6 +745,7 @@ def fit_store(
                 "hidden": config.hidden or 2 * dimension,
                 "depth": config.depth,
                 "activation": config.activation,
+                "rotation": config.rotation,
             },
             mode=mode,
             train_dims=dims,

@@ -13,6 +13,7 @@ from madapt_cli.training import (
     check_train_dims,
     default_train_dims,
     mine_topk,
+    new_adaptor_module,
     train_supervised,
     train_unsupervised,
 )
@@ -64,7 +65,8 @@ def test_unsupervised_training_lowers_the_loss_and_helps_small_prefixes():
     # the informative directions sit at the end: prefixes of the raw vectors lose them
     x = _unit(rng.normal(size=(600, 24)) * np.linspace(0.2, 2.0, 24))
     config = TrainConfig(
-        train_dims=[4, 8, 24], epochs=10, batch_size=128, lr=1e-2, device="cpu", topk=5
+        train_dims=[4, 8, 24], epochs=10, batch_size=128, lr=1e-2, device="cpu", topk=5,
+        rotation=False,  # from the identity: the residual alone must do the work
     )
     result = train_unsupervised(x, config)
     losses = [r["loss"] for r in result.history]
@@ -83,6 +85,22 @@ def test_unsupervised_training_lowers_the_loss_and_helps_small_prefixes():
     with torch.no_grad():
         adapted = result.module(full)
     assert overlap(adapted) > overlap(full) + 0.05
+
+
+def test_the_principal_rotation_start_keeps_full_size_cosines_and_helps_prefixes():
+    rng = np.random.default_rng(2)
+    x = _unit(rng.normal(size=(500, 24)) * np.linspace(0.2, 2.0, 24))
+    full = torch.from_numpy(x)
+    module = new_adaptor_module(full, TrainConfig(device="cpu"))
+    with torch.no_grad():
+        start = module(full)
+    rotation = module.rotation
+    torch.testing.assert_close(rotation @ rotation.T, torch.eye(24), atol=1e-5, rtol=0)
+    torch.testing.assert_close(start @ start.T, full @ full.T, atol=1e-5, rtol=0)
+    energy = (start**2).mean(dim=0)  # the leading coordinates carry the most energy
+    assert torch.all(energy[:-1] >= energy[1:] - 1e-6)
+    assert energy[:4].sum() > (full**2).mean(dim=0)[:4].sum() * 2
+    assert torch.equal(new_adaptor_module(full, TrainConfig(device="cpu")).rotation, rotation)
 
 
 def test_supervised_training_moves_the_signal_into_the_first_dimensions():

@@ -81,6 +81,11 @@ def register(app: typer.Typer) -> None:
         patience: int | None = typer.Option(
             None, "--patience", help="Epochs without validation gain before stopping."
         ),
+        rotation: bool = typer.Option(
+            True, "--rotation/--no-rotation",
+            help="matryoshka: start f from the corpus' principal rotation (keeps full-size "
+            "cosines) instead of the identity.",
+        ),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         seed: int = typer.Option(0, "--seed"),
         name: str | None = typer.Option(
@@ -119,7 +124,8 @@ def register(app: typer.Typer) -> None:
 
             if not torch.cuda.is_available():
                 raise InputError("--device cuda: no CUDA device is available")
-        config = TrainConfig(device=device, seed=seed, train_dims=_parse_dims(train_dims))
+        config = TrainConfig(device=device, seed=seed, train_dims=_parse_dims(train_dims),
+                             rotation=rotation)
         supervised = mode == "supervised"
         settings: dict[str, Any] = {
             "supervised_epochs" if supervised else "epochs": epochs,
