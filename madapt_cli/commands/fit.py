@@ -147,8 +147,12 @@ def register(app: typer.Typer) -> None:
         for key, value in settings.items():
             if value is not None:
                 setattr(config, key, value)
-        for key in ("epochs", "supervised_epochs", "batch_size", "topk", "patience"):
-            if getattr(config, key) < (0 if key == "epochs" and supervised else 1):
+        # --epochs 0 keeps the untrained start (the principal rotation, or the identity)
+        for key in ("epochs", "supervised_epochs"):
+            if getattr(config, key) < 0:
+                raise InputError("--epochs must not be negative")
+        for key in ("batch_size", "topk", "patience"):
+            if getattr(config, key) < 1:
                 raise InputError(f"--{key.replace('_', '-')} must be positive")
         if config.hidden is not None and config.hidden < 1:
             raise InputError("--hidden must be positive")
