@@ -85,6 +85,8 @@ from madapt_cli.training import (
     _validation,
     check_train_dims,
     seed_everything,
+    split_training_queries,
+    validation_set,
 )
 
 METHOD = "smec"
@@ -434,59 +436,6 @@ def sample_candidates(
     candidates = torch.cat([picked.flatten(), objective.hard_negatives[batch].flatten()])
     candidates = torch.unique(candidates[candidates < objective.corpus.shape[0]])
     return candidates, objective.grades_of(batch, candidates.expand(len(batch), -1))
-
-
-def split_training_queries(
-    corpus_ids: Sequence[str],
-    queries: np.ndarray,
-    query_ids: Sequence[str],
-    qrels: Qrels,
-    dev_qrels: Qrels | None,
-    config: TrainConfig,
-) -> tuple[list[str], dict[str, Any] | None]:
-    """Training query ids and validation data, as :func:`train_supervised` splits them."""
-    import random
-
-    corpus_row = {doc_id: i for i, doc_id in enumerate(corpus_ids)}
-    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
-    usable = sorted(
-        q
-        for q, judged in qrels.items()
-        if q in query_row and any(g > 0 and d in corpus_row for d, g in judged.items())
-    )
-    if not usable:
-        raise InputError(
-            "no query of the train qrels has a positive judgement on a document of the corpus "
-            "table and a vector in the queries table: do the ids match?"
-        )
-    if dev_qrels is None:
-        shuffled = random.Random(config.seed).sample(usable, len(usable))
-        held = max(1, round(len(usable) * config.validation_fraction)) if len(usable) > 4 else 0
-        validation_ids, train_ids = sorted(shuffled[:held]), sorted(shuffled[held:])
-        validation_qrels = {q: dict(qrels[q]) for q in validation_ids}
-    else:
-        train_ids = usable
-        validation_qrels = {q: dict(j) for q, j in dev_qrels.items() if q in query_row}
-        if not validation_qrels:
-            raise InputError("no query of the dev qrels has a vector in the queries table")
-    return train_ids, validation_set(corpus_ids, queries, query_ids, validation_qrels)
-
-
-def validation_set(
-    corpus_ids: Sequence[str], queries: np.ndarray, query_ids: Sequence[str], judged: Qrels
-) -> dict[str, Any] | None:
-    """The validation data of :class:`~madapt_cli.training.Validation`: the judged queries
-    that have a vector (None when there are none)."""
-    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
-    ids = sorted(q for q in judged if q in query_row)
-    if not ids:
-        return None
-    return {
-        "corpus_ids": list(corpus_ids),
-        "query_ids": ids,
-        "queries": queries[[query_row[q] for q in ids]],
-        "qrels": {q: dict(judged[q]) for q in ids},
-    }
 
 
 # --- the sequential trainer ---------------------------------------------------------------------

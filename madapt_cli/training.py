@@ -345,6 +345,59 @@ def new_adaptor_module(corpus: torch.Tensor, config: TrainConfig) -> ResidualMLP
     return module.to(corpus.device)
 
 
+def split_training_queries(
+    corpus_ids: Sequence[str],
+    queries: np.ndarray,
+    query_ids: Sequence[str],
+    qrels: Qrels,
+    dev_qrels: Qrels | None,
+    config: TrainConfig,
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Training query ids and validation data: the qrels queries with a vector and a
+    positively judged corpus document; without ``dev_qrels``, ``validation_fraction`` of them
+    are held out for early stopping (and not trained on)."""
+    corpus_row = {doc_id: i for i, doc_id in enumerate(corpus_ids)}
+    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
+    usable = sorted(
+        q
+        for q, judged in qrels.items()
+        if q in query_row and any(g > 0 and d in corpus_row for d, g in judged.items())
+    )
+    if not usable:
+        raise InputError(
+            "no query of the train qrels has a positive judgement on a document of the corpus "
+            "table and a vector in the queries table: do the ids match?"
+        )
+    if dev_qrels is None:
+        shuffled = random.Random(config.seed).sample(usable, len(usable))
+        held = max(1, round(len(usable) * config.validation_fraction)) if len(usable) > 4 else 0
+        validation_ids, train_ids = sorted(shuffled[:held]), sorted(shuffled[held:])
+        validation_qrels = {q: dict(qrels[q]) for q in validation_ids}
+    else:
+        train_ids = usable
+        validation_qrels = {q: dict(j) for q, j in dev_qrels.items() if q in query_row}
+        if not validation_qrels:
+            raise InputError("no query of the dev qrels has a vector in the queries table")
+    return train_ids, validation_set(corpus_ids, queries, query_ids, validation_qrels)
+
+
+def validation_set(
+    corpus_ids: Sequence[str], queries: np.ndarray, query_ids: Sequence[str], judged: Qrels
+) -> dict[str, Any] | None:
+    """The validation data of :class:`Validation`: the judged queries that have a vector
+    (None when there are none)."""
+    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
+    ids = sorted(q for q in judged if q in query_row)
+    if not ids:
+        return None
+    return {
+        "corpus_ids": list(corpus_ids),
+        "query_ids": ids,
+        "queries": queries[[query_row[q] for q in ids]],
+        "qrels": {q: dict(judged[q]) for q in ids},
+    }
+
+
 # --- the loops ---------------------------------------------------------------------------------
 def _fit_loop(
     module: ResidualMLP,
@@ -493,35 +546,9 @@ def train_supervised(
     dims = check_train_dims(config.train_dims or default_train_dims(dimension), dimension)
     corpus_row = {doc_id: i for i, doc_id in enumerate(corpus_ids)}
     query_row = {query_id: i for i, query_id in enumerate(query_ids)}
-    usable = sorted(
-        q
-        for q, judged in qrels.items()
-        if q in query_row and any(g > 0 and d in corpus_row for d, g in judged.items())
+    train_ids, validation_data = split_training_queries(
+        corpus_ids, queries, query_ids, qrels, dev_qrels, config
     )
-    if not usable:
-        raise InputError(
-            "no query of the train qrels has a positive judgement on a document of the corpus "
-            "table and a vector in the queries table: do the ids match?"
-        )
-    if dev_qrels is None:
-        shuffled = random.Random(config.seed).sample(usable, len(usable))
-        held = max(1, round(len(usable) * config.validation_fraction)) if len(usable) > 4 else 0
-        validation_ids, train_ids = sorted(shuffled[:held]), sorted(shuffled[held:])
-        validation_qrels = {q: dict(qrels[q]) for q in validation_ids}
-    else:
-        train_ids = usable
-        validation_qrels = {q: dict(j) for q, j in dev_qrels.items() if q in query_row}
-        if not validation_qrels:
-            raise InputError("no query of the dev qrels has a vector in the queries table")
-    validation_data = None
-    if validation_qrels:
-        ids = sorted(validation_qrels)
-        validation_data = {
-            "corpus_ids": list(corpus_ids),
-            "query_ids": ids,
-            "queries": queries[[query_row[q] for q in ids]],
-            "qrels": validation_qrels,
-        }
     history: list[dict[str, Any]] = []
     module, mined = None, 0.0
     if two_stage:
@@ -725,17 +752,9 @@ def fit_store(
             validation_data = None
             judged = dev_qrels if dev_qrels is not None else qrels
             if judged is not None:
-                known = set(query_ids)
-                chosen = sorted(q for q in judged if q in known)
-                if not chosen:
+                validation_data = validation_set(corpus_ids, queries, query_ids, judged)
+                if validation_data is None:
                     raise InputError("no query of the qrels has a vector in the 'queries' table")
-                row = {q: i for i, q in enumerate(query_ids)}
-                validation_data = {
-                    "corpus_ids": corpus_ids,
-                    "query_ids": chosen,
-                    "queries": queries[[row[q] for q in chosen]],
-                    "qrels": {q: dict(judged[q]) for q in chosen},
-                }
             result = train_unsupervised(corpus, config, validation_data, on_epoch)
             fingerprint = training_fingerprint(corpus_ids, corpus)
         module, history, best = result.module, result.history, result.best
