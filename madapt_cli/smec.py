@@ -402,7 +402,7 @@ class StageStep:
         if self.supervised is None:
             return loss
         batch = self._next_queries(generator)
-        candidates, relevance = sample_candidates(self.supervised, batch)
+        candidates, relevance = self.supervised.sample_candidates(batch)
         queries = self.module.residual(self.supervised.queries[batch])
         documents = self.module.residual(self.corpus[candidates])
         rank = torch.stack(
@@ -419,23 +419,6 @@ class StageStep:
         start = order["position"]
         order["position"] += self.query_batch
         return order["perm"][start : start + self.query_batch]
-
-
-# --- TODO(hook): move into madapt_cli.training once it is committed ---------------------------
-def sample_candidates(
-    objective: SupervisedObjective, batch: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to P random positives and the hard negatives of each query of ``batch``: the
-    candidate corpus rows (C,) and their grades (Q, C)."""
-    noise = torch.rand(
-        objective.positive_rows[batch].shape, generator=objective.generator, device=batch.device
-    )
-    noise = noise.masked_fill(objective.positive_grades[batch] <= 0, -1.0)
-    count = min(objective.config.positives_per_query, noise.shape[1])
-    picked = objective.positive_rows[batch].gather(1, noise.topk(count, dim=1).indices)
-    candidates = torch.cat([picked.flatten(), objective.hard_negatives[batch].flatten()])
-    candidates = torch.unique(candidates[candidates < objective.corpus.shape[0]])
-    return candidates, objective.grades_of(batch, candidates.expand(len(batch), -1))
 
 
 # --- the sequential trainer ---------------------------------------------------------------------

@@ -300,10 +300,9 @@ class SupervisedObjective:
         hit = sorted_rows.gather(1, slot) == corpus_rows
         return torch.where(hit, self.positive_grades[query_rows].gather(1, slot), 0.0)
 
-    def __call__(
-        self, module: torch.nn.Module, batch: torch.Tensor, corpus_batch: torch.Tensor
-    ) -> torch.Tensor:
-        # sample up to P positives per query, at random among its labelled ones
+    def sample_candidates(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to P random positives and the hard negatives of each query of ``batch``: the
+        candidate corpus rows (C,) and their grades (Q, C)."""
         noise = torch.rand(
             self.positive_rows[batch].shape, generator=self.generator, device=batch.device
         )
@@ -312,7 +311,12 @@ class SupervisedObjective:
         picked = self.positive_rows[batch].gather(1, noise.topk(count, dim=1).indices)
         candidates = torch.cat([picked.flatten(), self.hard_negatives[batch].flatten()])
         candidates = torch.unique(candidates[candidates < self.corpus.shape[0]])
-        relevance = self.grades_of(batch, candidates.expand(len(batch), -1))
+        return candidates, self.grades_of(batch, candidates.expand(len(batch), -1))
+
+    def __call__(
+        self, module: torch.nn.Module, batch: torch.Tensor, corpus_batch: torch.Tensor
+    ) -> torch.Tensor:
+        candidates, relevance = self.sample_candidates(batch)
         queries = module(self.queries[batch])
         documents = module(self.corpus[candidates])
         loss = self.weights["rank"] * self.rank_loss(queries, documents, relevance)
