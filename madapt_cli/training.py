@@ -234,6 +234,13 @@ class UnsupervisedObjective:
         self.rec_loss, self.weights = ReconstructionLoss(), weights
 
     def __call__(self, module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return self.terms(module, batch, self.weights)
+
+    def terms(
+        self, module: torch.nn.Module, batch: torch.Tensor, weights: dict[str, float]
+    ) -> torch.Tensor:
+        """weights["topk"] L_topk + weights["pair"] L_pair + weights["rec"] L_rec on ``batch``
+        (also the supervised objective's regularisers, with its own weights)."""
         neighbours = self.neighbours[batch]  # (B, k); -1 when the corpus has fewer than k + 1
         valid = neighbours >= 0
         rows, inverse = torch.unique(
@@ -247,9 +254,9 @@ class UnsupervisedObjective:
         adapted_neighbours = torch.where(
             valid.unsqueeze(-1), adapted_neighbours, anchors.unsqueeze(1)
         )
-        loss = self.weights["topk"] * self.topk_loss(anchors, adapted_neighbours, target)
-        loss = loss + self.weights["pair"] * self.pair_loss(self.corpus[batch], anchors)
-        return loss + self.weights["rec"] * self.rec_loss(module.start(original), adapted)
+        loss = weights["topk"] * self.topk_loss(anchors, adapted_neighbours, target)
+        loss = loss + weights["pair"] * self.pair_loss(self.corpus[batch], anchors)
+        return loss + weights["rec"] * self.rec_loss(module.start(original), adapted)
 
 
 class SupervisedObjective:
@@ -320,23 +327,7 @@ class SupervisedObjective:
         queries = module(self.queries[batch])
         documents = module(self.corpus[candidates])
         loss = self.weights["rank"] * self.rank_loss(queries, documents, relevance)
-        u = self.unsupervised
-        neighbours = u.neighbours[corpus_batch]
-        valid = neighbours >= 0
-        rows, inverse = torch.unique(
-            torch.cat([corpus_batch, neighbours.clamp_min(0).flatten()]), return_inverse=True
-        )
-        original = self.corpus[rows]
-        adapted = module(original)
-        anchors = adapted[inverse[: len(corpus_batch)]]
-        adapted_neighbours = adapted[inverse[len(corpus_batch) :]].view(*neighbours.shape, -1)
-        adapted_neighbours = torch.where(
-            valid.unsqueeze(-1), adapted_neighbours, anchors.unsqueeze(1)
-        )
-        target = torch.where(valid, u.neighbour_scores[corpus_batch], 1.0)
-        loss = loss + self.weights["topk"] * u.topk_loss(anchors, adapted_neighbours, target)
-        loss = loss + self.weights["pair"] * u.pair_loss(self.corpus[corpus_batch], anchors)
-        return loss + self.weights["rec"] * u.rec_loss(module.start(original), adapted)
+        return loss + self.unsupervised.terms(module, corpus_batch, self.weights)
 
 
 def new_adaptor_module(corpus: torch.Tensor, config: TrainConfig) -> ResidualMLP:
