@@ -166,20 +166,15 @@ class Adaptor:
                 f"adaptor '{self.name}' takes {self.dimension}-d vectors but {what} are "
                 f"{dimension}-d"
             )
-        ours = self.config.get("base_model")
-        theirs = metadata.get("model")
-        if ours and theirs and ours != theirs:
-            raise MadaptError(
-                f"adaptor '{self.name}' was trained on vectors of model {ours!r} but {what} "
-                f"come from {theirs!r}"
-            )
-        our_provider = self.config.get("base_provider")
-        their_provider = metadata.get("provider")
-        if our_provider and their_provider and our_provider != their_provider:
-            raise MadaptError(
-                f"adaptor '{self.name}' was trained on {our_provider!r} vectors but {what} "
-                f"come from provider {their_provider!r}"
-            )
+        for ours, theirs, kind in (
+            (self.config.get("base_model"), metadata.get("model"), "model"),
+            (self.config.get("base_provider"), metadata.get("provider"), "provider"),
+        ):
+            if ours and theirs and ours != theirs:
+                raise MadaptError(
+                    f"adaptor '{self.name}' was trained on vectors of {kind} {ours!r} but "
+                    f"{what} come from {theirs!r}"
+                )
 
     # --- transforming ------------------------------------------------------------------
     def check_dim(self, dim: int | None) -> int:
