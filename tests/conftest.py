@@ -21,6 +21,23 @@ def shared_datasets() -> Path | None:
     return None
 
 
+def residual_adaptor(dimension: int, model: str, **extra: object):
+    """An untrained (identity) Matryoshka adaptor for ``model`` vectors of ``dimension``,
+    with the config `madapt fit` writes; ``extra`` adds or overrides config fields."""
+    from madapt_cli.adaptor import Adaptor, ResidualMLP
+
+    config = {
+        "method": "matryoshka",
+        "dimension": dimension,
+        "architecture": {"type": "residual_mlp", "hidden": 2 * dimension, "depth": 2,
+                         "activation": "gelu"},
+        "base_provider": "local",
+        "base_model": model,
+        **extra,
+    }
+    return Adaptor(ResidualMLP(dimension, 2 * dimension), config)
+
+
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
     found = shared_datasets()

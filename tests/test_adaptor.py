@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import residual_adaptor
 
 from madapt_cli import Adaptor
-from madapt_cli.adaptor import CONFIG_FILE, WEIGHTS_FILE, ResidualMLP, fit_pca
+from madapt_cli.adaptor import CONFIG_FILE, WEIGHTS_FILE, fit_pca
 from madapt_cli.errors import InputError, MadaptError
 
 
@@ -19,21 +20,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _matryoshka(dimension: int = 16, seed: int = 0) -> Adaptor:
     torch.manual_seed(seed)
-    module = ResidualMLP(dimension, 2 * dimension)
-    config = {
-        "method": "matryoshka",
-        "dimension": dimension,
-        "architecture": {
-            "type": "residual_mlp",
-            "hidden": 2 * dimension,
-            "depth": 2,
-            "activation": "gelu",
-        },
-        "base_provider": "local",
-        "base_model": "all-MiniLM-L6-v2",
-        "training_data_sha256": "abc",
-    }
-    return Adaptor(module, config)
+    return residual_adaptor(dimension, "all-MiniLM-L6-v2", training_data_sha256="abc")
 
 
 def test_untrained_adaptor_is_the_identity():

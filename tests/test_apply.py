@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from conftest import residual_adaptor
 
 from madapt_cli import Adaptor
 from madapt_cli import applying as applying_module
-from madapt_cli.adaptor import ResidualMLP
 from madapt_cli.applying import apply_adaptor
 from madapt_cli.errors import InputError, MadaptError
 from madapt_cli.stores import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
@@ -59,23 +59,9 @@ def make_store(
 
 def make_adaptor(path: Path, dimension: int = 16) -> Adaptor:
     torch.manual_seed(0)
-    module = ResidualMLP(dimension, 2 * dimension)
+    adaptor = residual_adaptor(dimension, MODEL, training_data_sha256="f00d")
     with torch.no_grad():
-        module.g[-1].weight.normal_(0, 0.3)
-    config = {
-        "method": "matryoshka",
-        "dimension": dimension,
-        "architecture": {
-            "type": "residual_mlp",
-            "hidden": 2 * dimension,
-            "depth": 2,
-            "activation": "gelu",
-        },
-        "base_provider": "local",
-        "base_model": MODEL,
-        "training_data_sha256": "f00d",
-    }
-    adaptor = Adaptor(module, config)
+        adaptor.module.g[-1].weight.normal_(0, 0.3)
     adaptor.save(path)
     return Adaptor.load(path)
 

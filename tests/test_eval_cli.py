@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from conftest import residual_adaptor
 
 from madapt_cli import cli
-from madapt_cli.adaptor import Adaptor, ResidualMLP, fit_pca
+from madapt_cli.adaptor import Adaptor, fit_pca
 from madapt_cli.evaluation import evaluate_vectors
 from madapt_cli.stores import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
 
@@ -129,21 +130,8 @@ def test_table_on_terminal_and_metric_choice(capsys, planted):
 
 
 def _save_identity_adaptor(path: Path, model: str = MODEL, dimension: int = DIM) -> Path:
-    module = ResidualMLP(dimension, 2 * dimension)  # an untrained adaptor is the identity
-    config = {
-        "name": "identity-mlp",
-        "method": "matryoshka",
-        "dimension": dimension,
-        "architecture": {
-            "type": "residual_mlp",
-            "hidden": 2 * dimension,
-            "depth": 2,
-            "activation": "gelu",
-        },
-        "base_provider": "local",
-        "base_model": model,
-    }
-    return Adaptor(module, config).save(path)
+    # an untrained adaptor is the identity
+    return residual_adaptor(dimension, model, name="identity-mlp").save(path)
 
 
 def test_adaptors_identity_equals_truncate_and_saved_pca_equals_baseline(capsys, planted, tmp_path):
