@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -104,33 +104,36 @@ class PCAMap(nn.Module):
         return (e - self.mean) @ self.components
 
 
-def fit_pca(batches: Iterator[np.ndarray] | list[np.ndarray], dimension: int) -> PCAMap:
-    """PCA of unit-normalised vectors, streamed: one pass of sums, O(D^2) memory."""
+def fit_pca(
+    batches: Iterable[np.ndarray | torch.Tensor], dimension: int, device: torch.device | None = None
+) -> PCAMap:
+    """PCA of unit-normalised vectors, streamed: one pass of sums, O(D^2) memory.
+
+    The sums are float64, on ``device`` (default: each batch's own, so tensors already on a
+    GPU are reduced there).
+    """
     count = 0
-    total = np.zeros(dimension, dtype=np.float64)
-    gram = np.zeros((dimension, dimension), dtype=np.float64)
+    total = gram = None
     for batch in batches:
-        x = _unit(np.asarray(batch, dtype=np.float64))
+        x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.array(batch))
+        x = x.to(device or x.device, torch.float64)
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         count += x.shape[0]
-        total += x.sum(axis=0)
-        gram += x.T @ x
-    if count < 2:
+        total = x.sum(dim=0) if total is None else total + x.sum(dim=0)
+        gram = x.T @ x if gram is None else gram.addmm_(x.T, x)
+    if count < 2 or total is None or gram is None:
         raise InputError("PCA needs at least 2 corpus vectors")
+    if gram.shape != (dimension, dimension):
+        raise InputError(f"PCA of {gram.shape[0]}-d vectors asked for {dimension} dimensions")
     mean = total / count
-    covariance = gram / count - np.outer(mean, mean)
-    variances, axes = np.linalg.eigh(covariance)
-    order = np.argsort(variances)[::-1]
-    axes = axes[:, order]
+    covariance = gram / count - torch.outer(mean, mean)
+    _, axes = torch.linalg.eigh(covariance)  # ascending eigenvalues
+    axes = axes.flip(-1)
     # a deterministic sign per axis (eigh's is arbitrary): largest coordinate positive
-    signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(dimension)])
-    axes = axes * np.where(signs == 0, 1.0, signs)
-    return PCAMap(
-        torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(axes.astype(np.float32))
-    )
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    columns = torch.arange(dimension, device=axes.device)
+    signs = torch.sign(axes[axes.abs().argmax(dim=0), columns])
+    axes = axes * torch.where(signs == 0, 1.0, signs)
+    return PCAMap(mean.float().cpu(), axes.float().cpu())
 
 
 class Adaptor:
@@ -264,7 +267,10 @@ def build_module(config: dict[str, Any]) -> nn.Module:
         if method == "matryoshka":
             arch = config["architecture"]
             return ResidualMLP(
-                dimension, int(arch["hidden"]), int(arch["depth"]), str(arch["activation"]),
+                dimension,
+                int(arch["hidden"]),
+                int(arch["depth"]),
+                str(arch["activation"]),
                 rotation=bool(arch.get("rotation", False)),
             )
         if method == "pca":

@@ -208,3 +208,75 @@ def test_many_exclusions_spread_over_query_blocks():
     assert not (indices == np.arange(90)[:, None]).any()
     _, want = _reference_topk(corpus, corpus, 3, pairs)
     np.testing.assert_array_equal(indices, want)
+
+
+def test_running_topk_fed_in_uneven_pieces_equals_one_search():
+    from madapt_cli.evaluation import PrefixTopK
+
+    rng = np.random.default_rng(7)
+    queries, corpus = _unit(rng, 9, 16), _unit(rng, 103, 16)
+    excluded = [(0, 5), (3, 100), (8, 40)]
+    whole = search_topk_prefixes(queries, corpus, [4, 16], 12, exclude=excluded)
+    running = PrefixTopK(
+        torch.from_numpy(queries),
+        12,
+        len(corpus),
+        [4, 16],
+        chunk_size=10,
+        query_block=4,
+        exclude=excluded,
+    )
+    for start, stop in [(0, 1), (1, 37), (37, 38), (38, 103)]:
+        running.add(torch.from_numpy(corpus[start:stop]))
+    pieces = running.result()
+    for size in (4, 16):
+        np.testing.assert_array_equal(pieces[size][1], whole[size][1])
+        np.testing.assert_allclose(pieces[size][0], whole[size][0], atol=1e-6)
+
+
+def test_running_topk_refuses_rows_beyond_those_announced_and_a_short_corpus():
+    from madapt_cli.evaluation import PrefixTopK
+
+    rng = np.random.default_rng(8)
+    running = PrefixTopK(torch.from_numpy(_unit(rng, 2, 4)), 3, 5)
+    running.add(torch.from_numpy(_unit(rng, 4, 4)))
+    with pytest.raises(ValueError, match="4 corpus rows added, 5 announced"):
+        running.result()
+    with pytest.raises(ValueError, match="more than the 5"):
+        running.add(torch.from_numpy(_unit(rng, 2, 4)))
+
+
+def test_read_ahead_yields_in_order_and_raises_the_producers_error():
+    from madapt_cli.evaluation import _read_ahead
+
+    assert list(_read_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    seen = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in _read_ahead(failing()):
+            seen.append(item)
+    assert seen == [1, 2]
+
+
+def test_read_ahead_stops_its_producer_when_the_consumer_stops_early():
+    import threading
+
+    from madapt_cli.evaluation import _read_ahead
+
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    reader = _read_ahead(endless(), depth=2)
+    assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    reader.close()  # the consumer stops early
+    assert not any(t.name == "madapt-read-ahead" for t in threading.enumerate())
+    assert len(produced) <= 3 + 2 + 1  # at most depth items ahead, plus the one in hand
