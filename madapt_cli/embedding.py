@@ -4,9 +4,11 @@
    each row's content key (:meth:`EmbeddingProvider.content_key`) with what the table holds:
    a row with the same id and key is reused, anything else is embedded.
 2. Group the rows to embed into requests within the provider's limits, run them (several at
-   once for API providers), normalise, and append each finished request to the table as one
-   atomic write. A killed run loses at most the requests in flight; a rerun embeds only what
-   is missing or changed.
+   once for API providers), normalise, and store finished rows by atomic appends
+   (:class:`FlushPolicy`: an API run gathers its many small requests into one append every
+   few thousand rows or seconds; a local model's batches are stored one by one). A killed
+   run loses at most the requests in flight and the rows not yet flushed; a rerun embeds
+   only what is missing or changed.
 3. After a complete run, drop rows that a changed text superseded and ids that left the
    source, so the table mirrors the source.
 """
@@ -28,6 +30,7 @@ from madapt_cli import console
 from madapt_cli.data import BeirDataset, TextSource
 from madapt_cli.errors import InputError
 from madapt_cli.providers.base import EmbeddingProvider, Role, TextItem
+from madapt_cli.providers.resilience import RemoteProvider
 from madapt_cli.stores import (
     Store,
     check_compatible,
@@ -38,8 +41,36 @@ from madapt_cli.stores import (
     vectors_to_arrow,
 )
 
-#: called with the number of rows just stored
+#: called with the number of rows just finished (embedded, or rejected and skipped)
 ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When finished rows are written to the store: one append (one Parquet part file, one
+    Lance version) once ``max_rows`` rows are waiting or ``max_seconds`` have passed since
+    the last append, and always at the end of a run, on an error and on Ctrl-C.
+
+    Each append costs a file, an fsync and a directory listing on the main thread; an API
+    run at thousands of texts a second would spend its time there instead of keeping
+    requests in flight. A SIGKILL loses the unflushed rows only: they are not in the store,
+    so a rerun requests them again (never twice in the store, never lost once stored).
+    """
+
+    max_rows: int = 4096
+    max_seconds: float = 2.0
+
+    def due(self, rows: int, seconds_since_flush: float) -> bool:
+        return rows >= self.max_rows or seconds_since_flush >= self.max_seconds
+
+
+#: store every finished request at once (a local model: its batches cost more than a write)
+EVERY_REQUEST = FlushPolicy(max_rows=1, max_seconds=0.0)
+
+
+def flush_policy_for(provider: EmbeddingProvider) -> FlushPolicy:
+    """API providers coalesce their many cheap requests; a local model stores each batch."""
+    return FlushPolicy() if isinstance(provider, RemoteProvider) else EVERY_REQUEST
 
 
 @dataclass
@@ -90,7 +121,8 @@ def plan_embedding(
         if limit is not None and counts["rows"] >= limit:
             return
         counts["rows"] += 1
-        if stored.get(item.id) != provider.content_key(item, role):
+        # with nothing stored every row is to embed: no content key needed (~6 us a row)
+        if not stored or stored.get(item.id) != provider.content_key(item, role):
             counts["to_embed"] += 1
             counts["tokens"] += provider.estimate_tokens(item)
 
@@ -149,8 +181,12 @@ def embed_source(
     limit: int | None = None,
     plan: EmbedPlan | None = None,
     on_progress: ProgressCallback | None = None,
+    flush_policy: FlushPolicy | None = None,
 ) -> EmbedSummary:
-    """Embed ``source`` into ``store[table]``, reusing stored rows (see the module docstring)."""
+    """Embed ``source`` into ``store[table]``, reusing stored rows (see the module docstring).
+
+    ``flush_policy``: when finished rows are appended (default: :func:`flush_policy_for`).
+    """
     started = time.perf_counter()
     plan = plan or plan_embedding(source, provider, store, table, role, limit)
     stored = store.read_keys(table)
@@ -168,51 +204,67 @@ def embed_source(
     schema: pa.Schema | None = None
     embedded = 0
     skipped_bad = 0
+    policy = flush_policy or flush_policy_for(provider)
+    buffered: list[pa.Table] = []  # finished rows not yet in the store
+    buffered_rows = 0
+    last_flush = time.monotonic()
 
-    def write(items: list[TextItem], vectors: np.ndarray) -> None:
-        nonlocal schema, embedded, skipped_bad
+    def flush() -> None:
+        nonlocal embedded, buffered, buffered_rows, last_flush
+        if buffered:
+            # Taken out of the buffer first: if the append fails they are simply not stored
+            # (and requested again by a rerun), never written twice.
+            rows, buffered, buffered_rows = pa.concat_tables(buffered), [], 0
+            store.append(table, rows)
+            embedded += rows.num_rows
+        last_flush = time.monotonic()
+
+    def finished(items: list[TextItem], vectors: np.ndarray) -> None:
+        nonlocal schema, skipped_bad, buffered_rows
         if vectors.shape != (len(items), provider.dimension):
             raise RuntimeError(
                 f"provider returned {vectors.shape} for {len(items)} inputs"
             )  # providers validate responses; this guards the store
+        if on_progress:
+            on_progress(len(items))
         # An all-NaN row is an input the API rejected and the provider skipped (--skip-bad):
         # it is not stored, so a rerun tries it again.
         rejected = np.isnan(vectors).all(axis=1)
         if rejected.any():
             skipped_bad += int(rejected.sum())
-            if on_progress:
-                on_progress(int(rejected.sum()))
             for item, bad in zip(items, rejected, strict=True):
                 if bad:
                     del pending_keys[item.id]
             items = [item for item, bad in zip(items, rejected, strict=True) if not bad]
             vectors = vectors[~rejected]
-            if not items:
-                return
-        if normalize:
-            vectors = _normalise(vectors)
-        if schema is None:
-            metadata = new_table_metadata(**provider.metadata(role, normalize), dtype=dtype)
-            if store.has_table(table):
-                check_compatible(table, store.metadata(table), metadata)
-            schema = embedding_schema(provider.dimension, dtype, store_text, metadata)
-        columns = [
-            pa.array([i.id for i in items], pa.string()),
-            vectors_to_arrow(vectors, dtype),
-            pa.array([pending_keys.pop(i.id) for i in items], pa.string()),
-        ]
-        if store_text:
-            columns.append(pa.array([_joined(i) for i in items], pa.string()))
-        store.append(table, pa.Table.from_arrays(columns, schema=schema))
-        embedded += len(items)
-        if on_progress:
-            on_progress(len(items))
+        if items:
+            if normalize:
+                vectors = _normalise(vectors)
+            if schema is None:
+                metadata = new_table_metadata(**provider.metadata(role, normalize), dtype=dtype)
+                if store.has_table(table):
+                    check_compatible(table, store.metadata(table), metadata)
+                schema = embedding_schema(provider.dimension, dtype, store_text, metadata)
+            columns = [
+                pa.array([i.id for i in items], pa.string()),
+                vectors_to_arrow(vectors, dtype),
+                pa.array([pending_keys.pop(i.id) for i in items], pa.string()),
+            ]
+            if store_text:
+                columns.append(pa.array([_joined(i) for i in items], pa.string()))
+            buffered.append(pa.Table.from_arrays(columns, schema=schema))
+            buffered_rows += len(items)
+        if policy.due(buffered_rows, time.monotonic() - last_flush):
+            flush()
 
     if plan.to_embed:
         if store.has_table(table):  # fail before any work if the table holds another model
             probe = new_table_metadata(**provider.metadata(role, normalize), dtype=dtype)
             check_compatible(table, store.metadata(table), probe)
-        _run_requests(plan_requests(pending(), provider), provider, role, write)
+        try:
+            _run_requests(plan_requests(pending(), provider), provider, role, finished)
+        finally:  # the end, an error or Ctrl-C: keep every finished row
+            flush()
     else:
         for _ in pending():  # still collect the ids, for the retention below
             pass
@@ -243,7 +295,7 @@ def _run_requests(
     role: Role,
     write: Callable[[list[TextItem], np.ndarray], None],
 ) -> None:
-    """Run requests, ``provider.concurrency`` at a time; store each as it finishes."""
+    """Run requests, ``provider.concurrency`` at a time; hand each to ``write`` as it finishes."""
     workers = max(1, provider.concurrency)
     if workers == 1:
         for items in requests:

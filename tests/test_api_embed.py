@@ -146,8 +146,9 @@ def test_openai_fault_storm_stores_every_row_once_with_its_vector(openai_server,
 
 
 def test_vertex_killed_run_resumes_without_re_requesting_stored_rows(vertex_server, tmp_path):
-    # ~600-byte texts: ~200 estimated tokens, so ~99 a request under the 20,000-token limit
-    source = write_docs(tmp_path / "docs.jsonl", 300, body=" " + "x" * 570)
+    # ~600-byte texts: ~200 estimated tokens, so ~99 a request under the 20,000-token limit;
+    # ~10 requests of 0.4 s, so the run outlasts its first flush (FlushPolicy: ~2 s) by seconds
+    source = write_docs(tmp_path / "docs.jsonl", 1000, body=" " + "x" * 570)
     env = vertex_env(vertex_server, tmp_path)
     vertex_server.state.latency = 0.4
     out = tmp_path / "store"
@@ -164,7 +165,7 @@ def test_vertex_killed_run_resumes_without_re_requesting_stored_rows(vertex_serv
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
-        if stored_rows(out):  # kill as soon as the first request's rows are stored
+        if stored_rows(out):  # kill as soon as the first flush's rows are stored
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
@@ -172,7 +173,7 @@ def test_vertex_killed_run_resumes_without_re_requesting_stored_rows(vertex_serv
     assert process.returncode == -signal.SIGKILL
 
     stored_ids = set(open_store(out).read_keys("corpus"))
-    assert 0 < len(stored_ids) < 300
+    assert 0 < len(stored_ids) < 1000
     while vertex_server.state.in_flight and time.monotonic() < deadline:
         time.sleep(0.02)  # the killed run's last request is still being answered
     first_run_requests = len(vertex_server.state.requests())
@@ -189,7 +190,7 @@ def test_vertex_killed_run_resumes_without_re_requesting_stored_rows(vertex_serv
     assert sorted(asked_again) == sorted(texts[i] for i in texts if i not in stored_ids)
 
     ids, vectors = open_store(out).read_vectors("corpus")
-    assert len(ids) == len(set(ids)) == 300
+    assert len(ids) == len(set(ids)) == 1000
     for doc_id, vector in zip(ids, vectors, strict=True):
         number = int(doc_id.removeprefix("doc"))
         salt = f"text-embedding-005|RETRIEVAL_DOCUMENT|Title {number}|"
@@ -308,3 +309,98 @@ def test_vertex_fault_storm_with_concurrent_requests_through_the_pipeline(vertex
         row = texts[doc_id]
         salt = f"text-embedding-005|RETRIEVAL_DOCUMENT|{row['title']}|"
         np.testing.assert_allclose(vector, vector_for(row["text"], 48, salt), atol=1e-5)
+
+
+# --- the flush policy: finished requests are coalesced into few store appends -------------
+def small_batch_openai(server: FakeOpenAI, per_request: int, concurrency: int):
+    """An OpenAI provider that sends at most ``per_request`` texts a request (many requests)."""
+    from madapt_cli.providers.base import BatchLimits
+    from madapt_cli.providers.openai import LIMITS, OpenAIProvider
+    from madapt_cli.providers.resilience import RetryPolicy
+
+    class SmallBatches(OpenAIProvider):
+        @property
+        def limits(self) -> BatchLimits:
+            return BatchLimits(per_request, LIMITS.max_total_tokens, LIMITS.max_input_tokens)
+
+    return SmallBatches(
+        "text-embedding-3-small", dimensions=16, base_url=url(server) + "/v1", api_key=OPENAI_KEY,
+        concurrency=concurrency, timeout=10,
+        retry_policy=RetryPolicy(max_retries=3, base_delay=0.005, max_delay=0.02),
+    )  # fmt: skip
+
+
+def text_source(path: Path):
+    from madapt_cli.data import TextSource
+
+    return TextSource(path, "id", "text", "title", None, False)
+
+
+def assert_each_row_once_with_its_vector(out: Path, source: Path, n: int) -> None:
+    ids, vectors = open_store(out).read_vectors("corpus")
+    assert len(ids) == len(set(ids)) == n
+    rows = {row["id"]: row for row in map(json.loads, source.read_text().splitlines())}
+    for doc_id, vector in zip(ids, vectors, strict=True):
+        want = vector_for(
+            f"{rows[doc_id]['title']} {rows[doc_id]['text']}", 16, "text-embedding-3-small"
+        )
+        np.testing.assert_allclose(vector, want, atol=1e-5)
+
+
+def test_finished_requests_are_flushed_in_few_part_files_each_row_stored_once(
+    openai_server, tmp_path
+):
+    from madapt_cli.embedding import FlushPolicy, embed_source, flush_policy_for
+
+    source = write_docs(tmp_path / "docs.jsonl", 500)
+    provider = small_batch_openai(openai_server, per_request=20, concurrency=4)
+    assert flush_policy_for(provider) == FlushPolicy()  # API providers coalesce by default
+    store = open_store(tmp_path / "store", create=True)
+    summary = embed_source(
+        text_source(source), provider, store, "corpus", "document",
+        flush_policy=FlushPolicy(max_rows=200, max_seconds=3600),
+    )  # fmt: skip
+    assert summary.embedded == 500 and summary.reused == 0
+    assert len(openai_server.state.requests()) == 25  # 500 rows, 20 a request
+    parts = sorted(p.name for p in (tmp_path / "store" / "corpus").glob("part-*.parquet"))
+    assert len(parts) == 3  # flushed at >= 200 rows, twice, then the last 100 at the end
+    assert_each_row_once_with_its_vector(tmp_path / "store", source, 500)
+
+
+def test_an_interrupted_api_run_keeps_its_finished_rows_and_resumes_without_duplicates(
+    openai_server, tmp_path
+):
+    from madapt_cli.embedding import FlushPolicy, embed_source
+
+    source = write_docs(tmp_path / "docs.jsonl", 300)
+    store = open_store(tmp_path / "store", create=True)
+    finished = []
+
+    def ctrl_c_on_the_sixth_request(rows: int) -> None:
+        finished.append(rows)
+        if len(finished) == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_source(
+            text_source(source), small_batch_openai(openai_server, 20, 4), store, "corpus",
+            "document", on_progress=ctrl_c_on_the_sixth_request,
+            flush_policy=FlushPolicy(max_rows=10_000, max_seconds=3600),  # only the final flush
+        )  # fmt: skip
+    # nothing had been flushed before Ctrl-C: the five requests finished before it are stored
+    # in one part, not lost
+    parts = list((tmp_path / "store" / "corpus").glob("part-*.parquet"))
+    stored = set(open_store(tmp_path / "store").read_keys("corpus"))
+    assert len(parts) == 1 and len(stored) == 100
+
+    before = len(openai_server.state.requests())
+    summary = embed_source(
+        text_source(source), small_batch_openai(openai_server, 20, 4), store, "corpus", "document"
+    )
+    assert summary.reused == 100 and summary.embedded == 200
+    rows = {row["id"]: row for row in map(json.loads, source.read_text().splitlines())}
+    asked_again = [t for r in openai_server.state.requests()[before:] for t in r.texts]
+    assert sorted(asked_again) == sorted(
+        f"{row['title']} {row['text']}" for i, row in rows.items() if i not in stored
+    )  # the stored rows were not paid for twice
+    assert_each_row_once_with_its_vector(tmp_path / "store", source, 300)
