@@ -18,11 +18,18 @@ An adaptor made of three parts, each switchable (``madapt fit --method smec``):
 
 Design decisions (ours: the paper leaves them open)
 
-* **The module.** f(e) = P x_S with x_0 = e and x_s = x_{s-1} + a_s * g_s(x_{s-1}): one
+* **The module.** f(e) = P x_S with x_0 = e R and x_s = x_{s-1} + a_s * g_s(x_{s-1}): one
   stage-local residual MLP g_s per stage (the :class:`~madapt_cli.adaptor.ResidualMLP` of the
   Matryoshka adaptor, zero-initialised so a new stage starts as the identity) whose output is
   masked by a_s, the 0/1 vector of the coordinates still alive when stage s starts (the n_{s-1}
   first ones of the current order). P is a permutation of the coordinates.
+* **The start.** R is the corpus' uncentred principal rotation
+  (:func:`~madapt_cli.adaptor.principal_rotation`, the same start as the Matryoshka adaptor;
+  ``TrainConfig.rotation``, ``--no-rotation`` for R = I, i.e. x_0 = e). It is orthogonal, so
+  full-size cosines are unchanged, and its first coordinates carry the most energy, so every
+  stage starts from a good truncation instead of the raw coordinate order. R is a fixed
+  buffer (``rotation``, saved in the safetensors file; ``architecture.rotation`` in
+  config.json); artifacts without it load with R = I.
 * **What "frozen" means.** When stage s ends, its residual g_s and its selector logits stop
   training (``requires_grad`` off, bit-for-bit unchanged afterwards) and its selection is
   folded into P; its write mask a_s shrinks from the alive coordinates to the n_s it kept, so
@@ -44,6 +51,18 @@ Design decisions (ours: the paper leaves them open)
   sigmoid((z - t_k) / T), t_k halfway between the k-th and (k+1)-th largest z. The masked
   vector x * mask has the cosine of the kept coordinates, so every loss is the package's loss
   at the full width applied to masked vectors.
+* **ADS initial importance.** A stage's logits do not start at zero (which would make the
+  first Gumbel draws uniform) but at l_i = log(mean over the corpus of x_{s-1,i}^2), the
+  log-energy of each alive coordinate of the stage's input, shifted to mean 0 over the alive
+  coordinates (a shift changes no selection). With this scale (factor 1), Gumbel top-k at
+  temperature T draws the kept coordinates without replacement with probabilities
+  proportional to energy^(1/T): at T = 1 a draw is an energy-weighted sample (so the noise
+  does not wipe the prior out, but coordinates of similar energy still get explored), and as
+  T anneals it concentrates on the high-energy ones. With the rotation this prefers the
+  principal axes (whose energies are the eigenvalues); without it, it prefers the raw
+  coordinates that carry the most of the vectors' length. The logits still move: one AdamW
+  step moves them by up to ``ADS_SCALE`` * lr (0.3 at lr 3e-3), and the log-energies of the
+  alive coordinates span a few units, so a stage of a few dozen steps can re-order them.
 * **Learning rates.** The logits are l = ``ADS_SCALE`` * raw, raw the trained parameter: the
   shared AdamW step moves them ``ADS_SCALE`` times faster than the MLP weights, so a selection
   can settle within a stage of a few dozen steps. Every stage starts at the identity, so SMEC
@@ -70,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from madapt_cli.adaptor import Adaptor, ResidualMLP
+from madapt_cli.adaptor import Adaptor, ResidualMLP, principal_rotation
 from madapt_cli.errors import InputError
 from madapt_cli.evaluation import resolve_device
 from madapt_cli.losses import RankingLoss, TopKSimilarityLoss
@@ -160,6 +179,14 @@ class DimensionSelector(nn.Module):
     def logits(self) -> torch.Tensor:
         return torch.where(self.alive, self.raw * ADS_SCALE, torch.full_like(self.raw, _DEAD))
 
+    @torch.no_grad()
+    def init_from_energy(self, energy: torch.Tensor) -> None:
+        """l_i = log(energy_i) - mean over alive j of log(energy_j) (see "ADS initial
+        importance" in the module docstring); ``energy`` the mean squared value per coordinate."""
+        log_energy = energy.to(self.raw).clamp_min(1e-12).log()
+        log_energy = log_energy - log_energy[self.alive].mean()
+        self.raw.copy_(torch.where(self.alive, log_energy, 0.0) / ADS_SCALE)
+
     def masks(
         self, sizes: Sequence[int], temperature: float, generator: torch.Generator | None
     ) -> torch.Tensor:
@@ -203,9 +230,13 @@ class SMECModule(nn.Module):
     ) -> None:
         super().__init__()
         self.dimension, self.architecture = dimension, dict(architecture)
+        self.architecture["rotation"] = bool(self.architecture.get("rotation", False))
         self.stages = nn.ModuleList()
         self.specs: list[dict[str, Any]] = []
         self.register_buffer("permutation", torch.arange(dimension))
+        # x_0 = e R (R set by train_smec or loaded); None: x_0 = e (and older artifacts)
+        rotation = torch.eye(dimension) if self.architecture["rotation"] else None
+        self.register_buffer("rotation", rotation)
         self.training_stage: int | None = None
         for spec in stage_specs:
             self.add_stage(spec["sizes"], spec["ads"])
@@ -227,11 +258,29 @@ class SMECModule(nn.Module):
         self.specs.append({"sizes": sizes, "ads": bool(ads)})
         return stage
 
+    def start(self, e: torch.Tensor) -> torch.Tensor:
+        """x_0: e R, or e without a rotation."""
+        return e if self.rotation is None else e @ self.rotation
+
     def residual(self, e: torch.Tensor) -> torch.Tensor:
-        """x_S in the original coordinate order (before P)."""
+        """x_S in the coordinate order before P (the rotated coordinates when R is set)."""
+        x = self.start(e)
         for stage in self.stages:
-            e = stage(e)
-        return e
+            x = stage(x)
+        return x
+
+    @torch.no_grad()
+    def coordinate_energy(self, vectors: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
+        """Mean squared value of each coordinate of x_S over ``vectors``: (D,)."""
+        total = torch.zeros(self.dimension, dtype=torch.float64, device=vectors.device)
+        for piece in vectors.split(chunk):
+            total += self.residual(piece).double().pow(2).sum(0)
+        return (total / max(1, len(vectors))).float()
+
+    def init_importance(self, index: int, vectors: torch.Tensor) -> None:
+        """Stage ``index``'s selector logits from the energy of its input over ``vectors``
+        (call right after :meth:`add_stage`, while the new stage is still the identity)."""
+        self.stages[index].selector.init_from_energy(self.coordinate_energy(vectors))
 
     def order(self) -> torch.Tensor:
         """P, or while stage ``training_stage`` trains with ADS, P with its alive positions
@@ -447,15 +496,19 @@ def train_smec(
     device = resolve_device(config.device)
     dimension = corpus.shape[1]
     supervised = qrels is not None
-    if module is None:
+    vectors = F.normalize(torch.from_numpy(np.array(corpus, np.float32)).to(device), dim=-1)
+    if module is None:  # a resumed module keeps the start it was trained from
         module = SMECModule(
             dimension,
             {
                 "hidden": config.hidden or 2 * dimension,
                 "depth": config.depth,
                 "activation": config.activation,
+                "rotation": config.rotation,
             },
-        )
+        ).to(device)
+        if config.rotation:
+            module.rotation.copy_(principal_rotation(vectors))
     module = module.to(device)
     start = module.smallest_size
     train_dims = check_train_dims(config.train_dims, dimension) if config.train_dims else None
@@ -466,7 +519,6 @@ def train_smec(
         )
     sizes = stage_sizes(start, to_dim, train_dims)
     plan = [[s] for s in sizes] if options.sequential else [sizes]
-    vectors = F.normalize(torch.from_numpy(np.array(corpus, np.float32)).to(device), dim=-1)
     objective, epochs, lr = None, config.epochs, config.lr  # stages start at the identity
     if supervised:
         train_ids, validation_data = split_training_queries(
@@ -498,6 +550,8 @@ def train_smec(
     for stage_sizes_now in plan:
         module.add_stage(stage_sizes_now, options.ads)
         index = len(module.stages) - 1
+        if options.ads:
+            module.init_importance(index, vectors)
         module.freeze_all_but(index)
         validation = _validation(
             vectors,
@@ -561,10 +615,12 @@ def _stage_step(
         temperatures=(options.temperature_start, options.temperature_end),
         total_steps=steps * epochs,
         memory=memory,
-        unsup=MemorySimilarityLoss(options.memory_topk or config.topk, vectors.shape[1]),
+        unsup=MemorySimilarityLoss(options.memory_topk or config.topk, vectors.shape[1]).to(
+            vectors.device
+        ),
         alpha=alpha if objective is not None else 1.0,
         supervised=objective,
-        rank_loss=RankingLoss([vectors.shape[1]], config.temperature),
+        rank_loss=RankingLoss([vectors.shape[1]], config.temperature).to(vectors.device),
         query_batch=min(config.query_batch_size, len(objective.queries) if objective else 1),
     )
     return step, steps
