@@ -83,16 +83,26 @@ def test_selector_learns_to_keep_the_useful_coordinates():
     assert selector.logits()[0] < -1e3
 
 
-def test_permutation_fold_keeps_outputs_identical(tmp_path):
+def _random_rotation(dimension: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dimension, dimension, generator=generator))
+    return q
+
+
+@pytest.mark.parametrize("rotation", [False, True])
+def test_permutation_fold_keeps_outputs_identical(tmp_path, rotation):
     dimension = 16
-    module = SMECModule(dimension, ARCH)
+    module = SMECModule(dimension, {**ARCH, "rotation": rotation})
+    if rotation:
+        module.rotation.copy_(_random_rotation(dimension, 5))
     module.add_stage([8], ads=True)
     module.freeze_all_but(0)
     _randomise(module, 1)
     module.eval()
     e = torch.from_numpy(_unit(np.random.default_rng(0).normal(size=(30, dimension))))
+    start = e @ module.rotation if rotation else e  # x_0
     with torch.no_grad():
-        unfolded = module.residual(e)  # original coordinate order
+        unfolded = module.residual(e)  # x_S before the permutation
         logits = module.stages[0].selector.logits()
         chosen = sorted(range(dimension), key=lambda i: -float(logits[i]))[:8]
         selection = torch.zeros(dimension)
@@ -106,6 +116,10 @@ def test_permutation_fold_keeps_outputs_identical(tmp_path):
     loaded = Adaptor.load(tmp_path / "smec")
     assert isinstance(loaded.module, SMECModule)
     assert not torch.equal(loaded.module.permutation, torch.arange(dimension))
+    if rotation:
+        assert torch.equal(loaded.module.rotation, module.rotation)
+    else:
+        assert loaded.module.rotation is None
     prefix = loaded.transform(e, dim=8)
     torch.testing.assert_close(prefix, expected, rtol=0, atol=1e-6)
     # cosines at size 8 equal those of the masked (unfolded) vectors
@@ -116,8 +130,8 @@ def test_permutation_fold_keeps_outputs_identical(tmp_path):
         raw = loaded.module(e)
     dropped = loaded.module.permutation[8:]
     torch.testing.assert_close(raw[:, :8], unfolded[:, chosen], rtol=0, atol=1e-6)
-    torch.testing.assert_close(raw[:, 8:], e[:, dropped], rtol=0, atol=0)
-    assert not torch.allclose(unfolded[:, dropped], e[:, dropped])  # it did write there
+    torch.testing.assert_close(raw[:, 8:], start[:, dropped], rtol=0, atol=0)
+    assert not torch.allclose(unfolded[:, dropped], start[:, dropped])  # it did write there
 
 
 def test_memory_is_fifo_with_capacity_and_holds_detached_originals():
