@@ -4,12 +4,15 @@ Rows: truncation; the Matryoshka-Adaptor (``train_supervised``, unsupervised sta
 supervised stage); our SMEC trainer with every part off (all sizes at once, in-batch
 neighbours, prefix pruning); that base plus each part alone (sequential stages, ADS, S-XBM);
 full SMEC. Every trained row gets the same budget of ``--budget`` epochs over the training data
-(the Matryoshka-Adaptor splits it 2:3 between its two stages, sequential SMEC evenly between its
-stages) and the same early stopping (patience 5 on held-out train queries), batch sizes and model
-width. nDCG@10 on the test qrels, queries and corpus adapted, truncated and re-normalised.
+(the Matryoshka-Adaptor splits it 1:3 between its two stages, as `madapt fit`'s defaults of 10 +
+30 do; sequential SMEC evenly between its stages) and the same early stopping (patience 5 on
+held-out train queries), batch sizes, model width and start (the corpus' principal rotation
+unless ``--no-rotation``). nDCG@10 on the test qrels, queries and corpus adapted, truncated and
+re-normalised; ``val`` is nDCG@10 of the same adaptors on the held-out train queries (the
+early-stopping set), which is what choices between variants should be made on.
 
     nice python bench/ablation.py --npz /work/cache/scifact_minilm.npz \
-        --beir /work/shared/datasets/scifact --budget 8 --batch-size 128 --json scifact.json
+        --beir /work/shared/datasets/scifact --budget 8 --threads 1 --json scifact.json
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from madapt_cli import smec
 from madapt_cli.adaptor import Adaptor
 from madapt_cli.data import read_qrels
 from madapt_cli.evaluation import ndcg_at_10
 from madapt_cli.smec import SMECOptions, train_smec
-from madapt_cli.training import TrainConfig, train_supervised
+from madapt_cli.training import TrainConfig, split_training_queries, train_supervised
 
 ROWS = {
     "smec base (all parts off)": {"sequential": False, "ads": False, "xbm": False},
@@ -48,10 +52,20 @@ def main() -> None:
     parser.add_argument("--rows", default="all", help="comma-separated row names, or all")
     parser.add_argument("--batch-size", type=int, default=None, help="corpus rows per step")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto (the GPU if any), cpu or cuda")
+    parser.add_argument(
+        "--no-rotation", action="store_true", help="start every trained row from the identity"
+    )
+    parser.add_argument("--lr", type=float, default=None, help="SMEC rows' learning rate")
+    parser.add_argument(
+        "--ads-scale", type=float, default=None, help="override smec.ADS_SCALE (investigation)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the table here (rewritten after every row)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ads_scale is not None:
+        smec.ADS_SCALE = args.ads_scale  # read at call time by DimensionSelector
 
     raw = np.load(args.npz)
     doc_ids = [str(x) for x in raw["doc_ids"]]
@@ -63,17 +77,25 @@ def main() -> None:
     test_qrels = read_qrels(beir / "qrels" / "test.tsv")
     dims = [int(d) for d in args.dims.split(",")]
     dimension = docs.shape[1]
-    base = TrainConfig(seed=args.seed, device="cpu", train_dims=[*dims, dimension])
+    base = TrainConfig(
+        seed=args.seed,
+        device=args.device,
+        train_dims=[*dims, dimension],
+        rotation=not args.no_rotation,
+    )
     if args.batch_size is not None:
         base.batch_size = args.batch_size
+    smec_lr = base.lr if args.lr is None else args.lr
     stages = len(dims)
+    # the held-out train queries every trained row early-stops on (same seed, same split)
+    _, held_out = split_training_queries(doc_ids, queries, query_ids, train_qrels, None, base)
 
-    def evaluate(adaptor: Adaptor | None) -> dict[str, float]:
+    def evaluate(adaptor: Adaptor | None, qrels: dict, ids: list[str], vectors: np.ndarray):
         scores = {}
         for dim in dims:
-            q = queries if adaptor is None else adaptor.transform(queries, dim=dim)
+            q = vectors if adaptor is None else adaptor.transform(vectors, dim=dim)
             d = docs if adaptor is None else adaptor.transform(docs, dim=dim)
-            scores[str(dim)] = ndcg_at_10(q, query_ids, d, doc_ids, test_qrels, dim)
+            scores[str(dim)] = ndcg_at_10(q, ids, d, doc_ids, qrels, dim)
         return scores
 
     def report(record: dict) -> None:
@@ -94,7 +116,7 @@ def main() -> None:
         if name == "truncation":
             adaptor = None
         elif name == "Matryoshka-Adaptor":
-            stage1 = round(args.budget * 2 / 5)
+            stage1 = round(args.budget / 4)
             config = replace(base, epochs=stage1, supervised_epochs=args.budget - stage1)
             result = train_supervised(
                 docs,
@@ -110,7 +132,7 @@ def main() -> None:
         else:
             parts = ROWS[name]
             per_stage = math.ceil(args.budget / stages) if parts["sequential"] else args.budget
-            config = replace(base, supervised_epochs=per_stage)
+            config = replace(base, supervised_epochs=per_stage, lr=smec_lr)
             options = SMECOptions(to_dim=min(dims), **parts)
             result = train_smec(
                 docs,
@@ -124,20 +146,38 @@ def main() -> None:
             )
             adaptor = Adaptor(result.module, {"method": "smec", "dimension": dimension})
         seconds = time.perf_counter() - started
-        table[name] = {"ndcg@10": evaluate(adaptor), "seconds": round(seconds, 1)}
+        table[name] = {
+            "ndcg@10": evaluate(adaptor, test_qrels, query_ids, queries),
+            "val": evaluate(adaptor, held_out["qrels"], held_out["query_ids"], held_out["queries"]),
+            "seconds": round(seconds, 1),
+        }
         print(
-            f"{name:>28}: "
+            f"{name:>28}: test "
             + "  ".join(f"{d}:{v:.4f}" for d, v in table[name]["ndcg@10"].items())
+            + "  val "
+            + "  ".join(f"{d}:{v:.4f}" for d, v in table[name]["val"].items())
             + f"  ({seconds:.0f}s)",
             flush=True,
         )
         if args.json:
             Path(args.json).write_text(
                 json.dumps(
-                    {"npz": args.npz, "budget": args.budget, "dims": dims, "rows": table}, indent=2
+                    {
+                        "npz": args.npz,
+                        "budget": args.budget,
+                        "dims": dims,
+                        "rotation": base.rotation,
+                        "smec_lr": smec_lr,
+                        "ads_scale": smec.ADS_SCALE,
+                        "device": args.device,
+                        "rows": table,
+                    },
+                    indent=2,
                 )
             )
     print(markdown(table, dims))
+    print("\nval (held-out train queries):")
+    print(markdown({k: {**v, "ndcg@10": v["val"]} for k, v in table.items()}, dims))
 
 
 def markdown(table: dict[str, dict], dims: list[int]) -> str:
