@@ -892,26 +892,25 @@ def _read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
     stop = threading.Event()
     failure: list[BaseException] = []
 
+    def hand_over(item: Any) -> bool:
+        """Wait for room, unless the consumer has stopped; False if it has."""
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(item):
                     return
         except BaseException as error:  # handed to the consumer, raised there
             failure.append(error)
         finally:
-            while not stop.is_set():
-                try:
-                    buffer.put(done, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            hand_over(done)
 
     producer = threading.Thread(target=produce, name="madapt-read-ahead", daemon=True)
     producer.start()
