@@ -117,6 +117,7 @@ def main() -> None:
             if args.mode == "pipeline":
                 run_embed(source, Path(scratch) / "store", provider, quiet=True)
                 stored = open_store(Path(scratch) / "store").num_rows("corpus")
+                parts = len(list((Path(scratch) / "store" / "corpus").glob("*.parquet")))
             else:
                 items = [
                     TextItem(f"t{i}", f"passage {i}: a short benchmark text about topic {i % 997}")
@@ -131,6 +132,7 @@ def main() -> None:
                         )
                     )
                 stored = sum(len(r) for r in results)
+                parts = None
             seconds = time.perf_counter() - started
             client_cpu = time.process_time() - cpu_started
     finally:
@@ -146,6 +148,7 @@ def main() -> None:
         "provider": args.provider,
         "texts": args.texts,
         "stored": stored,
+        "store_files": parts,  # Parquet files the pipeline wrote (FlushPolicy coalesces)
         "latency_s": args.latency,
         "concurrency": args.concurrency,
         "requests": requests,

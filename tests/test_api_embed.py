@@ -350,11 +350,13 @@ def assert_each_row_once_with_its_vector(out: Path, source: Path, n: int) -> Non
 def test_finished_requests_are_flushed_in_few_part_files_each_row_stored_once(
     openai_server, tmp_path
 ):
-    from madapt_cli.embedding import FlushPolicy, embed_source, flush_policy_for
+    from madapt_cli.embedding import EVERY_REQUEST, FlushPolicy, embed_source, flush_policy_for
+    from madapt_cli.providers.local import LocalProvider
 
     source = write_docs(tmp_path / "docs.jsonl", 500)
     provider = small_batch_openai(openai_server, per_request=20, concurrency=4)
     assert flush_policy_for(provider) == FlushPolicy()  # API providers coalesce by default
+    assert flush_policy_for(LocalProvider()) == EVERY_REQUEST  # a local model: each batch
     store = open_store(tmp_path / "store", create=True)
     summary = embed_source(
         text_source(source), provider, store, "corpus", "document",
