@@ -3,13 +3,14 @@
 Rows: truncation; the Matryoshka-Adaptor (``train_supervised``, unsupervised stage then
 supervised stage); our SMEC trainer with every part off (all sizes at once, in-batch
 neighbours, prefix pruning); that base plus each part alone (sequential stages, ADS, S-XBM);
-full SMEC. Every trained row gets the same budget of ``--budget`` epochs over the training data
-(the Matryoshka-Adaptor splits it 1:3 between its two stages, as `madapt fit`'s defaults of 10 +
-30 do; sequential SMEC evenly between its stages) and the same early stopping (patience 5 on
-held-out train queries), batch sizes, model width and start (the corpus' principal rotation
-unless ``--no-rotation``). nDCG@10 on the test qrels, queries and corpus adapted, truncated and
-re-normalised; ``val`` is nDCG@10 of the same adaptors on the held-out train queries (the
-early-stopping set), which is what choices between variants should be made on.
+full SMEC; full SMEC without ADS and without S-XBM. Every trained row gets the same budget of
+``--budget`` epochs over the training data (the Matryoshka-Adaptor splits it 1:3 between its
+two stages, as `madapt fit`'s defaults of 10 + 30 do; sequential SMEC evenly between its
+stages) and the same early stopping (patience 5 on held-out train queries), batch sizes, model
+width and start (the corpus' principal rotation unless ``--no-rotation``). nDCG@10 on the test
+qrels, queries and corpus adapted, truncated and re-normalised; ``val`` is nDCG@10 of the same
+adaptors on the held-out train queries (the early-stopping set), which is what choices between
+variants should be made on.
 
     nice python bench/ablation.py --npz /work/cache/scifact_minilm.npz \
         --beir /work/shared/datasets/scifact --budget 8 --threads 1 --json scifact.json
@@ -40,6 +41,8 @@ ROWS = {
     "+ ADS": {"sequential": False, "ads": True, "xbm": False},
     "+ S-XBM": {"sequential": False, "ads": False, "xbm": True},
     "full SMEC": {"sequential": True, "ads": True, "xbm": True},
+    "full SMEC - ADS": {"sequential": True, "ads": False, "xbm": True},
+    "full SMEC - S-XBM": {"sequential": True, "ads": True, "xbm": False},
 }
 
 
