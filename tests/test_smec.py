@@ -218,6 +218,8 @@ def test_cli_fits_resumes_and_rejects_bad_input(capsys, tmp_path):
         {"sizes": [12], "ads": True},
     ]
     assert adaptor.transform(np.ones((2, 24), np.float32), dim=12).shape == (2, 12)
+    assert adaptor.config["architecture"]["rotation"] is True
+    assert adaptor.module.rotation is not None
 
     code, stdout, err = _fit(
         capsys,
@@ -235,6 +237,14 @@ def test_cli_fits_resumes_and_rejects_bad_input(capsys, tmp_path):
     assert code == 0, err
     resumed = Adaptor.load(tmp_path / "smaller")
     assert [s["sizes"] for s in resumed.config["smec"]["stages"]] == [[16], [12], [8]]
+    assert torch.equal(resumed.module.rotation, adaptor.module.rotation)  # kept when resumed
+
+    code, _, err = _fit(
+        capsys, store, "--out", tmp_path / "plain", *common, "--to-dim", "12", "--no-rotation"
+    )
+    assert code == 0, err
+    plain = Adaptor.load(tmp_path / "plain")
+    assert plain.module.rotation is None and plain.config["architecture"]["rotation"] is False
 
     for extra, message in [
         (["--resume", out, "--to-dim", "16"], "--to-dim 16 is not below 12"),
