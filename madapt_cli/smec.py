@@ -69,7 +69,12 @@ Design decisions (ours: the paper leaves them open)
   top of the stages before it (the first on top of the rotation), so SMEC uses
   ``TrainConfig.lr`` (``--lr``, default 3e-3) in both modes and has no unsupervised warm-up
   stage; ``--epochs`` is the budget of each stage. (SciFact, 40 epochs over 4 stages: 1e-3
-  (one seed) and 6e-3 (three seeds) gave a lower held-out nDCG@10 at 64 than 3e-3.)
+  (one seed) and 6e-3 (three seeds) gave a lower held-out nDCG@10 at 64 than 3e-3.) With the
+  energy start, ``ADS_SCALE`` 10 and 30 were measured too (SciFact and NFCorpus, three seeds,
+  held-out train queries): no better on average at 64 (SciFact 0.685 / 0.697 / 0.700 for 10 /
+  30 / 100, NFCorpus 0.278 / 0.276 / 0.278), so 100 stays. At 100 the logits can outrun the
+  prior in a stage's first epoch (NFCorpus, one seed: 0.326 -> 0.257 at 128 after one epoch);
+  early stopping keeps the stage's start then.
 
 Objectives (``alpha`` = ``TrainConfig.alpha``, default 1):
     supervised:    L = mean_m L_rank(m) + alpha * mean_m L_unsup(m)
