@@ -49,7 +49,8 @@ ProgressCallback = Callable[[int], None]
 class FlushPolicy:
     """When finished rows are written to the store: one append (one Parquet part file, one
     Lance version) once ``max_rows`` rows are waiting or ``max_seconds`` have passed since
-    the last append, and always at the end of a run, on an error and on Ctrl-C.
+    the last append (checked as each request finishes), and always at the end of a run, on
+    an error and on Ctrl-C.
 
     Each append costs a file, an fsync and a directory listing on the main thread; an API
     run at thousands of texts a second would spend its time there instead of keeping
