@@ -83,8 +83,8 @@ def register(app: typer.Typer) -> None:
         ),
         rotation: bool = typer.Option(
             True, "--rotation/--no-rotation",
-            help="matryoshka: start f from the corpus' principal rotation (keeps full-size "
-            "cosines) instead of the identity.",
+            help="matryoshka and smec: start f from the corpus' principal rotation (keeps "
+            "full-size cosines) instead of the identity.",
         ),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         seed: int = typer.Option(0, "--seed"),
