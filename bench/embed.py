@@ -45,16 +45,20 @@ def main() -> None:
         items = list(source)
         texts = [f"{i.title} {i.text}" if i.title else i.text for i in items]
 
-        provider = LocalProvider("all-MiniLM-L6-v2", batch_size=args.batch_size,
-                                 device=args.device)
+        provider = LocalProvider("all-MiniLM-L6-v2", batch_size=args.batch_size, device=args.device)
         model = provider._load()  # warm: both sides share one loaded model
         model.encode(texts[:64], batch_size=args.batch_size)
 
         bare_times, madapt_times = [], []
         for repeat in range(args.repeats):
             started = time.perf_counter()
-            model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True,
-                         convert_to_numpy=True, show_progress_bar=False)
+            model.encode(
+                texts,
+                batch_size=args.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             bare_times.append(time.perf_counter() - started)
 
             store = open_store(Path(scratch) / f"store-{repeat}", create=True)
@@ -65,18 +69,23 @@ def main() -> None:
 
     bare = len(items) / min(bare_times)
     ours = len(items) / min(madapt_times)
-    print(json.dumps({
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"{platform.processor() or 'cpu'}",
-        "device": args.device,
-        "docs": len(items),
-        "batch_size": args.batch_size,
-        "bare_encode_docs_per_s": round(bare, 2),
-        "madapt_embed_docs_per_s": round(ours, 2),
-        "ratio": round(ours / bare, 3),
-        "bare_seconds": [round(t, 2) for t in bare_times],
-        "madapt_seconds": [round(t, 2) for t in madapt_times],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+                f"{platform.processor() or 'cpu'}",
+                "device": args.device,
+                "docs": len(items),
+                "batch_size": args.batch_size,
+                "bare_encode_docs_per_s": round(bare, 2),
+                "madapt_embed_docs_per_s": round(ours, 2),
+                "ratio": round(ours / bare, 3),
+                "bare_seconds": [round(t, 2) for t in bare_times],
+                "madapt_seconds": [round(t, 2) for t in madapt_times],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

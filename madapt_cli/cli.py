@@ -20,6 +20,7 @@ from madapt_cli.errors import EXIT_INTERRUPTED, MadaptError
 
 COMMAND_MODULES = ("embed", "info", "fit", "apply", "eval", "quickstart")
 
+
 class MadaptGroup(TyperGroup):
     """Turns a :class:`MadaptError` from any command into one line on stderr and its exit
     code, both under the console script and under typer's test runner."""

@@ -33,8 +33,14 @@ FILE_FORMATS = ("jsonl", "csv", "parquet")
 # --- generic text files ---------------------------------------------------------------------
 def detect_file_format(path: Path) -> str:
     name = path.name.lower().removesuffix(".gz")
-    for suffix, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"),
-                        (".csv", "csv"), (".parquet", "parquet"), (".pq", "parquet")):
+    for suffix, fmt in (
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "jsonl"),
+        (".csv", "csv"),
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+    ):
         if name.endswith(suffix):
             return fmt
     raise InputError(f"{path}: unknown file type; expected .jsonl, .csv or .parquet (.gz allowed)")
@@ -235,17 +241,17 @@ class BeirDataset:
         path = _find(self.root, "corpus")
         if path is None:
             raise InputError(f"{self.root}: no corpus.jsonl in this BEIR folder")
-        return TextSource(path, "_id", "text", "title" if use_titles else None,
-                          "jsonl", skip_empty)
+        return TextSource(path, "_id", "text", "title" if use_titles else None, "jsonl", skip_empty)
 
     def queries(self, skip_empty: bool = False) -> TextSource | None:
         path = _find(self.root, "queries")
-        return None if path is None else TextSource(path, "_id", "text", None, "jsonl",
-                                                    skip_empty)
+        return None if path is None else TextSource(path, "_id", "text", None, "jsonl", skip_empty)
 
     def qrels_path(self, split: str) -> Path:
-        for candidate in (self.root / "qrels" / f"{split}.tsv", self.root / "qrels" /
-                          f"{split}.tsv.gz"):
+        for candidate in (
+            self.root / "qrels" / f"{split}.tsv",
+            self.root / "qrels" / f"{split}.tsv.gz",
+        ):
             if candidate.is_file():
                 return candidate
         raise InputError(f"{self.root}: no qrels/{split}.tsv")

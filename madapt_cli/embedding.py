@@ -356,11 +356,11 @@ def embed_jobs(source: Path, options: SourceOptions) -> list[EmbedJob]:
         if not BeirDataset.is_beir(source):
             raise InputError(f"{source}: a folder must be a BEIR dataset (corpus.jsonl[.gz])")
         if options.table is not None:
-            raise InputError("--table applies to a single file; a BEIR folder fills "
-                             "'corpus' and 'queries'")
+            raise InputError(
+                "--table applies to a single file; a BEIR folder fills 'corpus' and 'queries'"
+            )
         beir = BeirDataset(source)
-        jobs = [EmbedJob("corpus", "document", beir.corpus(options.skip_empty,
-                                                           options.use_titles))]
+        jobs = [EmbedJob("corpus", "document", beir.corpus(options.skip_empty, options.use_titles))]
         queries = beir.queries(options.skip_empty)
         if queries is not None:
             jobs.append(EmbedJob("queries", "query", queries))
@@ -368,22 +368,30 @@ def embed_jobs(source: Path, options: SourceOptions) -> list[EmbedJob]:
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
     text_source = TextSource(
-        source, options.id_field, options.text_field,
-        options.title_field if options.use_titles else None, options.file_format,
+        source,
+        options.id_field,
+        options.text_field,
+        options.title_field if options.use_titles else None,
+        options.file_format,
         options.skip_empty,
     )
     return [EmbedJob(validate_table_name(options.table or "corpus"), options.role, text_source)]
 
 
 def _plan_jobs(
-    source: Path, out: Path, provider: EmbeddingProvider, options: SourceOptions,
-    store_format: str | None, limit: int | None,
+    source: Path,
+    out: Path,
+    provider: EmbeddingProvider,
+    options: SourceOptions,
+    store_format: str | None,
+    limit: int | None,
 ) -> tuple[Store | None, list[EmbedJob], list[EmbedPlan]]:
     """Validate every input against the store (if there is one yet); writes nothing."""
     jobs = embed_jobs(source, options)
     existing = open_store(out, store_format) if out.exists() and any(out.iterdir()) else None
-    plans = [plan_embedding(job.source, provider, existing, job.table, job.role, limit)
-             for job in jobs]
+    plans = [
+        plan_embedding(job.source, provider, existing, job.table, job.role, limit) for job in jobs
+    ]
     return existing, jobs, plans
 
 
@@ -401,16 +409,25 @@ def run_embed(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Validate every input, then embed each into its table; returns the JSON summary."""
-    existing, jobs, plans = _plan_jobs(source, out, provider, options or SourceOptions(),
-                                       store_format, limit)
+    existing, jobs, plans = _plan_jobs(
+        source, out, provider, options or SourceOptions(), store_format, limit
+    )
     store = existing or open_store(out, store_format, create=True)
     summaries = []
     with console.progress(console.RowsPerSecond(), quiet=quiet) as bar:
         for job, plan in zip(jobs, plans, strict=True):
             task = bar.add_task(job.table, total=plan.to_embed)
             summary = embed_source(
-                job.source, provider, store, job.table, job.role, normalize=normalize,
-                dtype=dtype, store_text=store_text, limit=limit, plan=plan,
+                job.source,
+                provider,
+                store,
+                job.table,
+                job.role,
+                normalize=normalize,
+                dtype=dtype,
+                store_text=store_text,
+                limit=limit,
+                plan=plan,
                 on_progress=lambda n, task=task: bar.advance(task, n),
             )
             summaries.append(summary.to_dict())
@@ -440,8 +457,7 @@ def estimate_embedding(
     """What a run would embed and cost (``--dry-run``), without calling the API or writing."""
     from madapt_cli.pricing import estimate_cost, price_per_million
 
-    _, _, plans = _plan_jobs(source, out, provider, options or SourceOptions(), store_format,
-                             limit)
+    _, _, plans = _plan_jobs(source, out, provider, options or SourceOptions(), store_format, limit)
     tokens = sum(p.estimated_tokens for p in plans)
     cost = estimate_cost(provider.name, provider.model, tokens)
     return {
@@ -455,8 +471,14 @@ def estimate_embedding(
         "price_per_million_tokens": price_per_million(provider.name, provider.model),
         "estimated_cost_usd": None if cost is None else round(cost, 6),
         "tables": [
-            {"table": p.table, "rows": p.rows, "to_embed": p.to_embed, "reused": p.reused,
-             "skipped_empty": p.skipped_empty, "estimated_tokens": p.estimated_tokens}
+            {
+                "table": p.table,
+                "rows": p.rows,
+                "to_embed": p.to_embed,
+                "reused": p.reused,
+                "skipped_empty": p.skipped_empty,
+                "estimated_tokens": p.estimated_tokens,
+            }
             for p in plans
         ],
     }

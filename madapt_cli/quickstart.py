@@ -68,8 +68,10 @@ def run_quickstart(
     log(f"1/4 embedding {folder} with all-MiniLM-L6-v2 into {paths.store}")
     provider = LocalProvider("all-MiniLM-L6-v2", device=device)
     summary = run_embed(folder, paths.store, provider, quiet=quiet)
-    log(f"    {summary['rows_embedded']} rows embedded, {summary['rows_reused']} reused "
-        f"in {summary['seconds']:.0f}s")
+    log(
+        f"    {summary['rows_embedded']} rows embedded, {summary['rows_reused']} reused "
+        f"in {summary['seconds']:.0f}s"
+    )
 
     fits = [
         ("pca", dict(method="pca")),
@@ -78,14 +80,23 @@ def run_quickstart(
     ]
     for step, (name, options) in enumerate(fits, start=1):
         log(f"2/4 fitting {name} ({step}/{len(fits)}) -> {paths.adaptor(name)}")
-        fit_store(paths.store, paths.adaptor(name), name=name,
-                  config=TrainConfig(device=device), **options)
+        fit_store(
+            paths.store,
+            paths.adaptor(name),
+            name=name,
+            config=TrainConfig(device=device),
+            **options,
+        )
 
     log(f"3/4 evaluating at {', '.join(map(str, QUICKSTART_DIMS))} and full size")
     report = run_evaluation(
-        paths.store, test_qrels, list(QUICKSTART_DIMS),
+        paths.store,
+        test_qrels,
+        list(QUICKSTART_DIMS),
         adaptors=[paths.adaptor(name) for name, _ in fits],
-        baselines=["truncate"], device=device, fingerprints=True,
+        baselines=["truncate"],
+        device=device,
+        fingerprints=True,
     )
     write_report(report, paths.report)
     log(f"4/4 report written to {paths.report}")

@@ -206,16 +206,12 @@ class Store(ABC):
         tables = []
         for name in self.tables():
             schema = self.schema(name)
-            vector_columns = [
-                f.name for f in schema if pa.types.is_fixed_size_list(f.type)
-            ]
+            vector_columns = [f.name for f in schema if pa.types.is_fixed_size_list(f.type)]
             tables.append(
                 {
                     "name": name,
                     "rows": self.num_rows(name),
-                    "vector_columns": {
-                        c: schema.field(c).type.list_size for c in vector_columns
-                    },
+                    "vector_columns": {c: schema.field(c).type.list_size for c in vector_columns},
                     "metadata": self.metadata(name),
                 }
             )
@@ -254,9 +250,11 @@ class ParquetStore(Store):
 
     def _next_sequence(self, name: str) -> int:
         directory = self._table_dir(name)
-        numbers = [
-            int(m.group(2)) for e in directory.iterdir() if (m := _PART.match(e.name))
-        ] if directory.is_dir() else []
+        numbers = (
+            [int(m.group(2)) for e in directory.iterdir() if (m := _PART.match(e.name))]
+            if directory.is_dir()
+            else []
+        )
         return max(numbers, default=0) + 1
 
     def tables(self) -> list[str]:

@@ -333,8 +333,13 @@ class SupervisedObjective:
 def new_adaptor_module(corpus: torch.Tensor, config: TrainConfig) -> ResidualMLP:
     """An untrained f: the identity, or the corpus' principal rotation (``config.rotation``)."""
     dimension = corpus.shape[1]
-    module = ResidualMLP(dimension, config.hidden or 2 * dimension, config.depth,
-                         config.activation, rotation=config.rotation)
+    module = ResidualMLP(
+        dimension,
+        config.hidden or 2 * dimension,
+        config.depth,
+        config.activation,
+        rotation=config.rotation,
+    )
     if config.rotation:
         module.rotation.copy_(principal_rotation(corpus))
     return module.to(corpus.device)

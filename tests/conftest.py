@@ -29,8 +29,12 @@ def residual_adaptor(dimension: int, model: str, **extra: object):
     config = {
         "method": "matryoshka",
         "dimension": dimension,
-        "architecture": {"type": "residual_mlp", "hidden": 2 * dimension, "depth": 2,
-                         "activation": "gelu"},
+        "architecture": {
+            "type": "residual_mlp",
+            "hidden": 2 * dimension,
+            "depth": 2,
+            "activation": "gelu",
+        },
         "base_provider": "local",
         "base_model": model,
         **extra,

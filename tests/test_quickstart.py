@@ -13,15 +13,18 @@ from madapt_cli.cli import app
 from madapt_cli.data import read_qrels
 
 
-def small_beir(root: Path, train_queries: int = 24, test_queries: int = 12,
-               extra_docs: int = 20) -> Path:
+def small_beir(
+    root: Path, train_queries: int = 24, test_queries: int = 12, extra_docs: int = 20
+) -> Path:
     """A BEIR folder with the judged documents of a few queries plus some unjudged ones."""
     train = dict(list(read_qrels(EXAMPLE_SCIFACT / "qrels" / "train.tsv").items())[:train_queries])
     test = dict(list(read_qrels(EXAMPLE_SCIFACT / "qrels" / "test.tsv").items())[:test_queries])
     judged = {doc for qrels in (train, test) for docs in qrels.values() for doc in docs}
     (root / "qrels").mkdir(parents=True)
-    with gzip.open(EXAMPLE_SCIFACT / "corpus.jsonl.gz", "rt") as source, \
-            (root / "corpus.jsonl").open("w") as corpus:
+    with (
+        gzip.open(EXAMPLE_SCIFACT / "corpus.jsonl.gz", "rt") as source,
+        (root / "corpus.jsonl").open("w") as corpus,
+    ):
         extra = 0
         for line in source:
             doc_id = json.loads(line)["_id"]
@@ -29,8 +32,10 @@ def small_beir(root: Path, train_queries: int = 24, test_queries: int = 12,
                 extra += doc_id not in judged
                 corpus.write(line)
     wanted = set(train) | set(test)
-    with gzip.open(EXAMPLE_SCIFACT / "queries.jsonl.gz", "rt") as source, \
-            (root / "queries.jsonl").open("w") as queries:
+    with (
+        gzip.open(EXAMPLE_SCIFACT / "queries.jsonl.gz", "rt") as source,
+        (root / "queries.jsonl").open("w") as queries,
+    ):
         queries.writelines(line for line in source if json.loads(line)["_id"] in wanted)
     for split, qrels in (("train", train), ("test", test)):
         rows = [f"{q}\t{d}\t{r}" for q, docs in qrels.items() for d, r in docs.items()]
@@ -72,7 +77,8 @@ def test_quickstart_embeds_fits_evaluates_and_reports(tmp_path: Path):
 
 
 def test_quickstart_without_data_is_a_clear_error(tmp_path: Path):
-    result = CliRunner().invoke(app, ["quickstart", "--data", str(tmp_path), "--out",
-                                      str(tmp_path / "qs")])
+    result = CliRunner().invoke(
+        app, ["quickstart", "--data", str(tmp_path), "--out", str(tmp_path / "qs")]
+    )
     assert result.exit_code == 2
     assert "no BEIR dataset there" in result.output

@@ -31,12 +31,20 @@ def test_sigkill_then_resume_equals_a_clean_run(tmp_path: Path, small_scifact):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     clean = tmp_path / "clean"
-    subprocess.run(madapt("embed", str(source), "--out", str(clean), *BATCH, "--quiet"),
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        madapt("embed", str(source), "--out", str(clean), *BATCH, "--quiet"),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(madapt("embed", str(source), "--out", str(killed), *BATCH),
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        madapt("embed", str(source), "--out", str(killed), *BATCH),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while stored_rows(killed) < 1 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -48,7 +56,10 @@ def test_sigkill_then_resume_equals_a_clean_run(tmp_path: Path, small_scifact):
 
     resumed = subprocess.run(
         madapt("embed", str(source), "--out", str(killed), *BATCH, "--json"),
-        check=True, env=env, capture_output=True, text=True,
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     summary = json.loads(resumed.stdout)
     assert summary["rows_reused"] == rows_at_kill  # nothing stored was embedded again

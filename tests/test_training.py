@@ -65,7 +65,12 @@ def test_unsupervised_training_lowers_the_loss_and_helps_small_prefixes():
     # the informative directions sit at the end: prefixes of the raw vectors lose them
     x = _unit(rng.normal(size=(600, 24)) * np.linspace(0.2, 2.0, 24))
     config = TrainConfig(
-        train_dims=[4, 8, 24], epochs=10, batch_size=128, lr=1e-2, device="cpu", topk=5,
+        train_dims=[4, 8, 24],
+        epochs=10,
+        batch_size=128,
+        lr=1e-2,
+        device="cpu",
+        topk=5,
         rotation=False,  # from the identity: the residual alone must do the work
     )
     result = train_unsupervised(x, config)

@@ -104,69 +104,91 @@ def register(app: typer.Typer) -> None:
         source: Path = typer.Argument(..., help="A BEIR folder, or a .jsonl/.csv/.parquet file."),
         out: Path = typer.Option(..., "--out", "-o", help="The store directory to write."),
         provider_name: str = typer.Option("local", "--provider", help="local, openai or vertex."),
-        model: str | None = typer.Option(None, "--model", "-m",
-                                         help="Model name or path (default per provider)."),
-        table: str | None = typer.Option(None, "--table", help="Table for a single file "
-                                         "[default: corpus]."),
-        role: str = typer.Option("document", "--role",
-                                 help="document or query (single file only)."),
-        store_format: str | None = typer.Option(None, "--format",
-                                                help="parquet (default) or lance."),
+        model: str | None = typer.Option(
+            None, "--model", "-m", help="Model name or path (default per provider)."
+        ),
+        table: str | None = typer.Option(
+            None, "--table", help="Table for a single file [default: corpus]."
+        ),
+        role: str = typer.Option(
+            "document", "--role", help="document or query (single file only)."
+        ),
+        store_format: str | None = typer.Option(
+            None, "--format", help="parquet (default) or lance."
+        ),
         dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
         batch_size: int = typer.Option(64, "--batch-size", min=1, help="Texts per model batch."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (local models)."),
-        normalize: bool = typer.Option(True, "--normalize/--no-normalize",
-                                       help="L2-normalise the vectors."),
-        query_prompt: str | None = typer.Option(None, "--query-prompt",
-                                                help="Prefix for queries (local models)."),
-        document_prompt: str | None = typer.Option(None, "--document-prompt",
-                                                   help="Prefix for documents (local models)."),
+        normalize: bool = typer.Option(
+            True, "--normalize/--no-normalize", help="L2-normalise the vectors."
+        ),
+        query_prompt: str | None = typer.Option(
+            None, "--query-prompt", help="Prefix for queries (local models)."
+        ),
+        document_prompt: str | None = typer.Option(
+            None, "--document-prompt", help="Prefix for documents (local models)."
+        ),
         id_field: str = typer.Option("id", "--id-field"),
         text_field: str = typer.Option("text", "--text-field"),
         title_field: str = typer.Option("title", "--title-field"),
         no_title: bool = typer.Option(False, "--no-title", help="Ignore titles."),
-        file_format: str | None = typer.Option(None, "--input-format",
-                                               help="jsonl, csv or parquet (default: by name)."),
-        skip_empty: bool = typer.Option(False, "--skip-empty",
-                                        help="Skip rows with empty text (counted)."),
+        file_format: str | None = typer.Option(
+            None, "--input-format", help="jsonl, csv or parquet (default: by name)."
+        ),
+        skip_empty: bool = typer.Option(
+            False, "--skip-empty", help="Skip rows with empty text (counted)."
+        ),
         store_text: bool = typer.Option(False, "--store-text", help="Keep the text column."),
-        limit: int | None = typer.Option(None, "--limit", min=1,
-                                         help="Embed only the first N rows of each input."),
+        limit: int | None = typer.Option(
+            None, "--limit", min=1, help="Embed only the first N rows of each input."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         # API providers (openai, vertex)
-        dimensions: int | None = typer.Option(None, "--dimensions", min=1,
-                                              help="Output size the API should return."),
-        base_url: str | None = typer.Option(None, "--base-url",
-                                            help="API server (openai: else OPENAI_BASE_URL)."),
-        project: str | None = typer.Option(None, "--project",
-                                           help="Vertex: Google Cloud project "
-                                           "(else GOOGLE_CLOUD_PROJECT)."),
-        location: str | None = typer.Option(None, "--location",
-                                            help="Vertex: region (else GOOGLE_CLOUD_LOCATION, "
-                                            "us-central1)."),
-        concurrency: int | None = typer.Option(None, "--concurrency", min=1,
-                                               help="API requests in flight [default: 4]."),
-        rpm: float | None = typer.Option(None, "--rpm", min=0.001,
-                                         help="Client-side limit: requests per minute."),
-        tpm: float | None = typer.Option(None, "--tpm", min=1,
-                                         help="Client-side limit: tokens per minute."),
-        max_retries: int = typer.Option(10, "--max-retries", min=0,
-                                        help="Retries of a failed API request (429, 5xx, "
-                                        "timeouts)."),
-        timeout: float = typer.Option(60.0, "--timeout", min=0.001,
-                                      help="Seconds before an API request is abandoned "
-                                      "(and retried)."),
-        strict: bool = typer.Option(False, "--strict",
-                                    help="Refuse over-long inputs instead of truncating them."),
-        skip_bad: bool = typer.Option(False, "--skip-bad",
-                                      help="Skip (and count) inputs the API rejects instead "
-                                      "of failing."),
-        dry_run: bool = typer.Option(False, "--dry-run",
-                                     help="Count inputs, tokens and estimated cost; send "
-                                     "and write nothing."),
-        retry_base_delay: float | None = typer.Option(None, "--retry-base-delay", hidden=True,
-                                                      min=0.0),
+        dimensions: int | None = typer.Option(
+            None, "--dimensions", min=1, help="Output size the API should return."
+        ),
+        base_url: str | None = typer.Option(
+            None, "--base-url", help="API server (openai: else OPENAI_BASE_URL)."
+        ),
+        project: str | None = typer.Option(
+            None, "--project", help="Vertex: Google Cloud project (else GOOGLE_CLOUD_PROJECT)."
+        ),
+        location: str | None = typer.Option(
+            None, "--location", help="Vertex: region (else GOOGLE_CLOUD_LOCATION, us-central1)."
+        ),
+        concurrency: int | None = typer.Option(
+            None, "--concurrency", min=1, help="API requests in flight [default: 4]."
+        ),
+        rpm: float | None = typer.Option(
+            None, "--rpm", min=0.001, help="Client-side limit: requests per minute."
+        ),
+        tpm: float | None = typer.Option(
+            None, "--tpm", min=1, help="Client-side limit: tokens per minute."
+        ),
+        max_retries: int = typer.Option(
+            10, "--max-retries", min=0, help="Retries of a failed API request (429, 5xx, timeouts)."
+        ),
+        timeout: float = typer.Option(
+            60.0,
+            "--timeout",
+            min=0.001,
+            help="Seconds before an API request is abandoned (and retried).",
+        ),
+        strict: bool = typer.Option(
+            False, "--strict", help="Refuse over-long inputs instead of truncating them."
+        ),
+        skip_bad: bool = typer.Option(
+            False, "--skip-bad", help="Skip (and count) inputs the API rejects instead of failing."
+        ),
+        dry_run: bool = typer.Option(
+            False,
+            "--dry-run",
+            help="Count inputs, tokens and estimated cost; send and write nothing.",
+        ),
+        retry_base_delay: float | None = typer.Option(
+            None, "--retry-base-delay", hidden=True, min=0.0
+        ),
     ) -> None:
         """Embed a corpus (and its queries) into a store; reruns resume and reuse."""
         if dtype not in ("float32", "float16"):
@@ -177,25 +199,45 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--role must be document or query, not {role!r}")
         options = provider_options(
             provider_name,
-            local={"batch_size": batch_size, "device": device, "query_prompt": query_prompt,
-                   "document_prompt": document_prompt},
-            api={"dimensions": dimensions, "base_url": base_url, "project": project,
-                 "location": location, "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
-                 "max_retries": max_retries, "timeout": timeout, "strict": strict,
-                 "skip_bad": skip_bad, "retry_base_delay": retry_base_delay},
+            local={
+                "batch_size": batch_size,
+                "device": device,
+                "query_prompt": query_prompt,
+                "document_prompt": document_prompt,
+            },
+            api={
+                "dimensions": dimensions,
+                "base_url": base_url,
+                "project": project,
+                "location": location,
+                "concurrency": concurrency,
+                "rpm": rpm,
+                "tpm": tpm,
+                "max_retries": max_retries,
+                "timeout": timeout,
+                "strict": strict,
+                "skip_bad": skip_bad,
+                "retry_base_delay": retry_base_delay,
+            },
         )
         provider = get_provider(
             provider_name, model or DEFAULT_MODELS.get(provider_name, ""), **options
         )
         source_options = SourceOptions(
-            table=table, role=role,  # type: ignore[arg-type]
-            id_field=id_field, text_field=text_field, title_field=title_field,
-            file_format=file_format, skip_empty=skip_empty, use_titles=not no_title,
+            table=table,
+            role=role,  # type: ignore[arg-type]
+            id_field=id_field,
+            text_field=text_field,
+            title_field=title_field,
+            file_format=file_format,
+            skip_empty=skip_empty,
+            use_titles=not no_title,
         )
         if dry_run:
             try:
-                summary = estimate_embedding(source, out, provider, source_options,
-                                             store_format=store_format, limit=limit)
+                summary = estimate_embedding(
+                    source, out, provider, source_options, store_format=store_format, limit=limit
+                )
             finally:
                 provider.close()
             if as_json:
@@ -205,8 +247,15 @@ def register(app: typer.Typer) -> None:
             return
         try:
             summary = run_embed(
-                source, out, provider, source_options, store_format=store_format,
-                normalize=normalize, dtype=dtype, store_text=store_text, limit=limit,
+                source,
+                out,
+                provider,
+                source_options,
+                store_format=store_format,
+                normalize=normalize,
+                dtype=dtype,
+                store_text=store_text,
+                limit=limit,
                 quiet=quiet or as_json,
             )
         finally:

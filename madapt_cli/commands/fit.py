@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
             None, "--patience", help="Epochs without validation gain before stopping."
         ),
         rotation: bool = typer.Option(
-            True, "--rotation/--no-rotation",
+            True,
+            "--rotation/--no-rotation",
             help="matryoshka and smec: start f from the corpus' principal rotation (keeps "
             "full-size cosines) instead of the identity.",
         ),
@@ -124,8 +125,9 @@ def register(app: typer.Typer) -> None:
 
             if not torch.cuda.is_available():
                 raise InputError("--device cuda: no CUDA device is available")
-        config = TrainConfig(device=device, seed=seed, train_dims=_parse_dims(train_dims),
-                             rotation=rotation)
+        config = TrainConfig(
+            device=device, seed=seed, train_dims=_parse_dims(train_dims), rotation=rotation
+        )
         supervised = mode == "supervised"
         settings: dict[str, Any] = {
             "supervised_epochs" if supervised else "epochs": epochs,

