@@ -8,7 +8,6 @@ directory and renamed into place at the end: a failed run leaves no partial OUT.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +20,7 @@ import torch
 
 from madapt_cli.adaptor import Adaptor
 from madapt_cli.errors import InputError, StoreError
+from madapt_cli.files import replace_directory
 from madapt_cli.stores import (
     FORMATS,
     METADATA_KEY,
@@ -117,14 +117,7 @@ def apply_adaptor(
                 source, name, adaptor, sizes, schema, chunk_rows, on_progress
             )
             summary["tables"][name] = target.write_table(name, schema, batches)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
-            os.replace(out, retired)
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        replace_directory(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary

@@ -8,7 +8,6 @@ place, so a failure never leaves a half-written report.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from rich.table import Table
 from madapt_cli import __version__
 from madapt_cli.errors import InputError, MadaptError
 from madapt_cli.evaluation import EvaluationReport
+from madapt_cli.files import replace_directory
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -229,13 +229,7 @@ def _write_report(report: EvaluationReport, directory: Path) -> Path:
         (staging / REPORT_MD).write_text(render_markdown(report))
         for metric in report.metrics:
             plot_metric(report, metric, staging / plot_filename(metric))
-        if directory.exists():
-            retired = parent / f".{directory.name}.old-{uuid.uuid4().hex}"
-            os.replace(directory, retired)
-            os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
+        replace_directory(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory

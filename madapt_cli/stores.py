@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from madapt_cli import __version__
 from madapt_cli.errors import StoreError
+from madapt_cli.files import replace_directory
 
 StoreFormat = Literal["parquet", "lance"]
 FORMATS: tuple[str, ...] = ("parquet", "lance")
@@ -369,13 +370,7 @@ class ParquetStore(Store):
                     writer.write_batch(batch)
                     rows += batch.num_rows
             _fsync(target)
-            if directory.exists():
-                retired = self.path / f".old-{name}-{uuid.uuid4().hex}"
-                os.replace(directory, retired)
-                os.replace(staging, directory)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, directory)
+            replace_directory(staging, directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return rows

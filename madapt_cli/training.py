@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 import random
 import shutil
 import time
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from madapt_cli.adaptor import ResidualMLP, principal_rotation
 from madapt_cli.errors import InputError
 from madapt_cli.evaluation import ndcg_at_10, resolve_device, search_topk
+from madapt_cli.files import replace_directory
 from madapt_cli.losses import (
     PairwiseSimilarityLoss,
     RankingLoss,
@@ -787,14 +787,7 @@ def fit_store(
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     try:
         adaptor.save(staging)
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
-            os.replace(out, retired)
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, out)
+        replace_directory(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return adaptor.config

@@ -146,3 +146,21 @@ def test_opening_with_the_wrong_format_or_a_non_store(tmp_path: Path):
     store = open_store(tmp_path / "s")
     with pytest.raises(StoreError, match="has no table 'queries'"):
         store.read_vectors("queries")
+
+
+def test_replace_directory_swaps_in_whole_and_leaves_nothing_behind(tmp_path):
+    from madapt_cli.files import replace_directory
+
+    target = tmp_path / "out" / "adaptor"
+    first = tmp_path / "staging-1"
+    first.mkdir()
+    (first / "a.txt").write_text("old")
+    replace_directory(first, target)  # creates the missing parent too
+    assert (target / "a.txt").read_text() == "old" and not first.exists()
+
+    second = tmp_path / "staging-2"
+    second.mkdir()
+    (second / "b.txt").write_text("new")
+    replace_directory(second, target)
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # no file of the old one
+    assert [p.name for p in target.parent.iterdir()] == ["adaptor"]  # the old one is gone
