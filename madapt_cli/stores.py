@@ -261,7 +261,12 @@ class ParquetStore(Store):
     def tables(self) -> list[str]:
         if not self.path.is_dir():
             return []
-        return sorted(e.name for e in self.path.iterdir() if e.is_dir() and self._files(e.name))
+        # dot names are staging or retired directories a crash may have left behind
+        return sorted(
+            e.name
+            for e in self.path.iterdir()
+            if e.is_dir() and not e.name.startswith(".") and self._files(e.name)
+        )
 
     def has_table(self, name: str) -> bool:
         return name in self._schemas or bool(self._files(name))

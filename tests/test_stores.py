@@ -164,3 +164,15 @@ def test_replace_directory_swaps_in_whole_and_leaves_nothing_behind(tmp_path):
     replace_directory(second, target)
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # no file of the old one
     assert [p.name for p in target.parent.iterdir()] == ["adaptor"]  # the old one is gone
+
+
+def test_a_crash_leftover_staging_directory_is_not_a_table(tmp_path):
+    store = open_store(tmp_path / "store", "parquet", create=True)
+    store.append("corpus", rows(["a", "b"], random_vectors(2)))
+    leftover = tmp_path / "store" / ".corpus.old-0123abcd"  # a swap killed before its rmtree
+    leftover.mkdir()
+    for part in (tmp_path / "store" / "corpus").iterdir():
+        (leftover / part.name).write_bytes(part.read_bytes())
+    reopened = open_store(tmp_path / "store")
+    assert reopened.tables() == ["corpus"]
+    assert reopened.read_vectors("corpus")[0] == ["a", "b"]
