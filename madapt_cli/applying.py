@@ -20,6 +20,7 @@ import torch
 
 from madapt_cli.adaptor import Adaptor
 from madapt_cli.errors import InputError, StoreError
+from madapt_cli.evaluation import parse_dims
 from madapt_cli.files import replace_directory
 from madapt_cli.stores import (
     FORMATS,
@@ -32,24 +33,6 @@ from madapt_cli.stores import (
 )
 
 ProgressCallback = Callable[[str, int], None]
-
-
-def parse_dims(spec: str | Sequence[int], dimension: int) -> list[int]:
-    """``"64,128"`` -> [64, 128], each within 1..dimension."""
-    try:
-        dims = (
-            [int(d) for d in spec.split(",") if d.strip()] if isinstance(spec, str) else list(spec)
-        )
-    except ValueError:
-        raise InputError(f"--dims {spec!r}: expected comma-separated integers") from None
-    if not dims:
-        raise InputError("--dims is empty")
-    bad = [d for d in dims if not 1 <= d <= dimension]
-    if bad:
-        raise InputError(
-            f"--dims {','.join(map(str, bad))} outside 1..{dimension} (the adaptor's dimension)"
-        )
-    return sorted(set(dims))
 
 
 def column_name(dim: int) -> str:
