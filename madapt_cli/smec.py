@@ -87,7 +87,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,7 @@ from madapt_cli.evaluation import resolve_device
 from madapt_cli.losses import RankingLoss, TopKSimilarityLoss
 from madapt_cli.training import (
     EpochCallback,
+    EpochOrder,
     Qrels,
     SupervisedObjective,
     TrainConfig,
@@ -432,8 +433,7 @@ class StageStep:
     alpha: float
     supervised: SupervisedObjective | None = None
     rank_loss: RankingLoss | None = None  # at the full width of masked vectors
-    query_order: dict[str, Any] = field(default_factory=lambda: {"perm": None, "position": 0})
-    query_batch: int = 64
+    query_order: EpochOrder | None = None  # batches of training queries (supervised)
     steps_done: int = 0
 
     def temperature(self) -> float:
@@ -457,7 +457,7 @@ class StageStep:
         loss = self.alpha * self.unsup(self.module, originals, pool, masks)
         if self.supervised is None:
             return loss
-        batch = self._next_queries(generator)
+        batch = self.query_order.next(generator)
         candidates, relevance = self.supervised.sample_candidates(batch)
         queries = self.module.residual(self.supervised.queries[batch])
         documents = self.module.residual(self.corpus[candidates])
@@ -465,16 +465,6 @@ class StageStep:
             [self.rank_loss(queries * mask, documents * mask, relevance) for mask in masks]
         ).mean()
         return rank + loss
-
-    def _next_queries(self, generator: torch.Generator) -> torch.Tensor:
-        count = len(self.supervised.queries)
-        order = self.query_order
-        if order["perm"] is None or order["position"] >= count:
-            order["perm"] = torch.randperm(count, generator=generator, device=self.corpus.device)
-            order["position"] = 0
-        start = order["position"]
-        order["position"] += self.query_batch
-        return order["perm"][start : start + self.query_batch]
 
 
 # --- the sequential trainer ---------------------------------------------------------------------
@@ -628,7 +618,13 @@ def _stage_step(
         alpha=alpha if objective is not None else 1.0,
         supervised=objective,
         rank_loss=RankingLoss([vectors.shape[1]], config.temperature).to(vectors.device),
-        query_batch=min(config.query_batch_size, len(objective.queries) if objective else 1),
+        query_order=EpochOrder(
+            len(objective.queries),
+            min(config.query_batch_size, len(objective.queries)),
+            vectors.device,
+        )
+        if objective is not None
+        else None,
     )
     return step, steps
 

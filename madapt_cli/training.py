@@ -466,6 +466,23 @@ def _fit_loop(
     return history, best
 
 
+class EpochOrder:
+    """Batches of ``batch`` indices into ``range(count)``: a fresh random permutation each
+    epoch, walked in order (the last batch of an epoch may be short)."""
+
+    def __init__(self, count: int, batch: int, device: torch.device) -> None:
+        self.count, self.batch, self.device = count, batch, device
+        self.permutation: torch.Tensor | None = None
+        self.position = 0
+
+    def next(self, generator: torch.Generator) -> torch.Tensor:
+        if self.permutation is None or self.position >= self.count:
+            self.permutation = torch.randperm(self.count, generator=generator, device=self.device)
+            self.position = 0
+        start, self.position = self.position, self.position + self.batch
+        return self.permutation[start : start + self.batch]
+
+
 def _device_generator(device: torch.device, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
@@ -498,15 +515,10 @@ def train_unsupervised(
     batch_size = min(config.batch_size, len(vectors))
     steps = math.ceil(len(vectors) / batch_size)
     generator = _device_generator(device, config.seed)
-    order = {"perm": None, "position": 0}
+    order = EpochOrder(len(vectors), batch_size, device)
 
     def step(gen: torch.Generator) -> torch.Tensor:
-        if order["perm"] is None or order["position"] >= len(vectors):
-            order["perm"] = torch.randperm(len(vectors), generator=gen, device=device)
-            order["position"] = 0
-        start = order["position"]
-        order["position"] += batch_size
-        return objective(module, order["perm"][start : start + batch_size])
+        return objective(module, order.next(gen))
 
     history, best = _fit_loop(
         module,
@@ -574,16 +586,12 @@ def train_supervised(
     query_batch = min(config.query_batch_size, len(train_ids))
     steps = math.ceil(len(train_ids) / query_batch)
     corpus_batch = min(config.batch_size, len(vectors))
-    order = {"perm": None, "position": 0}
+    order = EpochOrder(len(train_ids), query_batch, device)
 
     def step(gen: torch.Generator) -> torch.Tensor:
-        if order["perm"] is None or order["position"] >= len(train_ids):
-            order["perm"] = torch.randperm(len(train_ids), generator=gen, device=device)
-            order["position"] = 0
-        start = order["position"]
-        order["position"] += query_batch
+        batch = order.next(gen)
         rows = torch.randint(len(vectors), (corpus_batch,), generator=gen, device=device)
-        return objective(module, order["perm"][start : start + query_batch], rows)
+        return objective(module, batch, rows)
 
     stage2, best = _fit_loop(
         module,

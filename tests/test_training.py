@@ -159,3 +159,14 @@ def test_supervised_refuses_qrels_that_match_nothing():
             {"other": {"x": 1}},
             TrainConfig(device="cpu"),
         )
+
+
+def test_epoch_order_covers_every_index_once_per_epoch_in_a_new_order():
+    from madapt_cli.training import EpochOrder
+
+    order = EpochOrder(10, 4, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    epochs = [torch.cat([order.next(generator) for _ in range(3)]) for _ in range(2)]
+    for epoch in epochs:  # batches of 4, 4 and a short 2
+        assert sorted(epoch.tolist()) == list(range(10))
+    assert epochs[0].tolist() != epochs[1].tolist()
