@@ -637,6 +637,16 @@ def prefix_normalized(vectors: ArrayLike, dim: int | None) -> ArrayLike:
     return normalize_rows(vectors)
 
 
+def _judged_queries(
+    query_vectors: ArrayLike, query_ids: Sequence[str], qrels: Mapping[str, Any]
+) -> tuple[ArrayLike, list[str]]:
+    """The query rows (vectors, ids) whose id is in ``qrels``: the others would not count."""
+    rows = [i for i, query_id in enumerate(query_ids) if query_id in qrels]
+    if len(rows) != len(query_vectors):
+        query_vectors = query_vectors[rows]
+    return query_vectors, [query_ids[i] for i in rows]
+
+
 def evaluate_vectors(
     query_vectors: ArrayLike,
     query_ids: Sequence[str],
@@ -656,9 +666,7 @@ def evaluate_vectors(
     """
     parsed = _parsed(metrics)
     device = resolve_device(device) if isinstance(device, str) else device
-    rows = [i for i, query_id in enumerate(query_ids) if query_id in qrels]
-    query_ids = [query_ids[i] for i in rows]
-    query_vectors = query_vectors[rows] if len(rows) != len(query_vectors) else query_vectors
+    query_vectors, query_ids = _judged_queries(query_vectors, query_ids, qrels)
     exclude = identical_id_exclusions(query_ids, corpus_ids) if ignore_identical_ids else None
     queries = prefix_normalized(_as_tensor(query_vectors, device), dim)
     corpus = prefix_normalized(_as_tensor(corpus_vectors, device), dim)
@@ -686,9 +694,7 @@ def evaluate_prefixes(
     """
     parsed = _parsed(metrics)
     device = resolve_device(device) if isinstance(device, str) else device
-    rows = [i for i, query_id in enumerate(query_ids) if query_id in qrels]
-    query_ids = [query_ids[i] for i in rows]
-    query_vectors = query_vectors[rows] if len(rows) != len(query_vectors) else query_vectors
+    query_vectors, query_ids = _judged_queries(query_vectors, query_ids, qrels)
     exclude = identical_id_exclusions(query_ids, corpus_ids) if ignore_identical_ids else None
     depth = max(m.k for m in parsed)
     found = search_topk_prefixes(
