@@ -2,7 +2,8 @@
 
 Each command is a module in :mod:`madapt_cli.commands` with a ``register(app)`` function.
 Exit codes (stable; see README.md): 0 success, 1 internal error, 2 bad input or options,
-3 an embedding provider failed for good, 130 interrupted.
+3 an embedding provider failed for good, 4 the environment failed (disk full, read-only,
+permission denied), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,28 +13,40 @@ from typing import Any
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from madapt_cli import __version__
 from madapt_cli.console import err
-from madapt_cli.errors import EXIT_INTERRUPTED, MadaptError
+from madapt_cli.errors import EXIT_INTERRUPTED, MadaptError, environment_failure
 
 COMMAND_MODULES = ("embed", "info", "fit", "apply", "eval", "quickstart")
 
 
 class MadaptGroup(TyperGroup):
-    """Turns a :class:`MadaptError` from any command into one line on stderr and its exit
-    code, both under the console script and under typer's test runner."""
+    """Turns a :class:`MadaptError` from any command, or an ``OSError`` the machine caused,
+    into one line on stderr and its exit code, under the console script and typer's test
+    runner alike. Any other exception is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MadaptError as error:
-            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-            ctx.exit(error.exit_code)
+            _fail(ctx, error)
+        except OSError as error:
+            failure = environment_failure(error)
+            if failure is None:
+                raise
+            _fail(ctx, failure)
         except KeyboardInterrupt:
             err.print("interrupted; rerun the same command to resume", highlight=False)
             ctx.exit(EXIT_INTERRUPTED)
+
+
+def _fail(ctx: click.Context, error: MadaptError) -> None:
+    # escaped: a message quoting user data may contain [brackets] that rich reads as markup
+    err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+    ctx.exit(error.exit_code)
 
 
 app = typer.Typer(
@@ -63,13 +76,7 @@ def _root(
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"madapt_cli.commands.{_name}")
-    except ModuleNotFoundError as _missing:  # a command still being built
-        if _missing.name != f"madapt_cli.commands.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"madapt_cli.commands.{_name}").register(app)
 
 
 def main() -> None:

@@ -2,17 +2,33 @@
 
 Every failure caused by the user's input or environment is raised as a :class:`MadaptError`.
 The CLI prints its message on one line of stderr and exits with its ``exit_code``; it never
-shows a traceback for these.
+shows a traceback for these. An ``OSError`` that the machine caused (disk full, read-only
+file system, permission denied) becomes one line and :data:`EXIT_ENVIRONMENT` at the CLI.
 """
 
 from __future__ import annotations
 
+import errno
+
 # Stable exit codes, documented in README.md.
-EXIT_OK = 0
-EXIT_FAILURE = 1  # an unexpected internal error (a bug): traceback shown
 EXIT_BAD_INPUT = 2  # bad data, options or files
 EXIT_PROVIDER = 3  # an embedding provider failed after all retries
+EXIT_ENVIRONMENT = 4  # the machine refused: disk full, read-only, permission denied
 EXIT_INTERRUPTED = 130  # Ctrl-C; a rerun resumes
+
+#: errno values that describe the machine, not the input or a bug
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.EIO,
+    }
+)
 
 
 class MadaptError(Exception):
@@ -38,3 +54,18 @@ class ProviderError(MadaptError):
     """An embedding provider that failed for good (after retries) or is misconfigured."""
 
     exit_code = EXIT_PROVIDER
+
+
+class EnvironmentFailure(MadaptError):
+    """The machine refused an operation (disk full, read-only, permission denied)."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+def environment_failure(error: OSError) -> EnvironmentFailure | None:
+    """The one-line error for an ``OSError`` the machine caused, or None for anything else."""
+    if error.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    where = f": {error.filename}" if error.filename else ""
+    reason = error.strerror or str(error)
+    return EnvironmentFailure(f"{reason}{where}")

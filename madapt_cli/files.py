@@ -1,24 +1,171 @@
-"""Atomic replacement of output directories (stores' tables, adaptors, applied stores, reports)."""
+"""Output directories madapt writes (stores, adaptors, reports), and the one guard they share.
+
+madapt only ever replaces a directory it can prove it wrote: one holding a ``madapt.json``
+marker of the same kind (or, for artifacts of releases before the marker, exactly the files
+such a release wrote), and only when asked to (``--overwrite``). An output that is, contains or
+lies inside one of the command's inputs is refused. Outputs are built in a staging sibling
+``.NAME.tmp-PID-HEX`` and renamed into place, so a killed run leaves no half-written output; a
+later run removes the staging of a process that no longer exists.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+from madapt_cli.errors import InputError
+
+MARKER = "madapt.json"
+KINDS = ("store", "adaptor", "report")
+# What releases before the marker wrote, so their outputs can still be replaced.
+_LEGACY = {
+    "store": lambda names: "madapt-store.json" in names,
+    "adaptor": lambda names: names == {"config.json", "adaptor.safetensors"},
+    "report": lambda names: (
+        "report.json" in names
+        and all(n in ("report.json", "report.md") or n.endswith(".png") for n in names)
+    ),
+}
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{32}$")
+
+
+def write_marker(directory: Path, kind: str) -> None:
+    from madapt_cli import __version__
+
+    text = json.dumps({"kind": kind, "madapt_version": __version__}) + "\n"
+    (directory / MARKER).write_text(text, encoding="utf-8")
+
+
+def written_kind(directory: Path) -> str | None:
+    """The kind of madapt output ``directory`` is, or None if madapt cannot prove it wrote it."""
+    try:
+        names = {entry.name for entry in directory.iterdir()}
+    except OSError:
+        return None
+    if MARKER in names:
+        try:
+            kind = json.loads((directory / MARKER).read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return kind if kind in KINDS else None
+    for kind, matches in _LEGACY.items():
+        if matches(names):
+            return kind
+    return None
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def check_output(
+    out: Path,
+    kind: str,
+    *,
+    overwrite: bool,
+    inputs: Sequence[Path] = (),
+    option: str = "--out",
+) -> None:
+    """Refuse, before any work, an output that cannot be written safely (InputError, exit 2)."""
+    target = out.resolve()
+    for source in inputs:
+        if _overlaps(target, Path(source).resolve()):
+            raise InputError(
+                f"{option} {out} is, contains or lies inside the input {source}: choose "
+                "another directory"
+            )
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{option} {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        found = written_kind(out)
+        if found != kind:
+            what = f"a madapt {found}" if found else "files madapt did not write"
+            raise InputError(
+                f"{option} {out} already exists and holds {what}; madapt replaces only a "
+                f"{kind} it wrote: choose another directory"
+            )
+        if not overwrite:
+            raise InputError(f"{option} {out} already exists; pass --overwrite to replace it")
+
+
+def remove_stale_staging(parent: Path, name: str | None = None) -> None:
+    """Delete staging and retired directories of madapt processes that no longer run."""
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        match = _STAGING.match(entry.name)
+        if not match or (name is not None and match.group("name") != name):
+            continue
+        pid = match.group("pid")
+        if pid is not None and _alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def staging_path(target: Path, purpose: str = "tmp") -> Path:
+    """A hidden sibling of ``target`` named for this process, so stale ones can be found."""
+    return target.parent / f".{target.name}.{purpose}-{os.getpid()}-{uuid.uuid4().hex}"
 
 
 def replace_directory(staging: Path, target: Path) -> None:
     """Put the finished directory ``staging`` at ``target``, replacing any old one.
 
     The old directory is first renamed aside, so ``target`` always holds either the old or
-    the new contents in full, never a mix; the old one is deleted afterwards.
+    the new contents in full, never a mix; the old one is deleted afterwards. Callers check
+    first (:func:`check_output`) that an old ``target`` is madapt's to replace.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
-        retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+        retired = staging_path(target, "old")
         os.replace(target, retired)
         os.replace(staging, target)
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, target)
+
+
+@contextmanager
+def staged_output(
+    out: Path,
+    kind: str,
+    *,
+    overwrite: bool,
+    inputs: Sequence[Path] = (),
+    option: str = "--out",
+) -> Iterator[Path]:
+    """Yield an empty staging directory (with the marker) that becomes ``out`` on success.
+
+    Checks ``out`` (:func:`check_output`), removes stale staging of earlier killed runs, and
+    on any failure removes this run's staging, leaving ``out`` as it was.
+    """
+    out = Path(out)
+    check_output(out, kind, overwrite=overwrite, inputs=inputs, option=option)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out.parent, out.name)
+    staging = staging_path(out)
+    staging.mkdir()
+    try:
+        write_marker(staging, kind)
+        yield staging
+        replace_directory(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
