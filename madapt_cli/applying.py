@@ -2,14 +2,15 @@
 
 Each table is streamed (``Store.iter_batches`` -> transform -> ``Store.write_table``), so
 memory does not grow with the table. The output store is built in a temporary sibling
-directory and renamed into place at the end: a failed run leaves no partial OUT.
+directory and renamed into place at the end: a failed run leaves no partial OUT. OUT is
+checked before anything is read (:func:`madapt_cli.files.check_output`): it may not be, hold or
+lie inside the adaptor or the store, and only a store madapt wrote is replaced, with
+``overwrite``. Every vector read is checked (finite, non-zero) before it is transformed.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from madapt_cli.adaptor import Adaptor
 from madapt_cli.errors import InputError, StoreError
 from madapt_cli.evaluation import parse_dims
-from madapt_cli.files import replace_directory
+from madapt_cli.files import check_output, staged_output
 from madapt_cli.stores import (
     FORMATS,
     METADATA_KEY,
@@ -31,6 +32,7 @@ from madapt_cli.stores import (
     vector_type,
     vectors_to_arrow,
 )
+from madapt_cli.util.vectors import check_vectors
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -64,6 +66,9 @@ def apply_adaptor(
 ) -> dict[str, Any]:
     """Write every table (or ``tables``) of ``store_path`` into a new store ``out`` with
     columns ``id``, ``text_sha256`` (when present) and ``vector_<d>`` for each size."""
+    out = Path(out)
+    inputs = (adaptor_path, store_path)
+    check_output(out, "store", overwrite=overwrite, inputs=inputs)
     adaptor = Adaptor.load(adaptor_path)
     source = open_store(store_path)
     sizes = parse_dims(dims, adaptor.dimension)
@@ -79,30 +84,21 @@ def apply_adaptor(
         if VECTOR_COLUMN not in source.schema(name).names:
             raise StoreError(f"table '{name}' of {store_path} has no '{VECTOR_COLUMN}' column")
         adaptor.check_compatible(source.metadata(name), f"table '{name}' of {store_path}")
-    out = Path(out)
-    if out.resolve() == Path(store_path).resolve():
-        raise InputError("--out must differ from the input store")
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; remove it or pass --overwrite")
-
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     summary: dict[str, Any] = {
         "out": str(out),
         "dims": sizes,
         "adaptor": adaptor.name,
         "tables": {},
     }
-    try:
+    with staged_output(out, "store", overwrite=overwrite, inputs=inputs) as staging:
         target = open_store(staging, format=format or source.format, create=True)
         for name in names:
             schema = _output_schema(source.schema(name), source.metadata(name), adaptor, sizes)
+            where = f"table '{name}' of {store_path}"
             batches = _adapted_batches(
-                source, name, adaptor, sizes, schema, chunk_rows, on_progress
+                source, name, adaptor, sizes, schema, chunk_rows, on_progress, where
             )
             summary["tables"][name] = target.write_table(name, schema, batches)
-        replace_directory(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
@@ -139,10 +135,13 @@ def _adapted_batches(
     schema: pa.Schema,
     chunk_rows: int,
     on_progress: ProgressCallback | None,
+    where: str,
 ) -> Iterator[pa.RecordBatch]:
     columns = ["id", *(["text_sha256"] if "text_sha256" in schema.names else []), VECTOR_COLUMN]
     for batch in source.iter_batches(name, columns=columns, batch_rows=chunk_rows):
-        sized = transform_sizes(adaptor, arrow_to_vectors(batch.column(VECTOR_COLUMN)), dims)
+        vectors = arrow_to_vectors(batch.column(VECTOR_COLUMN))
+        check_vectors(vectors, _Ids(batch.column("id")), where)
+        sized = transform_sizes(adaptor, vectors, dims)
         arrays = [batch.column("id")]
         if "text_sha256" in schema.names:
             arrays.append(batch.column("text_sha256"))
@@ -150,3 +149,16 @@ def _adapted_batches(
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
         if on_progress:
             on_progress(name, batch.num_rows)
+
+
+class _Ids(Sequence[str]):
+    """A batch's id column read one value at a time: only the id of a bad row is needed."""
+
+    def __init__(self, column: pa.Array) -> None:
+        self._column = column
+
+    def __len__(self) -> int:
+        return len(self._column)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._column[index].as_py()

@@ -19,12 +19,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from madapt_cli.errors import InputError
+from madapt_cli.errors import EnvironmentFailure, InputError
 
 MARKER = "madapt.json"
 KINDS = ("store", "adaptor", "report")
 # What releases before the marker wrote, so their outputs can still be replaced.
 _LEGACY = {
+    # the store's own marker, and otherwise only table directories (checked in written_kind)
     "store": lambda names: "madapt-store.json" in names,
     "adaptor": lambda names: names == {"config.json", "adaptor.safetensors"},
     "report": lambda names: (
@@ -35,29 +36,56 @@ _LEGACY = {
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{32}$")
 
 
-def write_marker(directory: Path, kind: str) -> None:
+def write_marker(directory: Path, kind: str, files: Sequence[str] | None = None) -> None:
+    """Write the marker; ``files``, the top-level names madapt wrote, lets a later run prove
+    that nothing was added since (see :func:`written_kind`)."""
     from madapt_cli import __version__
 
-    text = json.dumps({"kind": kind, "madapt_version": __version__}) + "\n"
-    (directory / MARKER).write_text(text, encoding="utf-8")
+    record: dict[str, object] = {"kind": kind, "madapt_version": __version__}
+    if files is not None:
+        record["files"] = sorted(files)
+    (directory / MARKER).write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
 def written_kind(directory: Path) -> str | None:
-    """The kind of madapt output ``directory`` is, or None if madapt cannot prove it wrote it."""
+    """The kind of madapt output ``directory`` is, or None if madapt cannot prove it wrote it:
+    a marker of a known kind, and no top-level entry besides those the marker lists (a store
+    may also hold further table directories); or exactly what a release before the marker
+    wrote."""
     try:
-        names = {entry.name for entry in directory.iterdir()}
+        entries = {entry.name: entry for entry in directory.iterdir()}
     except OSError:
         return None
+    names = set(entries)
     if MARKER in names:
         try:
-            kind = json.loads((directory / MARKER).read_text(encoding="utf-8")).get("kind")
+            record = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+            kind = record.get("kind")
+            files = record.get("files")
         except (OSError, ValueError, AttributeError):
             return None
-        return kind if kind in KINDS else None
+        if kind not in KINDS:
+            return None
+        if files is not None:
+            if not isinstance(files, list):
+                return None
+            extra = names - set(files) - {MARKER}
+            if any(kind != "store" or not _is_plain_dir(entries[n]) for n in extra):
+                return None
+        return kind
     for kind, matches in _LEGACY.items():
-        if matches(names):
+        if matches(names) and (
+            kind != "store" or all(n == _STORE_MARKER or _is_plain_dir(entries[n]) for n in names)
+        ):
             return kind
     return None
+
+
+_STORE_MARKER = "madapt-store.json"
+
+
+def _is_plain_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -69,19 +97,28 @@ def check_output(
     kind: str,
     *,
     overwrite: bool,
-    inputs: Sequence[Path] = (),
+    inputs: Sequence[str | Path | None] = (),
     option: str = "--out",
 ) -> None:
-    """Refuse, before any work, an output that cannot be written safely (InputError, exit 2)."""
+    """Refuse, before any work, an output that cannot be written safely: an input, a file, a
+    symbolic link, a directory madapt did not write (or of another kind), an existing output
+    without ``overwrite`` (:class:`InputError`, exit 2); a place the machine will not let us
+    write (:class:`EnvironmentFailure`, exit 4). Writes nothing."""
+    out = Path(out)
     target = out.resolve()
     for source in inputs:
-        if _overlaps(target, Path(source).resolve()):
+        if source is not None and _overlaps(target, Path(source).resolve()):
             raise InputError(
                 f"{option} {out} is, contains or lies inside the input {source}: choose "
                 "another directory"
             )
+    if out.is_symlink():
+        raise InputError(f"{option} {out} is a symbolic link; give the directory itself")
     if out.exists() and not out.is_dir():
         raise InputError(f"{option} {out} is a file, not a directory")
+    existing = out if out.exists() else _nearest_existing(out.parent)
+    if not existing.is_dir():
+        raise InputError(f"{option} {out}: {existing} is a file, not a directory")
     if out.is_dir() and any(out.iterdir()):
         found = written_kind(out)
         if found != kind:
@@ -92,6 +129,20 @@ def check_output(
             )
         if not overwrite:
             raise InputError(f"{option} {out} already exists; pass --overwrite to replace it")
+    # the directory that will receive the new entry (out's parent, or the first one to create)
+    writable = out.parent if out.exists() else _nearest_existing(out.parent)
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise EnvironmentFailure(
+            f"{option} {out}: cannot write in {writable} (read-only or permission denied)"
+        )
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (as anything)."""
+    path = Path(os.path.abspath(path))
+    while not (path.exists() or path.is_symlink()) and path != path.parent:
+        path = path.parent
+    return path
 
 
 def remove_stale_staging(parent: Path, name: str | None = None) -> None:
@@ -137,7 +188,11 @@ def replace_directory(staging: Path, target: Path) -> None:
     if target.exists():
         retired = staging_path(target, "old")
         os.replace(target, retired)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            os.replace(retired, target)  # put the old one back rather than lose it
+            raise
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, target)
@@ -149,7 +204,7 @@ def staged_output(
     kind: str,
     *,
     overwrite: bool,
-    inputs: Sequence[Path] = (),
+    inputs: Sequence[str | Path | None] = (),
     option: str = "--out",
 ) -> Iterator[Path]:
     """Yield an empty staging directory (with the marker) that becomes ``out`` on success.
@@ -166,6 +221,7 @@ def staged_output(
     try:
         write_marker(staging, kind)
         yield staging
+        write_marker(staging, kind, files=[entry.name for entry in staging.iterdir()])
         replace_directory(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

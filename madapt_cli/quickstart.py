@@ -1,7 +1,9 @@
 """The quickstart: embed the bundled SciFact example, fit PCA and two adaptors, evaluate.
 
 Everything runs offline with the packaged all-MiniLM-L6-v2. Each step reuses what a previous
-run left (embeddings are cached by content), so an interrupted quickstart resumes.
+run left (embeddings are cached by content), so an interrupted quickstart resumes. A rerun
+replaces the adaptors and the report it wrote under OUT, and nothing else: a directory there
+that madapt did not write is refused before anything is embedded.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def run_quickstart(
     from madapt_cli.data import BeirDataset
     from madapt_cli.embedding import run_embed
     from madapt_cli.evaluation import run_evaluation
+    from madapt_cli.files import check_output
     from madapt_cli.providers.local import LocalProvider
     from madapt_cli.reports import write_report
     from madapt_cli.training import TrainConfig, fit_store
@@ -64,6 +67,18 @@ def run_quickstart(
     beir = BeirDataset(folder)
     train_qrels, test_qrels = beir.qrels_path("train"), beir.qrels_path("test")
     paths = QuickstartPaths(out)
+    fits = [
+        ("pca", dict(method="pca")),
+        ("unsupervised", dict(mode="unsupervised")),
+        ("supervised", dict(mode="supervised", qrels_path=train_qrels)),
+    ]
+    adaptors = [paths.adaptor(name) for name, _ in fits]
+    fit_inputs = [paths.store, train_qrels, folder]
+    report_inputs = [paths.store, test_qrels, folder, *adaptors]
+    # every output first, before the embedding: a rerun replaces only what madapt wrote
+    for path in adaptors:
+        check_output(path, "adaptor", overwrite=True, inputs=fit_inputs, option="--out")
+    check_output(paths.report, "report", overwrite=True, inputs=report_inputs, option="--out")
 
     log(f"1/4 embedding {folder} with all-MiniLM-L6-v2 into {paths.store}")
     provider = LocalProvider("all-MiniLM-L6-v2", device=device)
@@ -73,11 +88,6 @@ def run_quickstart(
         f"in {summary['seconds']:.0f}s"
     )
 
-    fits = [
-        ("pca", dict(method="pca")),
-        ("unsupervised", dict(mode="unsupervised")),
-        ("supervised", dict(mode="supervised", qrels_path=train_qrels)),
-    ]
     for step, (name, options) in enumerate(fits, start=1):
         log(f"2/4 fitting {name} ({step}/{len(fits)}) -> {paths.adaptor(name)}")
         fit_store(
@@ -85,6 +95,7 @@ def run_quickstart(
             paths.adaptor(name),
             name=name,
             config=TrainConfig(device=device),
+            overwrite=True,
             **options,
         )
 
@@ -93,11 +104,11 @@ def run_quickstart(
         paths.store,
         test_qrels,
         list(QUICKSTART_DIMS),
-        adaptors=[paths.adaptor(name) for name, _ in fits],
+        adaptors=adaptors,
         baselines=["truncate"],
         device=device,
         fingerprints=True,
     )
-    write_report(report, paths.report)
+    write_report(report, paths.report, overwrite=True, inputs=report_inputs)
     log(f"4/4 report written to {paths.report}")
     return report

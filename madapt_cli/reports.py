@@ -2,14 +2,16 @@
 report directory (``report.json``, ``report.md``, one PNG plot per metric against size).
 
 A report directory is written under a temporary name beside its destination and renamed into
-place, so a failure never leaves a half-written report.
+place, so a failure never leaves a half-written report; only a report madapt wrote is replaced,
+and only with ``overwrite`` (:mod:`madapt_cli.files`). Every user-supplied string in
+``report.md`` (adaptor names, paths, models, warnings) is escaped, so it reads as text.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,36 @@ from rich import box
 from rich.table import Table
 
 from madapt_cli import __version__
-from madapt_cli.errors import InputError, MadaptError
+from madapt_cli.errors import MadaptError, environment_failure
 from madapt_cli.evaluation import EvaluationReport
-from madapt_cli.files import replace_directory
+from madapt_cli.files import staged_output
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 FLOAT32_BYTES = 4
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~>])")
+_BLOCK_START = re.compile(r"^(\d*)([-+.)=])")  # would open a list or a heading underline
+
+
+def md_text(value: Any) -> str:
+    """``value`` as Markdown that renders as the same literal text, on one line: Markdown's
+    punctuation backslash-escaped, ``<`` and ``&`` as entities (no HTML), newlines as spaces."""
+    text = " ".join(str(value).splitlines())
+    text = text.replace("&", "&amp;").replace("<", "&lt;")
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return _BLOCK_START.sub(r"\1\\\2", text.strip())
+
+
+def md_code(value: Any) -> str:
+    """``value`` as an inline code span on one line: fenced by more backticks than any run
+    inside it, with ``|`` escaped so a table cell or list item cannot be split."""
+    text = " ".join(str(value).splitlines()).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def bytes_per_vector(dim: int) -> int:
@@ -102,19 +127,21 @@ def render_markdown(report: EvaluationReport) -> str:
     lines = [
         "# madapt evaluation report",
         "",
-        f"- store: `{report.store}`",
-        f"- qrels: `{report.qrels}` ({report.num_queries:,} queries evaluated)",
+        f"- store: {md_code(report.store)}",
+        f"- qrels: {md_code(report.qrels)} ({report.num_queries:,} queries evaluated)",
         f"- corpus: {report.settings.get('corpus_rows', 0):,} documents, "
-        f"{report.dimension}-d vectors from `{report.settings.get('provider')}` / "
-        f"`{report.settings.get('model')}`",
-        f"- search: {report.settings.get('search')} on `{report.settings.get('device')}`",
+        f"{report.dimension}-d vectors from {md_code(report.settings.get('provider'))} / "
+        f"{md_code(report.settings.get('model'))}",
+        f"- search: {md_text(report.settings.get('search'))} on "
+        f"{md_code(report.settings.get('device'))}",
         f"- ignore identical ids: {report.settings.get('ignore_identical_ids')}",
-        f"- metrics: {', '.join(report.metrics)} (trec_eval definitions, mean over queries)",
+        f"- metrics: {md_text(', '.join(report.metrics))} (trec_eval definitions, mean over "
+        "queries)",
         f"- written {datetime.now(UTC).isoformat(timespec='seconds')} by madapt {__version__}",
         "",
         "## Results",
         "",
-        "| size | bytes/vector | method | " + " | ".join(report.metrics) + " |",
+        "| size | bytes/vector | method | " + " | ".join(map(md_text, report.metrics)) + " |",
         "|---:|---:|---|" + "---:|" * len(report.metrics),
     ]
     best = _best_by_size(report)
@@ -126,24 +153,28 @@ def render_markdown(report: EvaluationReport) -> str:
             if several and metrics[metric] == best[(dim, metric)] and not reference:
                 text = f"**{text}**"
             cells.append(text)
-        label = f"{method} (original)" if reference else method
+        label = f"{md_text(method)} (original)" if reference else md_text(method)
         lines.append(f"| {dim} | {bytes_per_vector(dim):,} | {label} | " + " | ".join(cells) + " |")
     lines += ["", "The best value at each size is in bold; the original is the full-size vectors."]
     lines += ["", "## Methods", ""]
     for method in report.methods:
         details = ", ".join(
-            f"{key}: `{value}`" for key, value in method.items() if key not in ("name",)
+            f"{md_text(key)}: {md_code(value)}"
+            for key, value in method.items()
+            if key not in ("name",)
         )
-        lines.append(f"- **{method['name']}**: {details}")
+        lines.append(f"- **{md_text(method['name'])}**: {details}")
     if report.fingerprints:
         lines += ["", "## Fingerprints (sha256)", ""]
-        lines += [f"- {name}: `{value}`" for name, value in report.fingerprints.items()]
+        lines += [
+            f"- {md_text(name)}: {md_code(value)}" for name, value in report.fingerprints.items()
+        ]
     if report.warnings:
         lines += ["", "## Warnings", ""]
-        lines += [f"- {warning}" for warning in report.warnings]
+        lines += [f"- {md_text(warning)}" for warning in report.warnings]
     lines += ["", "## Plots", ""]
-    lines += [f"![{metric}]({plot_filename(metric)})" for metric in report.metrics]
-    timings = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
+    lines += [f"![{md_text(metric)}]({plot_filename(metric)})" for metric in report.metrics]
+    timings = ", ".join(f"{md_text(k)} {v:.2f}s" for k, v in report.seconds.items())
     lines += ["", f"Timings: {timings}.", ""]
     return "\n".join(lines)
 
@@ -191,45 +222,40 @@ def plot_metric(report: EvaluationReport, metric: str, path: Path) -> None:
         plt.close(figure)
 
 
-def write_report(report: EvaluationReport, directory: str | Path) -> Path:
+def write_report(
+    report: EvaluationReport,
+    directory: str | Path,
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path | None] = (),
+) -> Path:
     """Write ``report.json``, ``report.md`` and ``<metric>.png`` files into ``directory``.
 
-    Built in a temporary sibling directory and renamed into place; an existing report there
-    is replaced, any other non-empty directory is refused.
+    Built in a temporary sibling directory and renamed into place. ``directory`` may not be,
+    hold or lie inside one of ``inputs``; an existing report madapt wrote there is replaced
+    only with ``overwrite``, and anything else is refused (:class:`InputError`, exit 2). A
+    machine that refuses the write (read-only, full, no permission) is exit 4.
     """
     directory = Path(directory)
-    if directory.exists():
-        if not directory.is_dir():
-            raise InputError(f"--report {directory} is a file; give a directory")
-        if any(directory.iterdir()) and not (directory / REPORT_JSON).is_file():
-            raise InputError(
-                f"--report {directory} is a non-empty directory without a {REPORT_JSON}; "
-                "choose a new or empty directory"
-            )
     try:
-        return _write_report(report, directory)
+        with staged_output(
+            directory, "report", overwrite=overwrite, inputs=inputs, option="--report"
+        ) as staging:
+            _write_files(report, staging)
     except OSError as error:
-        raise MadaptError(
+        raise environment_failure(error) or MadaptError(
             f"--report {directory}: cannot write the report ({error.strerror or error})"
         ) from None
-
-
-def _write_report(report: EvaluationReport, directory: Path) -> Path:
-    parent = directory.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
-        payload: dict[str, Any] = {
-            **report.to_json(),
-            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "madapt_version": __version__,
-        }
-        (staging / REPORT_JSON).write_text(json.dumps(payload, indent=2) + "\n")
-        (staging / REPORT_MD).write_text(render_markdown(report))
-        for metric in report.metrics:
-            plot_metric(report, metric, staging / plot_filename(metric))
-        replace_directory(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def _write_files(report: EvaluationReport, staging: Path) -> None:
+    payload: dict[str, Any] = {
+        **report.to_json(),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "madapt_version": __version__,
+    }
+    (staging / REPORT_JSON).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (staging / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
+    for metric in report.metrics:
+        plot_metric(report, metric, staging / plot_filename(metric))

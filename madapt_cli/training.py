@@ -14,9 +14,7 @@ import copy
 import hashlib
 import math
 import random
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 from madapt_cli.adaptor import ResidualMLP, principal_rotation
 from madapt_cli.errors import InputError
 from madapt_cli.evaluation import ndcg_at_10, resolve_device, search_topk
-from madapt_cli.files import replace_directory
+from madapt_cli.files import check_output, staged_output
 from madapt_cli.losses import (
     PairwiseSimilarityLoss,
     RankingLoss,
@@ -650,9 +648,12 @@ def fit_store(
     on_epoch: EpochCallback | None = None,
     smec: Any = None,
     resume: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fit an adaptor on the ``corpus`` (and ``queries``) tables of a store and write the
     artifact directory ``out`` (atomically: a failed fit leaves no partial artifact).
+    ``out`` is checked before anything is read: it may not be, hold or lie inside an input,
+    and only an adaptor madapt wrote is replaced, with ``overwrite``.
     Returns the artifact's config. ``smec`` (:class:`madapt_cli.smec.SMECOptions`) and
     ``resume`` (an SMEC adaptor directory) only apply to ``method="smec"``."""
     from madapt_cli.adaptor import METHODS, Adaptor, fit_pca
@@ -665,10 +666,8 @@ def fit_store(
     if mode not in ("unsupervised", "supervised"):
         raise InputError(f"unknown --mode {mode!r}: use unsupervised or supervised")
     out = Path(out)
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())
-    ):
-        raise InputError(f"{out} exists and is not an adaptor directory; choose another --out")
+    inputs = (store_path, qrels_path, dev_qrels_path, resume)  # OUT may not touch any of them
+    check_output(out, "adaptor", overwrite=overwrite, inputs=inputs)
     store = open_store(store_path)
     store.require_table("corpus")
     metadata = store.metadata("corpus")
@@ -792,10 +791,6 @@ def fit_store(
         best_validation=best,
     )
     adaptor = Adaptor(module.cpu(), record)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
-    try:
+    with staged_output(out, "adaptor", overwrite=overwrite, inputs=inputs) as staging:
         adaptor.save(staging)
-        replace_directory(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return adaptor.config

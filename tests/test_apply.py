@@ -145,7 +145,7 @@ def test_apply_rejects_mismatches_before_writing(tmp_path):
     with pytest.raises(InputError, match=r"size 17 is above the vectors' dimension 16"):
         apply_adaptor(tmp_path / "ad", tmp_path / "other", "8,17", tmp_path / "out")
     make_store(tmp_path / "in", {"corpus": 5})
-    (tmp_path / "exists").mkdir()
-    with pytest.raises(InputError, match="already exists"):
+    make_store(tmp_path / "exists", {"corpus": 3})  # a store madapt wrote: needs --overwrite
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
         apply_adaptor(tmp_path / "ad", tmp_path / "in", "8", tmp_path / "exists")
     assert not (tmp_path / "out").exists()

@@ -75,7 +75,14 @@ def test_write_report_files_and_replacement(tmp_path):
     target = tmp_path / "report"
     reports.write_report(_report(), target)
     names = sorted(p.name for p in target.iterdir())
-    assert names == ["ndcg_at_10.png", "recall_at_100.png", "report.json", "report.md"]
+    assert names == [
+        "madapt.json",
+        "ndcg_at_10.png",
+        "recall_at_100.png",
+        "report.json",
+        "report.md",
+    ]
+    assert json.loads((target / "madapt.json").read_text())["kind"] == "report"
     payload = json.loads((target / "report.json").read_text())
     assert payload["results"][5] == {
         "method": "mine",
@@ -83,9 +90,17 @@ def test_write_report_files_and_replacement(tmp_path):
         "metrics": {"ndcg@10": 0.58, "recall@100": 0.85},
     }
     assert payload["num_queries"] == 300 and "written_at" in payload
-    (target / "stale.txt").write_text("from an earlier report")
-    reports.write_report(_report(), target)
-    assert not (target / "stale.txt").exists()
+    # an existing report is replaced only when asked to
+    with pytest.raises(InputError, match="pass --overwrite"):
+        reports.write_report(_report(), target)
+    (target / "report.md").write_text("old")
+    reports.write_report(_report(), target, overwrite=True)
+    assert (target / "report.md").read_text() != "old"
+    # a file madapt did not write makes it a user's folder: refused even with overwrite
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="files madapt did not write"):
+        reports.write_report(_report(), target, overwrite=True)
+    assert (target / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 
@@ -103,7 +118,7 @@ def test_a_failed_report_leaves_nothing(tmp_path, monkeypatch):
     before = (tmp_path / "report" / "report.md").read_text()
     monkeypatch.setattr(reports, "plot_metric", broken)
     with pytest.raises(RuntimeError):
-        reports.write_report(_report(), tmp_path / "report")
+        reports.write_report(_report(), tmp_path / "report", overwrite=True)
     assert (tmp_path / "report" / "report.md").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
@@ -112,11 +127,13 @@ def test_refuses_to_overwrite_something_else(tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    with pytest.raises(InputError, match="non-empty directory"):
+    with pytest.raises(InputError, match="files madapt did not write"):
         reports.write_report(_report(), other)
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         reports.write_report(_report(), tmp_path / "file")
+    with pytest.raises(InputError, match="files madapt did not write"):
+        reports.write_report(_report(), other, overwrite=True)
     assert (other / "todo.txt").read_text() == "mine"
 
 
@@ -129,6 +146,6 @@ def test_an_unwritable_place_is_a_one_line_error(tmp_path):
     from madapt_cli.errors import MadaptError
 
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(MadaptError, match="cannot write the report"):
+    with pytest.raises(MadaptError, match="a-file is a file"):
         reports.write_report(_report(), tmp_path / "a-file" / "report")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
             None, "--table", help="Only this table (repeatable; default: all)."
         ),
         chunk_rows: int = typer.Option(65_536, "--chunk-rows", help="Rows per streamed chunk."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace an existing --out store that madapt wrote."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     ) -> None:
         """Write each table of STORE with adapted, truncated, re-normalised vectors:

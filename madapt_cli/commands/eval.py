@@ -47,13 +47,20 @@ def register(app: typer.Typer) -> None:
         report: Path | None = typer.Option(
             None, "--report", help="Also write report.json, report.md and plots to this directory."
         ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace an existing --report that madapt wrote."
+        ),
     ) -> None:
         """Exact cosine search of the qrels' queries against the corpus for each method at
         each size (first m coordinates, re-normalised), scored with trec_eval's metrics.
         The full-size original vectors are always the reference row (truncate at D)."""
         from madapt_cli.evaluation import run_evaluation
+        from madapt_cli.files import check_output
         from madapt_cli.reports import render_table, write_report
 
+        inputs = [store_path, qrels, *(adaptor or [])]
+        if report is not None:  # before the evaluation, so a bad --report costs nothing
+            check_output(report, "report", overwrite=overwrite, inputs=inputs, option="--report")
         bar = console.progress(quiet=as_json and not console.err.is_terminal)
         with bar:
             task = bar.add_task("eval", total=None)
@@ -76,7 +83,7 @@ def register(app: typer.Typer) -> None:
                 on_warning=console.warn,
             )
         if report is not None:
-            write_report(result, report)
+            write_report(result, report, overwrite=overwrite, inputs=inputs)
             console.log(f"wrote report to {report}")
         if as_json:
             console.print_json(result.summary())

@@ -92,6 +92,9 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(
             None, "--name", help="Adaptor name (default: --out's name)."
         ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace an existing --out adaptor that madapt wrote."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
         # --- --method smec only (madapt_cli.smec) ---
         to_dim: int | None = typer.Option(
@@ -190,6 +193,7 @@ def register(app: typer.Typer) -> None:
                 on_epoch=on_epoch,
                 smec=smec,
                 resume=resume,
+                overwrite=overwrite,
             )
         summary = {
             "out": str(out),
