@@ -51,7 +51,9 @@ def written_kind(directory: Path) -> str | None:
     """The kind of madapt output ``directory`` is, or None if madapt cannot prove it wrote it:
     a marker of a known kind, and no top-level entry besides those the marker lists (a store
     may also hold further table directories); or exactly what a release before the marker
-    wrote."""
+    wrote. A staging or retired directory of a run (``.NAME.tmp-...``) is never an output."""
+    if _STAGING.match(directory.name):
+        return None
     try:
         entries = {entry.name: entry for entry in directory.iterdir()}
     except OSError:

@@ -228,6 +228,7 @@ def test_report_directory(capsys, planted, tmp_path):
     summary = json.loads(out)
     files = sorted(p.name for p in report.iterdir())
     assert files == [
+        "madapt.json",
         "map_at_100.png",
         "mrr_at_10.png",
         "ndcg_at_10.png",
@@ -243,20 +244,11 @@ def test_report_directory(capsys, planted, tmp_path):
     assert "| 16 | 64 | identity-mlp |" in markdown
     assert f"| {DIM} | {4 * DIM} | truncate (original) |" in markdown
     assert (report / "ndcg_at_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a second run replaces the report; nothing temporary is left beside it
-    code, _, err = run_cli(
-        capsys,
-        "eval",
-        store,
-        "--qrels",
-        qrels_path,
-        "--dims",
-        "4",
-        "--baseline",
-        "truncate",
-        "--report",
-        report,
-    )
+    # a second run replaces the report only with --overwrite; nothing temporary is left
+    again = ("eval", store, "--qrels", qrels_path, "--dims", "4", "--baseline", "truncate")
+    code, _, err = run_cli(capsys, *again, "--report", report)
+    assert code == 2 and "pass --overwrite" in err
+    code, _, err = run_cli(capsys, *again, "--report", report, "--overwrite")
     assert code == 0, err
     assert json.loads((report / "report.json").read_text())["dims"] == [4]
     assert sorted(p.name for p in report.parent.iterdir()) == ["report"]
