@@ -82,3 +82,17 @@ def test_quickstart_without_data_is_a_clear_error(tmp_path: Path):
     )
     assert result.exit_code == 2
     assert "no BEIR dataset there" in result.output
+
+
+def test_quickstart_refuses_a_user_folder_in_its_way_before_embedding(tmp_path: Path):
+    data = small_beir(tmp_path / "beir")
+    out = tmp_path / "qs"
+    (out / "report").mkdir(parents=True)
+    (out / "report" / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(
+        app, ["quickstart", "--data", str(data), "--out", str(out), "--device", "cpu"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "files madapt did not write" in result.output
+    assert (out / "report" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["report"]  # nothing embedded
