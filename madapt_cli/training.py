@@ -151,8 +151,8 @@ class TrainConfig:
                 fail(name, "a finite number >= 0")
         if not _is_number(self.validation_fraction) or not 0 < self.validation_fraction < 1:
             fail("validation_fraction", "a fraction strictly between 0 and 1")
-        if not _is_int(self.seed):
-            fail("seed", "a whole number")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:  # numpy's seed range
+            fail("seed", "a whole number in 0..4294967295")
         for name in ("train_dims", "validation_dims"):
             value = getattr(self, name)
             if value is not None and not all(_is_int(d) and d >= 1 for d in value):

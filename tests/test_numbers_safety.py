@@ -215,6 +215,7 @@ def test_smec_training_stops_on_a_nan_loss(monkeypatch):
         (("--gamma", "inf"), "--gamma"),
         (("--depth", "0"), "--depth"),
         (("--hard-negatives", "-1"), "--hard-negatives"),
+        (("--seed", "-1"), "--seed"),
         (("--method", "smec", "--to-dim", "0"), "--to-dim"),
         (("--method", "smec", "--lr", "nan"), "--lr"),
         (("--mode", "supervised", "--lr", "nan"), "--lr"),
