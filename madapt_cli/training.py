@@ -774,11 +774,6 @@ def fit_store(
         raise InputError(f"unknown --method {method!r}: use {', '.join(METHODS)}")
     if mode not in ("unsupervised", "supervised"):
         raise InputError(f"unknown --mode {mode!r}: use unsupervised or supervised")
-    config.validate(mode, method)
-    if method == "smec":
-        from madapt_cli.smec import SMECOptions
-
-        (smec or SMECOptions()).validate()
     out = Path(out)
     if out.exists() and (
         not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").exists())
@@ -792,6 +787,11 @@ def fit_store(
     config.train_dims = dims
     if config.validation_dims:
         check_train_dims(config.validation_dims, dimension)
+    config.validate(mode, method)  # every hyper-parameter, before any training work
+    if method == "smec":
+        from madapt_cli.smec import SMECOptions
+
+        (smec or SMECOptions()).validate()
     if mode == "supervised" and method != "pca" and qrels_path is None:
         raise InputError("--mode supervised needs --qrels TRAIN.tsv (query-id, corpus-id, score)")
     qrels = read_qrels(qrels_path) if qrels_path is not None else None
