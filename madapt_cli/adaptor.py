@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from madapt_cli import __version__
-from madapt_cli.errors import InputError, MadaptError
+from madapt_cli.errors import InputError, MadaptError, environment_failure
 
 WEIGHTS_FILE = "adaptor.safetensors"
 CONFIG_FILE = "config.json"
@@ -238,6 +238,9 @@ class Adaptor:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Adaptor:
+        """Read an artifact, refusing (one-line :class:`InputError` naming the file) a
+        config.json that does not describe an adaptor, weights that cannot be read or do not
+        match it, and weights holding NaN or infinity."""
         path = Path(path)
         config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
         if not config_path.is_file() or not weights_path.is_file():
@@ -249,14 +252,136 @@ class Adaptor:
             config = json.loads(config_path.read_text())
         except ValueError as error:
             raise InputError(f"{config_path}: invalid JSON ({error})") from None
+        except OSError as error:
+            raise environment_failure(error) or InputError(
+                f"{config_path}: cannot read it ({error.strerror or error})"
+            ) from None
+        check_config(config, config_path)
         config.setdefault("name", path.name)
-        module = build_module(config)
+        try:
+            module = build_module(config)
+        except InputError as error:
+            raise InputError(f"{config_path}: {error}") from None
         try:
             state = load_file(str(weights_path))
-            module.load_state_dict(state)
+        except OSError as error:
+            raise environment_failure(error) or InputError(
+                f"{weights_path}: cannot read it ({error.strerror or error})"
+            ) from None
         except Exception as error:  # a torn or foreign file: say which
-            raise InputError(f"{weights_path}: cannot load weights ({error})") from None
+            reason = " ".join(str(error).split())
+            raise InputError(
+                f"{weights_path}: cannot load weights: not a readable safetensors file ({reason})"
+            ) from None
+        check_weights(module, state, config, weights_path)
+        module.load_state_dict(state)
         return cls(module.to(device), config)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_config(config: Any, config_path: Path) -> None:
+    """Raise :class:`InputError` unless ``config`` (a parsed config.json) is an object with
+    a known method, a positive integer dimension and a sane architecture."""
+    if not isinstance(config, dict):
+        raise InputError(
+            f"{config_path}: must hold a JSON object, not a {type(config).__name__}; "
+            "is it an adaptor's config.json?"
+        )
+    method = config.get("method")
+    if method not in METHODS:
+        raise InputError(f"{config_path}: unknown method {method!r}: use {', '.join(METHODS)}")
+    dimension = config.get("dimension")
+    if not _positive_int(dimension):
+        raise InputError(
+            f"{config_path}: 'dimension' must be a positive whole number, not {dimension!r}"
+        )
+    if method == "pca":
+        return
+    if method == "matryoshka":
+        arch, where = config.get("architecture"), "'architecture'"
+    else:
+        smec = config.get("smec")
+        if not isinstance(smec, dict):
+            raise InputError(f"{config_path}: 'smec' must be an object (the SMEC stages)")
+        arch, where = smec.get("architecture"), "'smec.architecture'"
+        stages = smec.get("stages")
+        if not isinstance(stages, list) or not all(
+            isinstance(stage, dict)
+            and isinstance(stage.get("sizes"), list)
+            and stage["sizes"]
+            and all(_positive_int(size) and size < dimension for size in stage["sizes"])
+            for stage in stages
+        ):
+            raise InputError(
+                f"{config_path}: 'smec.stages' must list stages whose 'sizes' are whole "
+                f"numbers in 1..{dimension - 1}"
+            )
+    if not isinstance(arch, dict):
+        raise InputError(f"{config_path}: {where} must be an object")
+    for key in ("hidden", "depth"):
+        if not _positive_int(arch.get(key)):
+            raise InputError(
+                f"{config_path}: {where}.{key} must be a positive whole number, "
+                f"not {arch.get(key)!r}"
+            )
+    if arch.get("activation") not in ACTIVATIONS:
+        raise InputError(
+            f"{config_path}: {where}.activation {arch.get('activation')!r} is unknown: use "
+            f"{', '.join(ACTIVATIONS)}"
+        )
+
+
+def _weights_dimension(method: str, state: dict[str, torch.Tensor]) -> int | None:
+    """The vectors' dimension the weights were made for (None when they do not say)."""
+    key, axis = {"pca": ("mean", 0), "smec": ("permutation", 0)}.get(method, ("g.0.weight", 1))
+    tensor = state.get(key)
+    if tensor is None or tensor.dim() <= axis:
+        return None
+    return int(tensor.shape[axis])
+
+
+def check_weights(
+    module: nn.Module, state: dict[str, torch.Tensor], config: dict, weights_path: Path
+) -> None:
+    """Raise :class:`InputError` unless ``state`` has exactly ``module``'s tensors, with
+    their shapes, and only finite values."""
+    expected = module.state_dict()
+    dimension = int(config["dimension"])
+    held = _weights_dimension(str(config["method"]), state)
+    if held is not None and held != dimension:
+        raise InputError(
+            f"{weights_path}: config.json says dimension {dimension} but {WEIGHTS_FILE} "
+            f"holds {held}-d weights; the two files do not belong together"
+        )
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            extra = ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else "")
+            parts.append(f"has unexpected {extra}")
+        raise InputError(
+            f"{weights_path}: {' and '.join(parts)} for the architecture config.json "
+            "describes; the two files do not belong together"
+        )
+    for key in expected:  # the module's order: the first layer first
+        tensor = state[key]
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise InputError(
+                f"{weights_path}: tensor {key!r} has shape {tuple(tensor.shape)} but "
+                f"config.json's architecture needs {tuple(expected[key].shape)}; the two "
+                "files do not belong together"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(
+                f"{weights_path}: tensor {key!r} holds NaN or infinite values; refusing "
+                "this adaptor (was its training diverging? fit it again)"
+            )
 
 
 def build_module(config: dict[str, Any]) -> nn.Module:

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from madapt_cli.errors import InputError, StoreError
+from madapt_cli.util.vectors import check_vectors
 
 Qrels = dict[str, dict[str, int]]
 ArrayLike = np.ndarray | torch.Tensor
@@ -871,6 +872,10 @@ def _pca_baseline(corpus: ArrayLike, dimension: int, max_rows: int | None = PCA_
     return Adaptor(fit_pca(batches, dimension), config)
 
 
+def _has_relevant(judged: Mapping[str, int]) -> bool:
+    return any(grade >= RELEVANCE_LEVEL for grade in judged.values())
+
+
 def _read_ids(store: Any, table: str) -> list[str]:
     ids: list[str] = []
     for batch in store.iter_batches(table, columns=["id"]):
@@ -879,11 +884,15 @@ def _read_ids(store: Any, table: str) -> list[str]:
 
 
 def _vector_batches(store: Any, table: str) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(ids, float32 vectors) of each stored batch of ``table``, in row order."""
+    """(ids, float32 vectors) of each stored batch of ``table``, in row order; a NaN,
+    infinite or all-zero vector stops the read (:func:`~madapt_cli.util.vectors.check_vectors`)."""
     from madapt_cli.stores import arrow_to_vectors
 
     for batch in store.iter_batches(table, columns=["id", "vector"]):
-        yield batch.column(0).to_pylist(), arrow_to_vectors(batch.column(1), np.float32)
+        ids = batch.column(0).to_pylist()
+        vectors = arrow_to_vectors(batch.column(1), np.float32)
+        check_vectors(vectors, ids, f"table '{table}' of {store.path}")
+        yield ids, vectors
 
 
 def _read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -1015,6 +1024,7 @@ def run_evaluation(
 
     read_started = time.perf_counter()
     all_query_ids, all_queries = store.read_vectors(queries_table)
+    check_vectors(all_queries, all_query_ids, f"table '{queries_table}' of {store.path}")
     position = {query_id: row for row, query_id in enumerate(all_query_ids)}
     query_ids = [q for q in qrels if q in position]
     missing_queries = len(qrels) - len(query_ids)
@@ -1027,6 +1037,13 @@ def run_evaluation(
         warn(
             f"{missing_queries:,} of {len(qrels):,} qrels queries have no vector in table "
             f"'{queries_table}'; evaluating the other {len(query_ids):,}"
+        )
+    unjudged = [q for q in query_ids if not _has_relevant(qrels[q])]
+    if unjudged:
+        warn(
+            f"{len(unjudged):,} of {len(query_ids):,} queries (e.g. {unjudged[0]!r}) have no "
+            f"judgement of relevance >= {RELEVANCE_LEVEL}: they score 0 on every metric and "
+            "count in the means, as in trec_eval"
         )
     queries = all_queries[[position[q] for q in query_ids]]
     del all_queries

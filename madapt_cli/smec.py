@@ -109,6 +109,8 @@ from madapt_cli.training import (
     TrainResult,
     _device_generator,
     _fit_loop,
+    _is_int,
+    _is_number,
     _validation,
     check_train_dims,
     seed_everything,
@@ -133,6 +135,26 @@ class SMECOptions:
     to_dim: int | None = None  # None: the smallest stage size
     temperature_start: float = 1.0
     temperature_end: float = 0.05
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first option out of its range (``fit_store``
+        calls it before any work). ``temperature_*`` have no `madapt fit` option."""
+        names = {"memory_size": "--memory-size", "to_dim": "--to-dim"}
+
+        def fail(name: str, expected: str) -> None:
+            where = names.get(name, f"SMECOptions.{name}")
+            raise InputError(f"{where} must be {expected}, not {getattr(self, name)!r}")
+
+        for name in ("memory_size", "memory_topk", "to_dim"):
+            value = getattr(self, name)
+            if (value is not None or name == "memory_size") and (not _is_int(value) or value < 1):
+                fail(name, "a whole number >= 1")
+        for name in ("temperature_start", "temperature_end"):
+            if not _is_number(getattr(self, name)) or not getattr(self, name) > 0:
+                fail(name, "a positive finite number")
+        for name in ("sequential", "ads", "xbm"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
 
 
 # --- stages and their sizes ----------------------------------------------------------------
@@ -489,10 +511,12 @@ def train_smec(
     optional). Each stage runs ``config.supervised_epochs`` (supervised) or ``config.epochs``
     epochs with early stopping on its own sizes' validation nDCG@10.
     """
+    supervised = qrels is not None
+    config.validate("supervised" if supervised else "unsupervised", METHOD)
+    options.validate()
     seed_everything(config.seed)
     device = resolve_device(config.device)
     dimension = corpus.shape[1]
-    supervised = qrels is not None
     vectors = F.normalize(torch.from_numpy(np.array(corpus, np.float32)).to(device), dim=-1)
     if module is None:  # a resumed module keeps the start it was trained from
         module = SMECModule(

@@ -34,6 +34,7 @@ from madapt_cli.losses import (
     ReconstructionLoss,
     TopKSimilarityLoss,
 )
+from madapt_cli.util.vectors import check_vectors
 
 Qrels = Mapping[str, Mapping[str, int]]
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -88,6 +89,79 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
 
+    def option_names(self, mode: str = "unsupervised", method: str = "matryoshka") -> dict:
+        """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in
+        supervised mode ``--epochs`` and ``--lr`` set stage 2, ``--stage1-epochs`` stage 1;
+        SMEC trains every stage with ``lr``), or ``TrainConfig.<field>`` when no option
+        sets it."""
+        cli = {
+            "train_dims": "--train-dims",
+            "hidden": "--hidden",
+            "depth": "--depth",
+            "epochs": "--epochs",
+            "batch_size": "--batch-size",
+            "lr": "--lr",
+            "topk": "--topk",
+            "alpha": "--alpha",
+            "beta": "--beta",
+            "gamma": "--gamma",
+            "temperature": "--tau",
+            "hard_negatives": "--hard-negatives",
+            "patience": "--patience",
+            "seed": "--seed",
+            "device": "--device",
+        }
+        if mode == "supervised":
+            cli.update(epochs="--stage1-epochs", supervised_epochs="--epochs")
+            if method == "smec":
+                cli["lr"] = "--lr"
+            else:
+                cli.update(lr="TrainConfig.lr (stage 1)", supervised_lr="--lr")
+        return {name: cli.get(name, f"TrainConfig.{name}") for name in asdict(self)}
+
+    def validate(self, mode: str = "unsupervised", method: str = "matryoshka") -> None:
+        """Raise :class:`InputError` naming the option of the first hyper-parameter that is
+        not a finite number in its range (``--lr must be a positive finite number, not
+        nan``). ``fit_store`` calls it before any work."""
+        names = self.option_names(mode, method)
+
+        def fail(field_name: str, expected: str) -> None:
+            value = getattr(self, field_name)
+            raise InputError(f"{names[field_name]} must be {expected}, not {value!r}")
+
+        for name in ("epochs", "supervised_epochs", "hard_negatives"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                fail(name, "a whole number >= 0")
+        for name in ("batch_size", "query_batch_size", "topk", "patience", "depth"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, "a whole number >= 1")
+        for name in ("hidden", "positives_per_query"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                fail(name, "a whole number >= 1")
+        for name in ("lr", "supervised_lr", "temperature"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value > 0:
+                fail(name, "a positive finite number")
+        for name in ("weight_decay", "alpha", "beta", "gamma"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value < 0):
+                fail(name, "a finite number >= 0")
+        if not _is_number(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+            fail("validation_fraction", "a fraction strictly between 0 and 1")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:  # numpy's seed range
+            fail("seed", "a whole number in 0..4294967295")
+        for name in ("train_dims", "validation_dims"):
+            value = getattr(self, name)
+            if value is not None and not all(_is_int(d) and d >= 1 for d in value):
+                fail(name, "whole numbers >= 1")
+        if self.dim_weighting not in ("equal", "small"):
+            fail("dim_weighting", "'equal' or 'small'")
+        from madapt_cli.adaptor import ACTIVATIONS
+
+        if self.activation not in ACTIVATIONS:
+            fail("activation", f"one of {', '.join(ACTIVATIONS)}")
+
     def dim_weights(self, dims: Sequence[int]) -> list[float]:
         if self.dim_weighting == "equal":
             return [1.0] * len(dims)
@@ -111,6 +185,23 @@ class TrainConfig:
             "pair": pick(self.beta, 0.3),
             "rec": pick(self.gamma, 0.3),
         }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (int or float, not bool)."""
+    return (
+        isinstance(value, int | float | np.integer | np.floating)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+class TrainingDiverged(InputError):
+    """The loss (or the weights) became NaN or infinite: training stops, nothing is written."""
 
 
 @dataclass
@@ -434,13 +525,21 @@ def _fit_loop(
     for epoch in range(1, epochs + 1):
         module.train()
         total = torch.zeros((), device=next(module.parameters()).device)
-        for _ in range(steps_per_epoch):
+        for step_number in range(1, steps_per_epoch + 1):
             loss = step(generator)
+            # the steps already synchronise (torch.unique), so this check costs little
+            if not bool(torch.isfinite(loss.detach()).all()):
+                raise _diverged(
+                    stage, epoch, step_number, steps_per_epoch, lr, float(loss.detach())
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             total += loss.detach()
+        # a finite loss can still take a step to non-finite weights (an overflowing gradient)
+        if not all(bool(torch.isfinite(p.detach()).all()) for p in module.parameters()):
+            raise _diverged(stage, epoch, steps_per_epoch, steps_per_epoch, lr, None)
         record: dict[str, Any] = {
             "stage": stage,
             "epoch": epoch,
@@ -462,6 +561,17 @@ def _fit_loop(
     if best_state is not None:
         module.load_state_dict(best_state)
     return history, best
+
+
+def _diverged(
+    stage: str, epoch: int, step: int, steps: int, lr: float, loss: float | None
+) -> TrainingDiverged:
+    what = f"the loss became {loss}" if loss is not None else "the weights became non-finite"
+    return TrainingDiverged(
+        f"training diverged: {what} in stage '{stage}', epoch {epoch}, step {step} of "
+        f"{steps}; nothing was written. Likely causes: a learning rate too high for these "
+        f"vectors (it was {lr:g}: try a smaller --lr) or extreme values in the input vectors"
+    )
 
 
 class EpochOrder:
@@ -676,6 +786,11 @@ def fit_store(
     config.train_dims = dims
     if config.validation_dims:
         check_train_dims(config.validation_dims, dimension)
+    config.validate(mode, method)  # every hyper-parameter, before any training work
+    if method == "smec":
+        from madapt_cli.smec import SMECOptions
+
+        (smec or SMECOptions()).validate()
     if mode == "supervised" and method != "pca" and qrels_path is None:
         raise InputError("--mode supervised needs --qrels TRAIN.tsv (query-id, corpus-id, score)")
     qrels = read_qrels(qrels_path) if qrels_path is not None else None
@@ -694,8 +809,10 @@ def fit_store(
         digest_ids: list[str] = []
         batches = []
         for batch in store.iter_batches("corpus", columns=["id", "vector"]):
-            digest_ids.extend(batch.column(0).to_pylist())
+            ids = batch.column(0).to_pylist()
             batches.append(arrow_to_vectors(batch.column(1)))
+            check_vectors(batches[-1], ids, f"table 'corpus' of {store.path}")
+            digest_ids.extend(ids)
         if not digest_ids:
             raise InputError(f"table 'corpus' of {store_path} is empty")
         module = fit_pca(batches, dimension)
@@ -709,6 +826,7 @@ def fit_store(
         history, best = [], None
     else:
         corpus_ids, corpus = store.read_vectors("corpus")
+        check_vectors(corpus, corpus_ids, f"table 'corpus' of {store.path}")
         if len(corpus_ids) < 2:
             raise InputError(f"table 'corpus' of {store_path} has {len(corpus_ids)} rows; need 2+")
         query_ids: list[str] = []
@@ -723,6 +841,7 @@ def fit_store(
                         f"{query_metadata.get(key)!r} vs {metadata.get(key)!r}"
                     )
             query_ids, queries = store.read_vectors("queries")
+            check_vectors(queries, query_ids, f"table 'queries' of {store.path}")
         if method == "smec":  # SMEC's staged trainer: madapt_cli.smec (issue 7)
             from madapt_cli.smec import train_for_store
 
