@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from madapt_cli import __version__
 from madapt_cli.errors import StoreError
 from madapt_cli.files import replace_directory
+from madapt_cli.util.vectors import check_vectors
 
 StoreFormat = Literal["parquet", "lance"]
 FORMATS: tuple[str, ...] = ("parquet", "lance")
@@ -186,17 +187,49 @@ class Store(ABC):
             keys.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True))
         return keys
 
+    def iter_vectors(
+        self,
+        name: str,
+        column: str = VECTOR_COLUMN,
+        batch_rows: int = 65_536,
+        *,
+        allow_zero: bool = False,
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Stream (ids, n x D float32 array) batches of the live rows, each row checked
+        (:func:`~madapt_cli.util.vectors.check_vectors`): a NaN, an infinity or, unless
+        ``allow_zero``, an all-zero vector raises InputError naming the table and the id."""
+        self.require_table(name)
+        where = f"table '{name}' of {self.path}"
+        for batch in self.iter_batches(name, columns=["id", column], batch_rows=batch_rows):
+            ids = batch.column(0).to_pylist()
+            vectors = arrow_to_vectors(batch.column(1), np.float32)
+            check_vectors(vectors, ids, where, allow_zero=allow_zero)
+            yield ids, vectors
+
     def read_vectors(
-        self, name: str, column: str = VECTOR_COLUMN, dtype: Any = np.float32
+        self,
+        name: str,
+        column: str = VECTOR_COLUMN,
+        dtype: Any = np.float32,
+        *,
+        allow_zero: bool = False,
     ) -> tuple[list[str], np.ndarray]:
-        """(ids, N x D array) of a whole table. ``dtype=None`` keeps the stored precision."""
+        """(ids, N x D array) of a whole table. ``dtype=None`` keeps the stored precision.
+
+        Every row is checked as in :meth:`iter_vectors` (finite; non-zero unless
+        ``allow_zero``): madapt normalises every vector it uses, and a zero one has no
+        direction."""
         self.require_table(name)
         field = self.schema(name).field(column)
+        where = f"table '{name}' of {self.path}"
         ids: list[str] = []
         parts: list[np.ndarray] = []
         for batch in self.iter_batches(name, columns=["id", column]):
-            ids.extend(batch.column(0).to_pylist())
-            parts.append(arrow_to_vectors(batch.column(1), dtype))
+            batch_ids = batch.column(0).to_pylist()
+            vectors = arrow_to_vectors(batch.column(1), dtype)
+            check_vectors(vectors, batch_ids, where, allow_zero=allow_zero)
+            ids.extend(batch_ids)
+            parts.append(vectors)
         if not parts:
             width = field.type.list_size
             return ids, np.zeros((0, width), dtype=dtype or np.float32)
