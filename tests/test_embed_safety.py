@@ -163,3 +163,29 @@ def test_a_read_only_destination_exits_4(server, tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "mkdir", read_only)
     message = one_line_error(embed(source, out), 4)
     assert "Read-only file system" in message
+
+
+def test_a_model_returning_nan_is_an_error_not_a_skipped_input(tmp_path):
+    # An all-NaN row used to pass for an input skipped with --skip-bad: silently not stored.
+    import numpy as np
+
+    from madapt_cli.data import TextSource
+    from madapt_cli.embedding import embed_source
+    from madapt_cli.errors import InputError
+    from madapt_cli.providers.base import BatchLimits, EmbeddingProvider
+
+    class Broken(EmbeddingProvider):
+        name = "local"
+        limits = BatchLimits(max_inputs=2)
+        dimension = 4
+
+        def embed_batch(self, items, role):
+            vectors = np.ones((len(items), 4), np.float32)
+            vectors[[i for i, item in enumerate(items) if item.id == "doc2"]] = np.nan
+            return vectors
+
+    source = TextSource(write_docs(tmp_path / "docs.jsonl", 4))
+    store = open_store(tmp_path / "store", "parquet", create=True)
+    with pytest.raises(InputError, match=r"table 'corpus' .*id 'doc2' has a non-finite"):
+        embed_source(source, Broken("m"), store, "corpus", "document")
+    assert sorted(store.read_keys("corpus")) == ["doc0", "doc1"]  # finished rows kept
