@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,10 @@ from madapt_cli.errors import InputError
 from madapt_cli.providers.base import TextItem
 
 FILE_FORMATS = ("jsonl", "csv", "parquet")
+#: what a damaged gzip stream raises while it is read (BadGzipFile is an OSError)
+_UNREADABLE = (OSError, EOFError, zlib.error)
+#: relevance grades madapt accepts: BEIR uses 0-2, TREC -2..4; anything far outside is a bug
+MAX_RELEVANCE = 1000
 
 
 # --- generic text files ---------------------------------------------------------------------
@@ -49,6 +54,18 @@ def detect_file_format(path: Path) -> str:
 def _open_text(path: Path) -> IO[bytes]:
     raw = path.open("rb")
     return gzip.open(raw) if path.name.lower().endswith(".gz") else raw  # type: ignore[return-value]
+
+
+def _unreadable(path: Path, error: BaseException) -> Exception:
+    """The one-line error for a file that cannot be read (a damaged gzip stream, ...); the
+    machine's own failures (disk, permissions) stay OSErrors, which the CLI reports."""
+    from madapt_cli.errors import environment_failure
+
+    if isinstance(error, OSError) and environment_failure(error) is not None:
+        return error
+    if isinstance(error, zlib.error):
+        return InputError(f"{path}: corrupt gzip data ({error})")
+    return InputError(f"{path}: cannot read ({error})")
 
 
 def _decode(raw: bytes, path: Path, line: int) -> str:
@@ -111,8 +128,8 @@ class TextSource:
                     if not isinstance(row, dict):
                         raise InputError(f"{self.path}:{number}: expected a JSON object")
                     yield f"{self.path}:{number}", row
-        except (OSError, EOFError, gzip.BadGzipFile) as error:
-            raise InputError(f"{self.path}: cannot read ({error})") from None
+        except _UNREADABLE as error:
+            raise _unreadable(self.path, error) from None
 
     def _csv_rows(self) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
@@ -124,8 +141,8 @@ class TextSource:
                     yield f"{self.path}:{reader.line_num}", row
         except csv.Error as error:
             raise InputError(f"{self.path}: malformed CSV ({error})") from None
-        except (OSError, EOFError, gzip.BadGzipFile) as error:
-            raise InputError(f"{self.path}: cannot read ({error})") from None
+        except _UNREADABLE as error:
+            raise _unreadable(self.path, error) from None
 
     def _parquet_rows(self) -> Iterator[tuple[str, dict[str, Any]]]:
         import pyarrow.parquet as pq
@@ -137,7 +154,14 @@ class TextSource:
         names = set(parquet.schema_arrow.names)
         wanted = [f for f in (self.id_field, self.text_field, self.title_field) if f in names]
         row_number = 0
-        for batch in parquet.iter_batches(columns=wanted, batch_size=8192):
+        batches = parquet.iter_batches(columns=wanted, batch_size=8192)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as error:  # a damaged page: pyarrow raises several types
+                raise InputError(f"{self.path}: not a readable Parquet file ({error})") from None
+            if batch is None:
+                return
             for row in batch.to_pylist():
                 row_number += 1
                 yield f"{self.path} row {row_number}", row
@@ -276,6 +300,17 @@ def read_qrels(path: str | Path) -> Qrels:
     if not path.is_file():
         raise InputError(f"{path}: no such qrels file")
     qrels: Qrels = {}
+    try:
+        for query_id, doc_id, relevance in _qrels_lines(path):
+            qrels.setdefault(query_id, {})[doc_id] = relevance
+    except _UNREADABLE as error:
+        raise _unreadable(path, error) from None
+    if not qrels:
+        raise InputError(f"{path}: no judgements in this qrels file")
+    return qrels
+
+
+def _qrels_lines(path: Path) -> Iterator[tuple[str, str, int]]:
     with _open_text(path) as handle:
         for number, raw in enumerate(handle, start=1):
             line = _decode(raw, path, number).rstrip("\r\n")
@@ -292,13 +327,20 @@ def read_qrels(path: str | Path) -> Qrels:
                     f"{len(parts)} fields"
                 )
             query_id, doc_id, score = (p.strip() for p in parts)
-            try:
-                relevance = int(float(score))
-            except ValueError:
-                raise InputError(f"{path}:{number}: score {score!r} is not a number") from None
             if not query_id or not doc_id:
                 raise InputError(f"{path}:{number}: empty query or corpus id")
-            qrels.setdefault(query_id, {})[doc_id] = relevance
-    if not qrels:
-        raise InputError(f"{path}: no judgements in this qrels file")
-    return qrels
+            yield query_id, doc_id, _relevance(score, path, number)
+
+
+def _relevance(score: str, path: Path, number: int) -> int:
+    """An integer grade (``2`` or ``2.0``) within +-MAX_RELEVANCE, or an InputError."""
+    try:
+        value = float(score)
+    except ValueError:
+        raise InputError(f"{path}:{number}: score {score!r} is not a number") from None
+    if not value.is_integer() or abs(value) > MAX_RELEVANCE:
+        raise InputError(
+            f"{path}:{number}: score {score!r} is not a relevance grade (an integer from "
+            f"-{MAX_RELEVANCE} to {MAX_RELEVANCE})"
+        )
+    return int(value)

@@ -11,10 +11,23 @@
    only what is missing or changed.
 3. After a complete run, drop rows that a changed text superseded and ids that left the
    source, so the table mirrors the source.
+
+Every vector a provider returns is checked before it is stored: a NaN, an infinity or an
+all-zero vector stops the run (exit 2) naming the table and the input's id.
+
+Concurrent runs into one store are safe (see :mod:`madapt_cli.stores`): each stores all its
+rows. Step 3 makes a table mirror the source of the run that *finishes* last, so two runs of
+the same source into one table keep every row; two runs of *different* sources into one
+table end with the rows of the later one (as if they had run one after the other); use one
+table per source, or ``--limit``, which keeps other rows.
+
+A store this run creates appears with its first stored rows: a run that fails before any
+leaves no store behind. ``--out`` must be new, empty or a madapt store.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,9 +42,11 @@ import pyarrow as pa
 from madapt_cli import console
 from madapt_cli.data import BeirDataset, TextSource
 from madapt_cli.errors import InputError
-from madapt_cli.providers.base import EmbeddingProvider, Role, TextItem
+from madapt_cli.providers.base import BadVectors, EmbeddingProvider, Role, TextItem
 from madapt_cli.providers.resilience import RemoteProvider
 from madapt_cli.stores import (
+    LOCK_FILE,
+    MARKER,
     Store,
     check_compatible,
     embedding_schema,
@@ -40,6 +55,7 @@ from madapt_cli.stores import (
     validate_table_name,
     vectors_to_arrow,
 )
+from madapt_cli.util.vectors import check_vectors
 
 #: called with the number of rows just finished (embedded, or rejected and skipped)
 ProgressCallback = Callable[[int], None]
@@ -206,6 +222,7 @@ def embed_source(
     embedded = 0
     skipped_bad = 0
     policy = flush_policy or flush_policy_for(provider)
+    where = f"embedding table '{table}' of {store.path} with {provider.name} ({provider.model})"
     buffered: list[pa.Table] = []  # finished rows not yet in the store
     buffered_rows = 0
     last_flush = time.monotonic()
@@ -229,8 +246,12 @@ def embed_source(
         if on_progress:
             on_progress(len(items))
         # An all-NaN row is an input the API rejected and the provider skipped (--skip-bad):
-        # it is not stored, so a rerun tries it again.
-        rejected = np.isnan(vectors).all(axis=1)
+        # it is not stored, so a rerun tries it again. (Providers check the vectors they
+        # receive first, so a NaN from the model itself never passes for a skipped input.)
+        if getattr(provider, "skip_bad", False):
+            rejected = np.isnan(vectors).all(axis=1)
+        else:
+            rejected = np.zeros(len(items), dtype=bool)
         if rejected.any():
             skipped_bad += int(rejected.sum())
             for item, bad in zip(items, rejected, strict=True):
@@ -239,6 +260,7 @@ def embed_source(
             items = [item for item, bad in zip(items, rejected, strict=True) if not bad]
             vectors = vectors[~rejected]
         if items:
+            check_vectors(vectors, [i.id for i in items], where)
             if normalize:
                 vectors = _normalise(vectors)
             if schema is None:
@@ -264,6 +286,8 @@ def embed_source(
             check_compatible(table, store.metadata(table), probe)
         try:
             _run_requests(plan_requests(pending(), provider), provider, role, finished)
+        except BadVectors as error:  # found by the provider: add the table
+            raise InputError(f"{where}: {error}") from None
         finally:  # the end, an error or Ctrl-C: keep every finished row
             flush()
     else:
@@ -388,10 +412,23 @@ def _plan_jobs(
 ) -> tuple[Store | None, list[EmbedJob], list[EmbedPlan]]:
     """Validate every input against the store (if there is one yet); writes nothing."""
     jobs = embed_jobs(source, options)
-    existing = open_store(out, store_format) if out.exists() and any(out.iterdir()) else None
+    existing = None
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise InputError(
+                f"--out {out} exists, is not empty and is not a madapt store (no {MARKER}): "
+                "choose a new or empty directory"
+            )
+        existing = open_store(out, store_format)
     plans = [
         plan_embedding(job.source, provider, existing, job.table, job.role, limit) for job in jobs
     ]
+    for job, plan in zip(jobs, plans, strict=True):
+        if plan.rows == 0:
+            skipped = f" ({plan.skipped_empty} empty ones skipped)" if plan.skipped_empty else ""
+            raise InputError(
+                f"{job.source.path}: no rows to embed into table '{job.table}'{skipped}"
+            )
     return existing, jobs, plans
 
 
@@ -412,25 +449,31 @@ def run_embed(
     existing, jobs, plans = _plan_jobs(
         source, out, provider, options or SourceOptions(), store_format, limit
     )
+    new_folder = not out.exists()
     store = existing or open_store(out, store_format, create=True)
     summaries = []
-    with console.progress(console.RowsPerSecond(), quiet=quiet) as bar:
-        for job, plan in zip(jobs, plans, strict=True):
-            task = bar.add_task(job.table, total=plan.to_embed)
-            summary = embed_source(
-                job.source,
-                provider,
-                store,
-                job.table,
-                job.role,
-                normalize=normalize,
-                dtype=dtype,
-                store_text=store_text,
-                limit=limit,
-                plan=plan,
-                on_progress=lambda n, task=task: bar.advance(task, n),
-            )
-            summaries.append(summary.to_dict())
+    try:
+        with console.progress(console.RowsPerSecond(), quiet=quiet) as bar:
+            for job, plan in zip(jobs, plans, strict=True):
+                task = bar.add_task(job.table, total=plan.to_embed)
+                summary = embed_source(
+                    job.source,
+                    provider,
+                    store,
+                    job.table,
+                    job.role,
+                    normalize=normalize,
+                    dtype=dtype,
+                    store_text=store_text,
+                    limit=limit,
+                    plan=plan,
+                    on_progress=lambda n, task=task: bar.advance(task, n),
+                )
+                summaries.append(summary.to_dict())
+    except BaseException:
+        if existing is None:
+            _remove_if_unused(out, new_folder)
+        raise
     stats = provider.stats()
     return {
         "store": str(out),
@@ -443,6 +486,28 @@ def run_embed(
         "tables": summaries,
         **({"provider_stats": stats} if stats else {}),
     }
+
+
+def _remove_if_unused(out: Path, new_folder: bool) -> None:
+    """After a failed run that created the store: remove what it made if no row was stored
+    (the marker, the lock file, empty table folders), so no empty store is left behind."""
+    try:
+        entries = list(out.iterdir())
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                if any(not child.name.startswith(".tmp-") for child in entry.iterdir()):
+                    return  # rows were stored
+            elif entry.name not in (MARKER, LOCK_FILE):
+                return
+        for entry in entries:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if new_folder:
+            out.rmdir()
+    except OSError:
+        pass  # best effort: the failure being reported matters more
 
 
 def estimate_embedding(

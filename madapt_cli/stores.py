@@ -11,14 +11,29 @@ Two backends share one interface:
 
 A store directory carries a ``madapt-store.json`` marker naming its format. Table metadata is
 JSON under the Arrow schema metadata key ``madapt`` (provider, model, dimension, ...).
+
+Concurrent writers (several processes, e.g. two ``madapt embed`` runs into one store) are
+safe: every change (append, retain, write_table) holds an exclusive advisory lock
+(``fcntl.flock`` on ``.madapt-store.lock`` in the store) while it picks names, writes and
+renames, so no write replaces another's and no row is lost. The kernel releases the lock
+when its process dies, so a killed run never blocks the next one. Leftover staging of a killed
+run (``.tmp-*`` files in table folders, ``.tmp-*`` and ``.NAME.old-*`` folders in the store)
+is removed by the next write, under the same lock, and never read as a table.
+
+Every vector read through :meth:`Store.read_vectors` / :meth:`Store.iter_vectors` is checked:
+finite and (unless asked otherwise) non-zero. A Parquet file damaged outside madapt is a
+:class:`StoreError` naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -31,12 +46,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from madapt_cli import __version__
-from madapt_cli.errors import StoreError
+from madapt_cli.errors import ENVIRONMENT_ERRNOS, StoreError
 from madapt_cli.files import replace_directory
+from madapt_cli.util.vectors import check_vectors
 
 StoreFormat = Literal["parquet", "lance"]
 FORMATS: tuple[str, ...] = ("parquet", "lance")
 MARKER = "madapt-store.json"
+LOCK_FILE = ".madapt-store.lock"
 METADATA_KEY = b"madapt"
 VECTOR_COLUMN = "vector"
 # Metadata fields that must agree before rows may be appended to an existing table.
@@ -126,6 +143,35 @@ class Store(ABC):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock_guard = threading.RLock()
+        self._lock_depth = 0
+        self._lock_handle: Any = None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's exclusive write lock (re-entrant within this object).
+
+        ``fcntl.flock`` on :data:`LOCK_FILE`: other processes writing this store wait; the
+        kernel drops the lock when its holder exits, however it exits."""
+        with self._lock_guard:
+            if self._lock_depth == 0:
+                self.path.mkdir(parents=True, exist_ok=True)
+                handle = open(self.path / LOCK_FILE, "a+b")  # noqa: SIM115 - held across yield
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                except BaseException:
+                    handle.close()
+                    raise
+                self._lock_handle = handle
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    handle, self._lock_handle = self._lock_handle, None
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                    handle.close()
 
     @abstractmethod
     def tables(self) -> list[str]:
@@ -186,17 +232,49 @@ class Store(ABC):
             keys.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True))
         return keys
 
+    def iter_vectors(
+        self,
+        name: str,
+        column: str = VECTOR_COLUMN,
+        batch_rows: int = 65_536,
+        *,
+        allow_zero: bool = False,
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Stream (ids, n x D float32 array) batches of the live rows, each row checked
+        (:func:`~madapt_cli.util.vectors.check_vectors`): a NaN, an infinity or, unless
+        ``allow_zero``, an all-zero vector raises InputError naming the table and the id."""
+        self.require_table(name)
+        where = f"table '{name}' of {self.path}"
+        for batch in self.iter_batches(name, columns=["id", column], batch_rows=batch_rows):
+            ids = batch.column(0).to_pylist()
+            vectors = arrow_to_vectors(batch.column(1), np.float32)
+            check_vectors(vectors, ids, where, allow_zero=allow_zero)
+            yield ids, vectors
+
     def read_vectors(
-        self, name: str, column: str = VECTOR_COLUMN, dtype: Any = np.float32
+        self,
+        name: str,
+        column: str = VECTOR_COLUMN,
+        dtype: Any = np.float32,
+        *,
+        allow_zero: bool = False,
     ) -> tuple[list[str], np.ndarray]:
-        """(ids, N x D array) of a whole table. ``dtype=None`` keeps the stored precision."""
+        """(ids, N x D array) of a whole table. ``dtype=None`` keeps the stored precision.
+
+        Every row is checked as in :meth:`iter_vectors` (finite; non-zero unless
+        ``allow_zero``): madapt normalises every vector it uses, and a zero one has no
+        direction."""
         self.require_table(name)
         field = self.schema(name).field(column)
+        where = f"table '{name}' of {self.path}"
         ids: list[str] = []
         parts: list[np.ndarray] = []
         for batch in self.iter_batches(name, columns=["id", column]):
-            ids.extend(batch.column(0).to_pylist())
-            parts.append(arrow_to_vectors(batch.column(1), dtype))
+            batch_ids = batch.column(0).to_pylist()
+            vectors = arrow_to_vectors(batch.column(1), dtype)
+            check_vectors(vectors, batch_ids, where, allow_zero=allow_zero)
+            ids.extend(batch_ids)
+            parts.append(vectors)
         if not parts:
             width = field.type.list_size
             return ids, np.zeros((0, width), dtype=dtype or np.float32)
@@ -221,6 +299,48 @@ class Store(ABC):
 
 # --- Parquet backend -----------------------------------------------------------------------
 _PART = re.compile(r"^(base|part)-(\d{8})\.parquet$")
+# staging of this module (``.tmp-PID-HEX.parquet`` files, ``.tmp-TABLE-PID-HEX`` folders; no
+# PID before 0.x) and of files.replace_directory (``.TABLE.old-PID-HEX``)
+_LEFTOVER_FILE = re.compile(r"^\.tmp-(?:(?P<pid>\d+)-)?[0-9a-f]{32}\.parquet$")
+_LEFTOVER_DIR = re.compile(r"^\.(?:tmp-.+?|.+\.(?:tmp|old))-(?:(?P<pid>\d+)-)?[0-9a-f]{32}$")
+
+
+def _left_by_a_dead_process(match: re.Match[str] | None) -> bool:
+    if match is None:
+        return False
+    pid = match.group("pid")
+    if pid is None:
+        return True  # written before names carried the PID: long finished
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A Parquet file that is truncated or damaged becomes a StoreError naming it."""
+    try:
+        yield
+    except pa.ArrowInvalid as error:
+        raise StoreError(_damaged(path, error)) from None
+    except OSError as error:
+        if error.errno in ENVIRONMENT_ERRNOS or isinstance(error, FileNotFoundError):
+            raise
+        raise StoreError(_damaged(path, error)) from None
+
+
+def _damaged(path: Path, error: BaseException) -> str:
+    reason = " ".join(str(error).split())
+    return (
+        f"{path}: unreadable Parquet file of the store ({reason}); it was changed outside "
+        "madapt: restore it, or delete the table's folder and rerun `madapt embed`"
+    )
 
 
 class ParquetStore(Store):
@@ -249,6 +369,19 @@ class ParquetStore(Store):
         bases = [i for i, (_, kind, _) in enumerate(found) if kind == "base"]
         return found[bases[-1] :] if bases else found
 
+    def _remove_leftovers(self, name: str) -> None:
+        """Delete the staging of writers that no longer run (a killed or crashed run)."""
+        directory = self._table_dir(name)
+        if directory.is_dir():
+            for entry in directory.iterdir():
+                if _left_by_a_dead_process(_LEFTOVER_FILE.match(entry.name)) and entry.is_file():
+                    entry.unlink(missing_ok=True)
+        if self.path.is_dir():
+            for entry in self.path.iterdir():
+                dead = _left_by_a_dead_process(_LEFTOVER_DIR.match(entry.name))
+                if dead and entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+
     def _next_sequence(self, name: str) -> int:
         directory = self._table_dir(name)
         numbers = (
@@ -274,7 +407,9 @@ class ParquetStore(Store):
     def schema(self, name: str) -> pa.Schema:
         if name not in self._schemas:
             self.require_table(name)
-            self._schemas[name] = pq.read_schema(self._files(name)[0][2])
+            path = self._files(name)[0][2]
+            with _reading(path):
+                self._schemas[name] = pq.read_schema(path)
         return self._schemas[name]
 
     def metadata(self, name: str) -> dict[str, Any]:
@@ -285,7 +420,10 @@ class ParquetStore(Store):
         files = self._files(name)
         if len(files) <= 1:
             return [None] * len(files)
-        id_columns = [pq.read_table(p, columns=["id"]).column(0) for _, _, p in files]
+        id_columns = []
+        for _, _, path in files:
+            with _reading(path):
+                id_columns.append(pq.read_table(path, columns=["id"]).column(0))
         seen: set[str] = set()
         masks: list[np.ndarray | None] = [None] * len(files)
         for index in range(len(files) - 1, -1, -1):  # newest first
@@ -299,7 +437,11 @@ class ParquetStore(Store):
         self.require_table(name)
         total = 0
         for (_, _, path), mask in zip(self._files(name), self._live_masks(name), strict=True):
-            total += pq.ParquetFile(path).metadata.num_rows if mask is None else int(mask.sum())
+            if mask is None:
+                with _reading(path):
+                    total += pq.ParquetFile(path).metadata.num_rows
+            else:
+                total += int(mask.sum())
         return total
 
     def iter_batches(
@@ -308,7 +450,14 @@ class ParquetStore(Store):
         self.require_table(name)
         for (_, _, path), mask in zip(self._files(name), self._live_masks(name), strict=True):
             offset = 0
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+            with _reading(path):
+                parquet = pq.ParquetFile(path)
+                batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
+            while True:
+                with _reading(path):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
                 rows = batch.num_rows
                 if mask is not None:
                     batch = batch.filter(pa.array(mask[offset : offset + rows]))
@@ -316,26 +465,73 @@ class ParquetStore(Store):
                 if batch.num_rows:
                     yield batch
 
-    def _write_file(self, name: str, kind: str, table: pa.Table, sequence: int) -> Path:
+    def _stage_file(self, name: str, table: pa.Table) -> Path:
+        """Write ``table`` to a staging file of this process (no lock needed: its own name)."""
         directory = self._table_dir(name)
         directory.mkdir(parents=True, exist_ok=True)
-        final = directory / f"{kind}-{sequence:08d}.parquet"
-        temporary = directory / f".tmp-{uuid.uuid4().hex}.parquet"
-        pq.write_table(table, temporary)
-        _fsync(temporary)
-        os.replace(temporary, final)
+        temporary = directory / f".tmp-{os.getpid()}-{uuid.uuid4().hex}.parquet"
+        try:
+            pq.write_table(table, temporary)
+            _fsync(temporary)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return temporary
+
+    def _publish(self, name: str, kind: str, temporary: Path) -> Path:
+        """Give a staged file the table's next name. Called under the lock; the name is
+        taken with a hard link, which never replaces an existing file."""
+        directory = self._table_dir(name)
+        try:
+            sequence = self._next_sequence(name)
+            while True:
+                final = directory / f"{kind}-{sequence:08d}.parquet"
+                try:
+                    os.link(temporary, final)
+                    break
+                except FileExistsError:  # a writer that ignores the lock: never clobber
+                    sequence += 1
+        finally:
+            temporary.unlink(missing_ok=True)
+        _fsync_directory(directory)
         return final
 
+    def _write_file(self, name: str, kind: str, table: pa.Table) -> Path:
+        return self._publish(name, kind, self._stage_file(name, table))
+
     def append(self, name: str, rows: pa.Table) -> None:
-        if self.has_table(name):
-            check_compatible(name, self.metadata(name), _decode_metadata(rows.schema))
-            existing = self.schema(name)
-            rows = rows.replace_schema_metadata(existing.metadata)
-            if rows.schema.remove_metadata() != existing.remove_metadata():
-                raise StoreError(f"table '{name}': new rows do not match its schema")
-        self._write_file(name, "part", rows, self._next_sequence(name))
+        # Written outside the lock (other writers go on meanwhile), named under it.
+        expected = self._conform(name, rows)
+        staged = self._stage_file(name, rows if expected is None else expected[1])
+        with self.locked():
+            self._remove_leftovers(name)
+            self._schemas.pop(name, None)  # another process may have replaced the table
+            now = self.schema(name) if self.has_table(name) else None
+            if now != (None if expected is None else expected[0]):
+                # another process created or replaced the table meanwhile: conform again
+                staged.unlink(missing_ok=True)
+                expected = self._conform(name, rows)
+                staged = self._stage_file(name, rows if expected is None else expected[1])
+            self._publish(name, "part", staged)
+
+    def _conform(self, name: str, rows: pa.Table) -> tuple[pa.Schema, pa.Table] | None:
+        """(the table's schema, ``rows`` with its metadata), or None for a new table."""
+        self._schemas.pop(name, None)
+        if not self.has_table(name):
+            return None
+        check_compatible(name, self.metadata(name), _decode_metadata(rows.schema))
+        existing = self.schema(name)
+        rows = rows.replace_schema_metadata(existing.metadata)
+        if rows.schema.remove_metadata() != existing.remove_metadata():
+            raise StoreError(f"table '{name}': new rows do not match its schema")
+        return existing, rows
 
     def retain(self, name: str, keep_ids: set[str] | None = None) -> int:
+        with self.locked():
+            self._remove_leftovers(name)
+            return self._retain(name, keep_ids)
+
+    def _retain(self, name: str, keep_ids: set[str] | None) -> int:
         self.require_table(name)
         files = self._files(name)
         masks = self._live_masks(name)
@@ -347,7 +543,8 @@ class ParquetStore(Store):
             return 0  # nothing superseded, nothing stale: leave the files alone
         pieces = []
         for (_, _, path), mask in zip(files, masks, strict=True):
-            table = pq.read_table(path)
+            with _reading(path):
+                table = pq.read_table(path)
             if mask is not None:
                 table = table.filter(pa.array(mask))
             if keep_ids is not None:
@@ -356,34 +553,50 @@ class ParquetStore(Store):
             pieces.append(table)
         schema = self.schema(name)
         merged = pa.concat_tables([p.replace_schema_metadata(schema.metadata) for p in pieces])
-        self._write_file(name, "base", merged, self._next_sequence(name))
+        self._write_file(name, "base", merged)
         for _, _, path in files:  # now unreachable: the new base shadows them
             path.unlink(missing_ok=True)
         return stale
 
     def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
         directory = self._table_dir(name)
-        self._schemas.pop(name, None)
-        self.path.mkdir(parents=True, exist_ok=True)
-        staging = self.path / f".tmp-{name}-{uuid.uuid4().hex}"
-        staging.mkdir()
-        rows = 0
-        try:
-            target = staging / f"base-{1:08d}.parquet"
-            with pq.ParquetWriter(target, schema) as writer:
-                for batch in batches:
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-            _fsync(target)
-            replace_directory(staging, directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with self.locked():
+            self._remove_leftovers(name)
+            self._schemas.pop(name, None)
+            staging = self.path / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex}"
+            staging.mkdir()
+            rows = 0
+            try:
+                target = staging / f"base-{1:08d}.parquet"
+                with pq.ParquetWriter(target, schema) as writer:
+                    for batch in batches:
+                        writer.write_batch(batch)
+                        rows += batch.num_rows
+                _fsync(target)
+                replace_directory(staging, directory)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            self._schemas.pop(name, None)
         return rows
 
 
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename or link in ``path`` durable (best effort: not every system allows it)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 # --- LanceDB backend -------------------------------------------------------------------------
@@ -426,6 +639,10 @@ class LanceStore(Store):
 
     def append(self, name: str, rows: pa.Table) -> None:
         validate_table_name(name)
+        with self.locked():
+            self._append(name, rows)
+
+    def _append(self, name: str, rows: pa.Table) -> None:
         if not self.has_table(name):
             self._db.create_table(name, rows)
             return
@@ -442,6 +659,10 @@ class LanceStore(Store):
     def retain(self, name: str, keep_ids: set[str] | None = None) -> int:
         if keep_ids is None:  # merge_insert never leaves superseded rows behind
             return 0
+        with self.locked():
+            return self._retain(name, keep_ids)
+
+    def _retain(self, name: str, keep_ids: set[str]) -> int:
         table = self._open(name)
         stale = [i for i in self.read_keys(name) if i not in keep_ids]
         if stale:
@@ -460,7 +681,8 @@ class LanceStore(Store):
                 yield batch
 
         reader = pa.RecordBatchReader.from_batches(schema, counting())
-        self._db.create_table(name, reader, schema=schema, mode="overwrite")
+        with self.locked():
+            self._db.create_table(name, reader, schema=schema, mode="overwrite")
         return counted
 
 
@@ -477,7 +699,12 @@ def detect_format(path: Path) -> StoreFormat | None:
         raise StoreError(f"{marker}: unknown store format {fmt!r}")
     if path.is_dir() and any(p.suffix == ".lance" for p in path.iterdir()):
         return "lance"
-    tables = [p for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
+    # dot names are staging a killed run may have left, never a table
+    tables = (
+        [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if path.is_dir()
+        else []
+    )
     if any(next(t.glob("*.parquet"), None) for t in tables):
         return "parquet"
     return None

@@ -6,6 +6,8 @@ every row got its own vector), log what they were asked for, and inject faults o
 
     server.faults.extend(["429", "500", "hang", "malformed", "wrong_count"])
     server.poisoned.add("text the server rejects with a 400")
+    server.wrong_width = 256          # every answer: vectors of this size, whatever was asked
+    server.bad_values["some text"] = float("nan")  # that text's vector: this value, or zeros
 
 Faults are consumed one per request, in order. Tokens are counted as ``ceil(utf8_bytes / 3)``
 (title included), which the clients' estimates never undercount.
@@ -67,6 +69,8 @@ class Logged:
 class ServerState:
     faults: list[str] = field(default_factory=list)
     poisoned: set[str] = field(default_factory=set)
+    wrong_width: int | None = None
+    bad_values: dict[str, float] = field(default_factory=dict)
     latency: float = 0.0
     hang_seconds: float = 3.0
     retry_after: str = "0"
@@ -212,6 +216,15 @@ class _Server(ThreadingHTTPServer):
         body = {"access_token": self.api_key, "expires_in": 3600, "token_type": "Bearer"}
         return 200, json.dumps(body).encode(), {}
 
+    def values_for(self, text: str, width: int, salt: str) -> list[float]:
+        """The vector of ``text``, spoilt on demand (``wrong_width``, ``bad_values``)."""
+        vector = vector_for(text, self.state.wrong_width or width, salt)
+        bad = self.state.bad_values.get(text)
+        if bad is not None:
+            vector = np.zeros_like(vector) if bad == 0 else vector
+            vector[1] = bad
+        return vector.tolist()
+
     # overridden per API
     def extract_texts(self, path: str, body: dict[str, Any]) -> list[str]:
         raise NotImplementedError
@@ -270,7 +283,7 @@ class FakeOpenAI(_Server):
                 raise _Reject(400, f"invalid 'dimensions' {dimensions!r}")
             width = dimensions
         data = [
-            {"object": "embedding", "index": i, "embedding": vector_for(t, width, model).tolist()}
+            {"object": "embedding", "index": i, "embedding": self.values_for(t, width, model)}
             for i, t in enumerate(texts)
         ]
         return {
@@ -363,7 +376,7 @@ class FakeVertex(_Server):
             width = dimensions
         # the vector depends on everything that should change it
         salt = f"{model}|{task_type}|{title}|"
-        values = vector_for(full[: 3 * 2048] if truncated else text, width, salt).tolist()
+        values = self.values_for(full[: 3 * 2048] if truncated else text, width, salt)
         return values, min(tokens, 2048), truncated
 
     def respond(self, path: str, body: dict[str, Any], texts: list[str]) -> dict[str, Any]:

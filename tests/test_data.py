@@ -150,3 +150,49 @@ def test_streaming_reads_one_line_at_a_time(tmp_path: Path):
         handle.write(b"this line is not JSON\n")
     first = next(iter(TextSource(path)))  # the bad last line is never reached
     assert first.id == "0"
+
+
+@pytest.mark.parametrize("score", ["inf", "1e30", "-1e30", "nan", "1.5"])
+def test_qrels_scores_must_be_integer_grades_in_range(tmp_path: Path, score: str):
+    path = tmp_path / "q.tsv"
+    path.write_text(f"query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t{score}\n")
+    with pytest.raises(InputError, match=rf"q\.tsv:3: score '{score}' is not a relevance grade"):
+        read_qrels(path)
+    path.write_text("q1\td1\t2.0\nq1\td2\t-1\n")  # an integer written as a float is fine
+    assert read_qrels(path) == {"q1": {"d1": 2, "d2": -1}}
+
+
+def corrupt_gzip(path: Path, lines: bytes) -> Path:
+    import gzip
+
+    data = gzip.compress(lines * 500)
+    path.write_bytes(data[:20] + bytes(b ^ 0x55 for b in data[20:60]) + data[60:])
+    return path
+
+
+def test_corrupt_gzip_is_a_one_line_error_for_sources_and_qrels(tmp_path: Path):
+    source = corrupt_gzip(tmp_path / "docs.jsonl.gz", b'{"id": "a", "text": "x"}\n')
+    with pytest.raises(InputError, match=r"docs\.jsonl\.gz: corrupt gzip data"):
+        TextSource(source).validate()
+    csv_source = corrupt_gzip(tmp_path / "docs.csv.gz", b"id,text\na,x\n")
+    with pytest.raises(InputError, match=r"docs\.csv\.gz: corrupt gzip data"):
+        TextSource(csv_source).validate()
+    qrels = corrupt_gzip(tmp_path / "test.tsv.gz", b"q1\td1\t1\n")
+    with pytest.raises(InputError, match=r"test\.tsv\.gz: corrupt gzip data"):
+        read_qrels(qrels)
+
+
+def test_corrupt_gzip_source_at_the_cli_exits_2_in_one_line(tmp_path: Path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from madapt_cli.cli import app
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unused")
+    source = corrupt_gzip(tmp_path / "docs.jsonl.gz", b'{"id": "a", "text": "x"}\n')
+    out = tmp_path / "store"
+    result = CliRunner().invoke(
+        app, ["embed", str(source), "--out", str(out), "--provider", "openai"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "corrupt gzip data" in result.output and "Traceback" not in result.output
+    assert not out.exists()

@@ -200,3 +200,25 @@ def test_a_truncated_input_is_counted_once_however_often_it_is_resent(server):
     stats = provider.stats()
     assert stats["truncated"] == 1 and stats["truncated_ids"] == ["long"]
     assert sum("lorem" in text for text in server.state.texts_requested()) >= 3
+
+
+def test_vectors_of_the_wrong_size_are_not_retried_and_named(server):
+    # a compatible server answering 256-d for a 1536-d model, amid rate limiting: the
+    # deterministic cause is reported at once, not the last 429 after every retry
+    server.state.wrong_width = 256
+    server.state.faults.extend(["429"])
+    with pytest.raises(ProviderError, match=r"256 dimensions where .* gives 1536.*no --dimensions"):
+        make(server).embed_batch(items(3), "document")
+    assert len(server.state.requests()) == 2  # the 429, then one answer: not retried
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0])
+def test_a_non_finite_or_zero_vector_names_the_input_and_is_not_retried(server, value):
+    from madapt_cli.providers.base import BadVectors
+
+    batch = items(4)
+    server.state.bad_values[batch[2].text] = value
+    for skip_bad in (False, True):  # never taken for an input the user chose to skip
+        with pytest.raises(BadVectors, match=r"id 'd2' has (a non-finite|an all-zero)"):
+            make(server, skip_bad=skip_bad).embed_batch(batch, "document")
+    assert len(server.state.requests()) == 2

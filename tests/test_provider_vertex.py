@@ -211,3 +211,22 @@ def test_skip_bad_does_not_skip_a_whole_corpus_when_every_request_is_refused(ser
         for item in batch:
             provider.embed_batch([item], "document")
     assert len(server.state.requests()) == 5
+
+
+def test_vectors_of_the_wrong_size_are_not_retried_and_named(server):
+    server.state.wrong_width = 256
+    server.state.faults.extend(["429"])
+    with pytest.raises(ProviderError, match=r"256 dimensions where .* gives 768"):
+        make(server).embed_batch(docs(3), "document")
+    assert len(server.state.requests()) == 2  # the 429, then one answer: not retried
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.0])
+def test_a_non_finite_or_zero_vector_names_the_input_and_is_not_retried(server, value):
+    from madapt_cli.providers.base import BadVectors
+
+    batch = docs(4)
+    server.state.bad_values[batch[2].text] = value
+    with pytest.raises(BadVectors, match=r"id 'd2' has (a non-finite|an all-zero)"):
+        make(server).embed_batch(batch, "document")
+    assert len(server.state.requests()) == 1

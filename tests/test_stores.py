@@ -176,3 +176,32 @@ def test_a_crash_leftover_staging_directory_is_not_a_table(tmp_path):
     reopened = open_store(tmp_path / "store")
     assert reopened.tables() == ["corpus"]
     assert reopened.read_vectors("corpus")[0] == ["a", "b"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 0.0])
+def test_reading_a_non_finite_or_zero_vector_names_the_table_and_id(store: Store, bad):
+    from madapt_cli.errors import InputError
+
+    if store.format == "lance" and bad != 0.0:
+        pytest.skip("LanceDB itself refuses to write NaN")
+    vectors = random_vectors(5)
+    vectors[3] = bad if bad == 0.0 else vectors[3]
+    vectors[3, 2] = bad
+    store.append("corpus", rows([f"d{i}" for i in range(5)], vectors))
+    with pytest.raises(InputError, match=r"table 'corpus' of .*id 'd3'"):
+        store.read_vectors("corpus")
+    with pytest.raises(InputError, match=r"table 'corpus' of .*id 'd3'"):
+        list(store.iter_vectors("corpus", batch_rows=2))
+    if bad == 0.0:  # a zero vector is allowed where the caller says so
+        assert len(store.read_vectors("corpus", allow_zero=True)[0]) == 5
+
+
+def test_iter_vectors_yields_checked_float32_batches(store: Store):
+    vectors = random_vectors(7)
+    store.append("corpus", rows([f"d{i}" for i in range(7)], vectors, dtype="float16"))
+    batches = list(store.iter_vectors("corpus", batch_rows=3))
+    assert all(len(ids) <= 3 and v.dtype == np.float32 for ids, v in batches)
+    ids = [i for batch_ids, _ in batches for i in batch_ids]
+    assert ids == [f"d{i}" for i in range(7)]
+    joined = np.concatenate([v for _, v in batches])
+    np.testing.assert_allclose(joined, vectors.astype(np.float16).astype(np.float32))

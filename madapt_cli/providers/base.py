@@ -19,6 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from madapt_cli.errors import InputError
+from madapt_cli.util.vectors import check_vectors
+
 Role = Literal["document", "query"]
 ROLES: tuple[Role, ...] = ("document", "query")
 
@@ -30,6 +33,19 @@ class TextItem:
     id: str
     text: str
     title: str | None = None
+
+
+class BadVectors(InputError):
+    """A provider answered with a vector madapt refuses (NaN, infinity, all zeros): a fact of
+    the model and text, so never retried; the pipeline adds the table to the message."""
+
+
+def check_response(vectors: np.ndarray, items: list[TextItem], where: str) -> None:
+    """Raise :class:`BadVectors` naming the first input whose vector is non-finite or zero."""
+    try:
+        check_vectors(vectors, [item.id for item in items], where)
+    except InputError as error:
+        raise BadVectors(str(error)) from None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from madapt_cli.providers.resilience import (
     Failure,
     InvalidResponse,
     RemoteProvider,
+    UnusableResponse,
     parse_retry_after,
     sdk_failure,
 )
@@ -217,7 +218,7 @@ class OpenAIProvider(RemoteProvider):
             raise InvalidResponse(f"indices {indices[:5]}... are not 0..{len(items) - 1}")
         if any(isinstance(v, str) for v in vectors):
             raise InvalidResponse("base64 vectors where floats were asked for")
-        array = self._check_vectors(vectors, len(items))
+        array = self._check_vectors(vectors, items)
         self._learn_dimension(array.shape[1])
         return array
 
@@ -226,7 +227,16 @@ class OpenAIProvider(RemoteProvider):
             if self._dimension is None:
                 self._dimension = width
             elif width != self._dimension:
-                raise InvalidResponse(f"vectors of {width} dimensions, expected {self._dimension}")
+                asked = (
+                    f"--dimensions {self.requested_dimensions} was sent"
+                    if self.requested_dimensions is not None
+                    else "no --dimensions was sent"
+                )
+                raise UnusableResponse(
+                    f"the server returned vectors of {width} dimensions where {self.model} "
+                    f"gives {self._dimension} ({asked}); check --model, --dimensions and "
+                    "--base-url"
+                )
 
     def _classify(self, error: BaseException) -> Failure | None:
         openai = _import_openai()

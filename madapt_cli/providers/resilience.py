@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from madapt_cli.errors import ProviderError
-from madapt_cli.providers.base import EmbeddingProvider, Role, TextItem
+from madapt_cli.providers.base import EmbeddingProvider, Role, TextItem, check_response
 
 T = TypeVar("T")
 
@@ -96,7 +96,14 @@ def sdk_failure(error: BaseException, scrub: Callable[[object], str]) -> Failure
 
 
 class InvalidResponse(Exception):
-    """A response we cannot use (malformed body, wrong number or size of vectors): retried."""
+    """A response we cannot use that may be a glitch (malformed body, a missing vector):
+    retried."""
+
+
+class UnusableResponse(Exception):
+    """A well-formed response that can never become valid (vectors of the wrong size): the
+    same request would get the same answer, so it is not retried and the run stops naming
+    it."""
 
 
 def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
@@ -286,6 +293,8 @@ def send_with_retries(
         counters.add("requests")
         try:
             return send()
+        except UnusableResponse as error:
+            raise ProviderError(f"{what} failed: {error} (not retried)") from None
         except InvalidResponse as error:
             failure = Failure("transient", f"invalid response: {error}")
         except Exception as error:
@@ -484,8 +493,11 @@ class RemoteProvider(EmbeddingProvider):
         limit = self.limits.max_input_tokens
         return limit if limit is not None else 1 << 62
 
-    def _check_vectors(self, vectors: list[list[float]], count: int) -> np.ndarray:
-        """The response's vectors as float32 (count, dimension), or :class:`InvalidResponse`."""
+    def _check_vectors(self, vectors: list[list[float]], items: list[TextItem]) -> np.ndarray:
+        """The response's vectors as float32 (len(items), dimension), or
+        :class:`InvalidResponse`; a NaN, infinite or all-zero vector is
+        :class:`~madapt_cli.providers.base.BadVectors` naming its input (never retried)."""
+        count = len(items)
         if len(vectors) != count:
             raise InvalidResponse(f"{len(vectors)} vectors for {count} inputs")
         try:
@@ -494,6 +506,5 @@ class RemoteProvider(EmbeddingProvider):
             raise InvalidResponse("vectors of unequal length or non-numbers") from None
         if array.ndim != 2 or array.shape[0] != count:
             raise InvalidResponse(f"vectors of shape {array.shape} for {count} inputs")
-        if not np.isfinite(array).all():
-            raise InvalidResponse("non-finite numbers in vectors")
+        check_response(array, items, f"{self.name} ({self.model}) response")
         return array

@@ -37,8 +37,8 @@ from madapt_cli.errors import ProviderError
 from madapt_cli.providers.base import BatchLimits, Role, TextItem
 from madapt_cli.providers.resilience import (
     Failure,
-    InvalidResponse,
     RemoteProvider,
+    UnusableResponse,
     parse_retry_after,
     sdk_failure,
 )
@@ -203,9 +203,17 @@ class VertexProvider(RemoteProvider):
         )
         embeddings = list(getattr(response, "embeddings", None) or [])
         vectors = [getattr(e, "values", None) or [] for e in embeddings]
-        array = self._check_vectors(vectors, len(items))
+        array = self._check_vectors(vectors, items)
         if array.shape[1] != self.dimension:
-            raise InvalidResponse(f"vectors of {array.shape[1]} dimensions, not {self.dimension}")
+            asked = (
+                f"output_dimensionality {self.requested_dimensions} was sent"
+                if self.requested_dimensions is not None
+                else "no --dimensions was sent"
+            )
+            raise UnusableResponse(
+                f"Vertex returned vectors of {array.shape[1]} dimensions where {self.model} "
+                f"gives {self.dimension} ({asked}); check --model and --dimensions"
+            )
         for item, embedding in zip(items, embeddings, strict=True):
             statistics = getattr(embedding, "statistics", None)
             if statistics is not None and getattr(statistics, "truncated", False):
