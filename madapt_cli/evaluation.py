@@ -57,7 +57,6 @@ import numpy as np
 import torch
 
 from madapt_cli.errors import InputError, StoreError
-from madapt_cli.util.vectors import check_vectors
 
 Qrels = dict[str, dict[str, int]]
 ArrayLike = np.ndarray | torch.Tensor
@@ -885,14 +884,8 @@ def _read_ids(store: Any, table: str) -> list[str]:
 
 def _vector_batches(store: Any, table: str) -> Iterator[tuple[list[str], np.ndarray]]:
     """(ids, float32 vectors) of each stored batch of ``table``, in row order; a NaN,
-    infinite or all-zero vector stops the read (:func:`~madapt_cli.util.vectors.check_vectors`)."""
-    from madapt_cli.stores import arrow_to_vectors
-
-    for batch in store.iter_batches(table, columns=["id", "vector"]):
-        ids = batch.column(0).to_pylist()
-        vectors = arrow_to_vectors(batch.column(1), np.float32)
-        check_vectors(vectors, ids, f"table '{table}' of {store.path}")
-        yield ids, vectors
+    infinite or all-zero vector stops the read (:meth:`Store.iter_vectors` checks them)."""
+    yield from store.iter_vectors(table)
 
 
 def _read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -1024,7 +1017,6 @@ def run_evaluation(
 
     read_started = time.perf_counter()
     all_query_ids, all_queries = store.read_vectors(queries_table)
-    check_vectors(all_queries, all_query_ids, f"table '{queries_table}' of {store.path}")
     position = {query_id: row for row, query_id in enumerate(all_query_ids)}
     query_ids = [q for q in qrels if q in position]
     missing_queries = len(qrels) - len(query_ids)

@@ -71,19 +71,20 @@ def written_kind(directory: Path) -> str | None:
         if files is not None:
             if not isinstance(files, list):
                 return None
-            extra = names - set(files) - {MARKER}
+            extra = names - set(files) - {MARKER, *(_STORE_FILES if kind == "store" else ())}
             if any(kind != "store" or not _is_plain_dir(entries[n]) for n in extra):
                 return None
         return kind
     for kind, matches in _LEGACY.items():
         if matches(names) and (
-            kind != "store" or all(n == _STORE_MARKER or _is_plain_dir(entries[n]) for n in names)
+            kind != "store" or all(n in _STORE_FILES or _is_plain_dir(entries[n]) for n in names)
         ):
             return kind
     return None
 
 
-_STORE_MARKER = "madapt-store.json"
+#: the files a store keeps beside its tables: its marker and its write lock (store layer)
+_STORE_FILES = ("madapt-store.json", ".madapt-store.lock")
 
 
 def _is_plain_dir(path: Path) -> bool:

@@ -34,7 +34,6 @@ from madapt_cli.losses import (
     ReconstructionLoss,
     TopKSimilarityLoss,
 )
-from madapt_cli.util.vectors import check_vectors
 
 Qrels = Mapping[str, Mapping[str, int]]
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -768,7 +767,7 @@ def fit_store(
     ``resume`` (an SMEC adaptor directory) only apply to ``method="smec"``."""
     from madapt_cli.adaptor import METHODS, Adaptor, fit_pca
     from madapt_cli.data import read_qrels
-    from madapt_cli.stores import arrow_to_vectors, open_store
+    from madapt_cli.stores import open_store
 
     config = config or TrainConfig()
     if method not in METHODS:
@@ -808,10 +807,8 @@ def fit_store(
     if method == "pca":
         digest_ids: list[str] = []
         batches = []
-        for batch in store.iter_batches("corpus", columns=["id", "vector"]):
-            ids = batch.column(0).to_pylist()
-            batches.append(arrow_to_vectors(batch.column(1)))
-            check_vectors(batches[-1], ids, f"table 'corpus' of {store.path}")
+        for ids, vectors in store.iter_vectors("corpus"):
+            batches.append(vectors)
             digest_ids.extend(ids)
         if not digest_ids:
             raise InputError(f"table 'corpus' of {store_path} is empty")
@@ -826,7 +823,6 @@ def fit_store(
         history, best = [], None
     else:
         corpus_ids, corpus = store.read_vectors("corpus")
-        check_vectors(corpus, corpus_ids, f"table 'corpus' of {store.path}")
         if len(corpus_ids) < 2:
             raise InputError(f"table 'corpus' of {store_path} has {len(corpus_ids)} rows; need 2+")
         query_ids: list[str] = []
@@ -841,7 +837,6 @@ def fit_store(
                         f"{query_metadata.get(key)!r} vs {metadata.get(key)!r}"
                     )
             query_ids, queries = store.read_vectors("queries")
-            check_vectors(queries, query_ids, f"table 'queries' of {store.path}")
         if method == "smec":  # SMEC's staged trainer: madapt_cli.smec (issue 7)
             from madapt_cli.smec import train_for_store
 
