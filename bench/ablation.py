@@ -28,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from madapt_cli import smec
-from madapt_cli.adaptor import Adaptor
 from madapt_cli.data import read_qrels
-from madapt_cli.evaluation import ndcg_at_10
-from madapt_cli.smec import SMECOptions, train_smec
-from madapt_cli.training import TrainConfig, split_training_queries, train_supervised
+from madapt_cli.methods import smec as smec
+from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.methods.matryoshka import train_supervised
+from madapt_cli.methods.smec import SMECOptions, train_smec
+from madapt_cli.retrieval.evaluate import ndcg_at_10
+from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.validation import split_training_queries
 
 ROWS = {
     "smec base (all parts off)": {"sequential": False, "ads": False, "xbm": False},

@@ -64,11 +64,11 @@ def main() -> None:
 
     from google.oauth2.credentials import Credentials
 
-    from madapt_cli.embedding import plan_requests, run_embed
+    from madapt_cli.pipelines.embed import plan_requests, run_embed
     from madapt_cli.providers.base import BatchLimits, TextItem
     from madapt_cli.providers.openai import OpenAIProvider
     from madapt_cli.providers.vertex import VertexProvider
-    from madapt_cli.stores import open_store
+    from madapt_cli.store.base import open_store
 
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.Process(

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from madapt_cli.data import TextSource
-from madapt_cli.embedding import embed_source
+from madapt_cli.pipelines.embed import embed_source
 from madapt_cli.providers.local import LocalProvider
-from madapt_cli.stores import open_store
+from madapt_cli.store.base import open_store
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "scifact" / "corpus.jsonl.gz"
 

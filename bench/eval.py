@@ -31,9 +31,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from madapt_cli.adaptor import Adaptor, ResidualMLP
-from madapt_cli.evaluation import run_evaluation
-from madapt_cli.stores import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
+from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.methods.matryoshka import ResidualMLP
+from madapt_cli.pipelines.evaluate import run_evaluation
+from madapt_cli.store.base import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
 
 MODEL = "bench/synthetic"
 

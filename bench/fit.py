@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from madapt_cli.training import TrainConfig, train_unsupervised
+from madapt_cli.methods.matryoshka import train_unsupervised
+from madapt_cli.training.config import TrainConfig
 
 
 def clustered_unit_vectors(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from madapt_cli.adaptor import Adaptor, fit_pca
 from madapt_cli.data import read_qrels
-from madapt_cli.evaluation import ndcg_at_10
-from madapt_cli.training import TrainConfig, train_supervised, train_unsupervised
+from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.methods.matryoshka import train_supervised, train_unsupervised
+from madapt_cli.methods.pca import fit_pca
+from madapt_cli.retrieval.evaluate import ndcg_at_10
+from madapt_cli.training.config import TrainConfig
 
 
 def evaluate(adaptor: Adaptor | None, data: dict, qrels: dict, dims: list[int]) -> dict[str, float]:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from madapt_cli.evaluation import resolve_device, search_topk_prefixes
+from madapt_cli.retrieval.search import search_topk_prefixes
+from madapt_cli.util.device import resolve_device
 
 
 def main() -> None:

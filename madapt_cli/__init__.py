@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from madapt_cli.adaptor import Adaptor
+    from madapt_cli.methods.adaptor import Adaptor
 
 __all__ = ["Adaptor", "__version__"]
 
@@ -15,7 +15,7 @@ __all__ = ["Adaptor", "__version__"]
 def __getattr__(name: str) -> Any:
     # Imported lazily so that `import madapt_cli` (and the CLI's --help) does not load torch.
     if name == "Adaptor":
-        from madapt_cli.adaptor import Adaptor
+        from madapt_cli.methods.adaptor import Adaptor
 
         return Adaptor
     raise AttributeError(name)

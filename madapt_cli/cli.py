@@ -20,6 +20,13 @@ from madapt_cli import __version__
 from madapt_cli.console import err
 from madapt_cli.errors import EXIT_INTERRUPTED, MadaptError, environment_failure
 
+try:  # typer 0.20+ parses with its own copy of click
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # pragma: no cover - older typer parses with click itself
+    _TyperUsageError = click.UsageError
+#: a malformed option of a command (wrong type, out of range, unknown): one line, exit 2
+USAGE_ERRORS = (click.UsageError, _TyperUsageError)
+
 COMMAND_MODULES = ("embed", "info", "fit", "apply", "eval", "quickstart")
 
 
@@ -33,6 +40,8 @@ class MadaptGroup(TyperGroup):
             return super().invoke(ctx)
         except MadaptError as error:
             _fail(ctx, error)
+        except USAGE_ERRORS as error:
+            _fail(ctx, MadaptError(error.format_message()))
         except OSError as error:
             failure = environment_failure(error)
             if failure is None:

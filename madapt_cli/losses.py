@@ -163,3 +163,47 @@ class RankingLoss(nn.Module):
         margin = (scores.unsqueeze(2) - better_scores.unsqueeze(-1)) / self.temperature
         per_size = (weight.unsqueeze(0) * F.softplus(margin)).sum(dim=(1, 2, 3))
         return (per_size * self.size_weights).sum() / pairs
+
+
+def nearest_rows(
+    anchors: torch.Tensor, pool: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` rows of ``pool`` most cosine-similar to each anchor, skipping copies of the
+    anchor itself (similarity >= 1 - 1e-6): (similarity (B, k'), index (B, k')), k' <= k."""
+    similarity = F.normalize(anchors, dim=-1) @ F.normalize(pool, dim=-1).T
+    similarity = similarity.masked_fill(similarity >= 1.0 - 1e-6, -2.0)
+    k = min(k, pool.shape[0] - 1) if pool.shape[0] > 1 else 0
+    if k <= 0:
+        empty = anchors.new_zeros((anchors.shape[0], 0))
+        return empty, empty.long()
+    return similarity.topk(k, dim=1)
+
+
+class MemorySimilarityLoss(nn.Module):
+    """S-XBM: keep each vector's similarity to its K nearest memory rows at the selected size.
+
+    L_unsup = mean over batch rows i, j in N_K(i) of | sim(e_i, e_j) - sim_d(f(e_i), f(e_j)) |
+
+    N_K(i) the K memory rows most similar to e_i in the original space, sim_d the cosine over
+    the selected coordinates (``mask``). The memory holds originals only: f(e_j) is recomputed
+    with the current f at every step. (The package's L_topk on masked vectors.)
+    """
+
+    def __init__(self, k: int, dimension: int) -> None:
+        super().__init__()
+        self.k = k
+        self.topk_loss = TopKSimilarityLoss([dimension])  # the full width of masked vectors
+
+    def forward(
+        self, module: nn.Module, originals: torch.Tensor, pool: torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor:
+        similarity, index = nearest_rows(originals, pool, self.k)
+        if index.shape[1] == 0:
+            return masks.sum() * 0.0
+        rows, inverse = torch.unique(index.flatten(), return_inverse=True)
+        adapted = module.residual(torch.cat([originals, pool[rows]]))
+        anchors, neighbours = adapted[: len(originals)], adapted[len(originals) :][inverse]
+        neighbours = neighbours.view(*index.shape, -1)
+        return torch.stack(
+            [self.topk_loss(anchors * mask, neighbours * mask, similarity) for mask in masks]
+        ).mean()

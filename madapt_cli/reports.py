@@ -21,8 +21,8 @@ from rich.table import Table
 
 from madapt_cli import __version__
 from madapt_cli.errors import MadaptError, environment_failure
-from madapt_cli.evaluation import EvaluationReport
-from madapt_cli.files import staged_output
+from madapt_cli.pipelines.evaluate import EvaluationReport
+from madapt_cli.util.files import staged_output
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

@@ -24,7 +24,8 @@ def shared_datasets() -> Path | None:
 def residual_adaptor(dimension: int, model: str, **extra: object):
     """An untrained (identity) Matryoshka adaptor for ``model`` vectors of ``dimension``,
     with the config `madapt fit` writes; ``extra`` adds or overrides config fields."""
-    from madapt_cli.adaptor import Adaptor, ResidualMLP
+    from madapt_cli.methods.adaptor import Adaptor
+    from madapt_cli.methods.matryoshka import ResidualMLP
 
     config = {
         "method": "matryoshka",

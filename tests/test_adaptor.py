@@ -10,8 +10,9 @@ import torch
 from conftest import residual_adaptor
 
 from madapt_cli import Adaptor
-from madapt_cli.adaptor import CONFIG_FILE, WEIGHTS_FILE, fit_pca
 from madapt_cli.errors import InputError, MadaptError
+from madapt_cli.methods.adaptor import CONFIG_FILE, WEIGHTS_FILE
+from madapt_cli.methods.pca import fit_pca
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from fake_servers import (
     write_service_account,
 )
 
-from madapt_cli.stores import open_store
+from madapt_cli.store.base import open_store
 
 OPENAI_KEY = "sk-proj-E2E-SECRET-abcdef0123456789"
 VERTEX_TOKEN = "ya29.E2E-access-token-0123456789"
@@ -271,13 +271,13 @@ def test_api_options_are_refused_for_local_models(tmp_path):
     result = madapt(
         "embed", str(source), "--out", str(tmp_path / "s"), "--rpm", "60", env={**os.environ}
     )
-    assert result.returncode == 2 and "--rpm apply to --provider openai or vertex" in result.stderr
+    assert result.returncode == 2 and "--rpm: only for --provider openai or vertex" in result.stderr
 
 
 def test_vertex_fault_storm_with_concurrent_requests_through_the_pipeline(vertex_server, tmp_path):
     from google.oauth2.credentials import Credentials
 
-    from madapt_cli.embedding import run_embed
+    from madapt_cli.pipelines.embed import run_embed
     from madapt_cli.providers.resilience import RetryPolicy
     from madapt_cli.providers.vertex import VertexProvider
 
@@ -350,7 +350,12 @@ def assert_each_row_once_with_its_vector(out: Path, source: Path, n: int) -> Non
 def test_finished_requests_are_flushed_in_few_part_files_each_row_stored_once(
     openai_server, tmp_path
 ):
-    from madapt_cli.embedding import EVERY_REQUEST, FlushPolicy, embed_source, flush_policy_for
+    from madapt_cli.pipelines.embed import (
+        EVERY_REQUEST,
+        FlushPolicy,
+        embed_source,
+        flush_policy_for,
+    )
     from madapt_cli.providers.local import LocalProvider
 
     source = write_docs(tmp_path / "docs.jsonl", 500)
@@ -372,7 +377,7 @@ def test_finished_requests_are_flushed_in_few_part_files_each_row_stored_once(
 def test_an_interrupted_api_run_keeps_its_finished_rows_and_resumes_without_duplicates(
     openai_server, tmp_path
 ):
-    from madapt_cli.embedding import FlushPolicy, embed_source
+    from madapt_cli.pipelines.embed import FlushPolicy, embed_source
 
     source = write_docs(tmp_path / "docs.jsonl", 300)
     store = open_store(tmp_path / "store", create=True)

@@ -11,10 +11,10 @@ import torch
 from conftest import residual_adaptor
 
 from madapt_cli import Adaptor
-from madapt_cli import applying as applying_module
-from madapt_cli.applying import apply_adaptor
 from madapt_cli.errors import InputError, MadaptError
-from madapt_cli.stores import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
+from madapt_cli.pipelines import apply as applying_module
+from madapt_cli.pipelines.apply import apply_adaptor
+from madapt_cli.store.base import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
 
 MODEL = "all-MiniLM-L6-v2"
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from madapt_cli.cli import app
 from madapt_cli.providers.local import resolve_local_model
-from madapt_cli.stores import open_store
+from madapt_cli.store.base import open_store
 
 runner = CliRunner()
 

@@ -17,7 +17,7 @@ pytest.importorskip("openai")
 from fake_servers import FakeOpenAI, ServerState, serve, url
 
 from madapt_cli.cli import app
-from madapt_cli.stores import open_store
+from madapt_cli.store.base import open_store
 
 runner = CliRunner()
 KEY = "sk-test-SAFETY-0123456789abcdef"
@@ -133,10 +133,10 @@ def test_a_full_disk_exits_4_and_the_rerun_resumes(server, tmp_path, monkeypatch
             raise OSError(errno.ENOSPC, "No space left on device", str(where))
         return real_write(table, where, *args, **kwargs)
 
-    monkeypatch.setattr("madapt_cli.stores.pq.write_table", full_on_second_write)
+    monkeypatch.setattr("madapt_cli.store.parquet.pq.write_table", full_on_second_write)
     message = one_line_error(embed(beir, out), 4)
     assert "No space left on device" in message
-    monkeypatch.setattr("madapt_cli.stores.pq.write_table", real_write)
+    monkeypatch.setattr("madapt_cli.store.parquet.pq.write_table", real_write)
     store = open_store(out)
     assert store.num_rows("corpus") == 8 and not store.has_table("queries")
     assert not list(out.rglob(".tmp-*"))  # no staging left behind
@@ -170,8 +170,8 @@ def test_a_model_returning_nan_is_an_error_not_a_skipped_input(tmp_path):
     import numpy as np
 
     from madapt_cli.data import TextSource
-    from madapt_cli.embedding import embed_source
     from madapt_cli.errors import InputError
+    from madapt_cli.pipelines.embed import embed_source
     from madapt_cli.providers.base import BatchLimits, EmbeddingProvider
 
     class Broken(EmbeddingProvider):

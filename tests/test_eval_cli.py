@@ -13,9 +13,10 @@ import torch
 from conftest import residual_adaptor
 
 from madapt_cli import cli
-from madapt_cli.adaptor import Adaptor, fit_pca
-from madapt_cli.evaluation import evaluate_vectors
-from madapt_cli.stores import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
+from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.methods.pca import fit_pca
+from madapt_cli.retrieval.evaluate import evaluate_vectors
+from madapt_cli.store.base import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
 
 MODEL = "test/planted-model"
 DIM = 24
@@ -392,7 +393,7 @@ def test_empty_corpus_and_mismatched_tables(capsys, planted, tmp_path):
 
 
 def test_progress_callbacks_count_every_row(planted):
-    from madapt_cli.evaluation import run_evaluation
+    from madapt_cli.pipelines.evaluate import run_evaluation
 
     store, qrels_path, _ = planted
     totals, done = [], []

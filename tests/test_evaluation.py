@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from madapt_cli.errors import InputError
-from madapt_cli.evaluation import (
-    evaluate_vectors,
+from madapt_cli.retrieval.evaluate import evaluate_vectors, ndcg_at_10
+from madapt_cli.retrieval.metrics import rankings_from_indices
+from madapt_cli.retrieval.search import (
     identical_id_exclusions,
-    ndcg_at_10,
     normalize_rows,
     prefix_normalized,
-    rankings_from_indices,
     search_topk,
     search_topk_prefixes,
 )
@@ -174,8 +173,8 @@ def test_prefix_search_ties_go_to_the_lower_row():
 
 
 def test_pca_baseline_fits_on_evenly_spaced_rows_above_the_cap():
-    from madapt_cli.adaptor import fit_pca
-    from madapt_cli.evaluation import _pca_baseline
+    from madapt_cli.methods.pca import fit_pca
+    from madapt_cli.pipelines.evaluate import _pca_baseline
 
     rng = np.random.default_rng(8)
     corpus = _unit(rng, 101, 6) + np.linspace(0, 1, 6, dtype=np.float32)
@@ -188,7 +187,7 @@ def test_pca_baseline_fits_on_evenly_spaced_rows_above_the_cap():
 
 
 def test_evaluate_prefixes_equals_one_size_at_a_time():
-    from madapt_cli.evaluation import evaluate_prefixes
+    from madapt_cli.retrieval.evaluate import evaluate_prefixes
 
     rng = np.random.default_rng(9)
     queries, query_ids, corpus, corpus_ids, qrels = _planted(rng)
@@ -211,7 +210,7 @@ def test_many_exclusions_spread_over_query_blocks():
 
 
 def test_running_topk_fed_in_uneven_pieces_equals_one_search():
-    from madapt_cli.evaluation import PrefixTopK
+    from madapt_cli.retrieval.search import PrefixTopK
 
     rng = np.random.default_rng(7)
     queries, corpus = _unit(rng, 9, 16), _unit(rng, 103, 16)
@@ -235,7 +234,7 @@ def test_running_topk_fed_in_uneven_pieces_equals_one_search():
 
 
 def test_running_topk_refuses_rows_beyond_those_announced_and_a_short_corpus():
-    from madapt_cli.evaluation import PrefixTopK
+    from madapt_cli.retrieval.search import PrefixTopK
 
     rng = np.random.default_rng(8)
     running = PrefixTopK(torch.from_numpy(_unit(rng, 2, 4)), 3, 5)
@@ -247,7 +246,7 @@ def test_running_topk_refuses_rows_beyond_those_announced_and_a_short_corpus():
 
 
 def test_read_ahead_yields_in_order_and_raises_the_producers_error():
-    from madapt_cli.evaluation import _read_ahead
+    from madapt_cli.pipelines.evaluate import _read_ahead
 
     assert list(_read_ahead(iter(range(50)), depth=2)) == list(range(50))
 
@@ -266,7 +265,7 @@ def test_read_ahead_yields_in_order_and_raises_the_producers_error():
 def test_read_ahead_stops_its_producer_when_the_consumer_stops_early():
     import threading
 
-    from madapt_cli.evaluation import _read_ahead
+    from madapt_cli.pipelines.evaluate import _read_ahead
 
     produced = []
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from madapt_cli.errors import InputError
-from madapt_cli.evaluation import Metric, evaluate_rankings, parse_metrics
+from madapt_cli.retrieval.metrics import Metric, evaluate_rankings, parse_metrics
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
@@ -201,7 +201,8 @@ def test_vector_search_path_matches_pytrec_eval(name):
     vectors and a tenth of the corpus left out so some judged documents are missing."""
     import numpy as np
 
-    from madapt_cli.evaluation import evaluate_vectors, search_topk
+    from madapt_cli.retrieval.evaluate import evaluate_vectors
+    from madapt_cli.retrieval.search import search_topk
 
     dataset = _dataset(name)
     if dataset is None:
@@ -239,7 +240,8 @@ def test_tied_scores_are_read_in_trec_eval_order():
     The vector paths must give pytrec_eval's figures on the very same (tied) scores."""
     import numpy as np
 
-    from madapt_cli.evaluation import evaluate_prefixes, evaluate_vectors, search_topk
+    from madapt_cli.retrieval.evaluate import evaluate_prefixes, evaluate_vectors
+    from madapt_cli.retrieval.search import search_topk
 
     rng = np.random.default_rng(12)
     base = rng.standard_normal((40, 12)).astype(np.float32)

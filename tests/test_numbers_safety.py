@@ -15,17 +15,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from madapt_cli.adaptor import CONFIG_FILE, WEIGHTS_FILE, Adaptor
 from madapt_cli.cli import app
 from madapt_cli.errors import InputError
-from madapt_cli.smec import SMECOptions, train_smec
-from madapt_cli.stores import (
-    embedding_schema,
-    new_table_metadata,
-    open_store,
-    vectors_to_arrow,
-)
-from madapt_cli.training import TrainConfig, TrainingDiverged, train_unsupervised
+from madapt_cli.methods.adaptor import CONFIG_FILE, WEIGHTS_FILE, Adaptor
+from madapt_cli.methods.matryoshka import train_unsupervised
+from madapt_cli.methods.smec import SMECOptions, train_smec
+from madapt_cli.store.base import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
+from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.loop import TrainingDiverged
 
 DIM = 16
 MODEL = "test/numbers-model"
@@ -158,7 +155,7 @@ def _nan_from_call(count: int, real):
 
 
 def test_a_nan_loss_stops_training_at_once(monkeypatch):
-    from madapt_cli import training
+    from madapt_cli.training import objectives as training
 
     real = training.UnsupervisedObjective.__call__
     loss, calls = _nan_from_call(3, real)
@@ -178,7 +175,7 @@ def test_a_huge_learning_rate_stops_training():
 
 
 def test_fit_with_a_diverging_loss_exits_2_and_writes_nothing(tmp_path, monkeypatch):
-    from madapt_cli import training
+    from madapt_cli.training import objectives as training
 
     loss, _ = _nan_from_call(2, training.UnsupervisedObjective.__call__)
     monkeypatch.setattr(training.UnsupervisedObjective, "__call__", loss)
@@ -190,7 +187,7 @@ def test_fit_with_a_diverging_loss_exits_2_and_writes_nothing(tmp_path, monkeypa
 
 
 def test_smec_training_stops_on_a_nan_loss(monkeypatch):
-    from madapt_cli import smec
+    from madapt_cli import losses as smec
 
     loss, calls = _nan_from_call(2, smec.MemorySimilarityLoss.forward)
     monkeypatch.setattr(smec.MemorySimilarityLoss, "forward", loss)

@@ -20,8 +20,8 @@ from test_apply import make_adaptor, make_store
 
 from madapt_cli import Adaptor
 from madapt_cli.cli import main
-from madapt_cli.files import MARKER, written_kind
-from madapt_cli.stores import open_store, vectors_to_arrow
+from madapt_cli.store.base import open_store, vectors_to_arrow
+from madapt_cli.util.files import MARKER, written_kind
 
 
 def run(capsys, *args: object) -> tuple[int, str, str]:
@@ -284,9 +284,9 @@ def read_only(monkeypatch):
 def test_a_read_only_destination_is_exit_4_before_any_work(
     tmp_path, store, qrels, capsys, read_only, monkeypatch
 ):
-    import madapt_cli.adaptor
-    import madapt_cli.applying
-    import madapt_cli.evaluation
+    import madapt_cli.methods.pca
+    import madapt_cli.pipelines.apply
+    import madapt_cli.pipelines.evaluate
 
     make_adaptor(tmp_path / "ad")
     started = []
@@ -298,12 +298,18 @@ def test_a_read_only_destination_is_exit_4_before_any_work(
 
         return wrapped
 
-    monkeypatch.setattr(madapt_cli.adaptor, "fit_pca", work("fit", madapt_cli.adaptor.fit_pca))
     monkeypatch.setattr(
-        madapt_cli.applying, "transform_sizes", work("apply", madapt_cli.applying.transform_sizes)
+        madapt_cli.methods.pca, "fit_pca", work("fit", madapt_cli.methods.pca.fit_pca)
     )
     monkeypatch.setattr(
-        madapt_cli.evaluation, "run_evaluation", work("eval", madapt_cli.evaluation.run_evaluation)
+        madapt_cli.pipelines.apply,
+        "transform_sizes",
+        work("apply", madapt_cli.pipelines.apply.transform_sizes),
+    )
+    monkeypatch.setattr(
+        madapt_cli.pipelines.evaluate,
+        "run_evaluation",
+        work("eval", madapt_cli.pipelines.evaluate.run_evaluation),
     )
     read_only(tmp_path / "ro")
     for code, _, err in (
@@ -321,11 +327,11 @@ def test_a_destination_that_turns_read_only_mid_run_is_exit_4(
     tmp_path, store, qrels, capsys, read_only, monkeypatch
 ):
     # the early check passes; the rename into place is refused
-    import madapt_cli.files
+    import madapt_cli.util.files
 
     make_adaptor(tmp_path / "ad")
     (tmp_path / "out").mkdir()
-    real = madapt_cli.files.replace_directory
+    real = madapt_cli.util.files.replace_directory
 
     def late(staging, target):
         read_only(tmp_path / "out")
@@ -337,7 +343,7 @@ def test_a_destination_that_turns_read_only_mid_run_is_exit_4(
         "report": lambda: report(capsys, store, qrels, tmp_path / "out" / "report"),
     }
     for command, start in runs.items():
-        monkeypatch.setattr(madapt_cli.files, "replace_directory", late)
+        monkeypatch.setattr(madapt_cli.util.files, "replace_directory", late)
         code, _, err = start()
         monkeypatch.undo()
         one_line_error(code, err, expected=4)
@@ -393,7 +399,7 @@ def test_report_md_escapes_the_adaptor_name(tmp_path, store, qrels, capsys):
 
 
 def test_a_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
-    from madapt_cli import files
+    from madapt_cli.util import files
 
     old, new = tmp_path / "out", tmp_path / ".out.tmp-1-" / "x"
     old.mkdir()

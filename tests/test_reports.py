@@ -11,7 +11,7 @@ from rich.console import Console
 from madapt_cli import console as madapt_console
 from madapt_cli import reports
 from madapt_cli.errors import InputError
-from madapt_cli.evaluation import EvaluationReport, ResultRow
+from madapt_cli.pipelines.evaluate import EvaluationReport, ResultRow
 
 
 def _report() -> EvaluationReport:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from madapt_cli.stores import open_store
+from madapt_cli.store.base import open_store
 
 BATCH = ["--batch-size", "4"]  # requests of 32 texts: the first one lands within seconds
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_eval_cli import make_store, run_cli
 
-from madapt_cli.adaptor import Adaptor
 from madapt_cli.errors import InputError
-from madapt_cli.smec import (
+from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.methods.smec import (
     CrossBatchMemory,
     DimensionSelector,
     SMECModule,
@@ -21,7 +21,7 @@ from madapt_cli.smec import (
     stage_sizes,
     train_smec,
 )
-from madapt_cli.training import TrainConfig
+from madapt_cli.training.config import TrainConfig
 
 ARCH = {"hidden": 12, "depth": 2, "activation": "gelu"}
 

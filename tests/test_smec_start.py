@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from madapt_cli.adaptor import Adaptor, principal_rotation
-from madapt_cli.smec import SMECModule, SMECOptions, gumbel_topk_masks, train_smec
-from madapt_cli.training import TrainConfig
+from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.methods.matryoshka import principal_rotation
+from madapt_cli.methods.smec import SMECModule, SMECOptions, gumbel_topk_masks, train_smec
+from madapt_cli.training.config import TrainConfig
 
 ARCH = {"hidden": 12, "depth": 2, "activation": "gelu"}
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from madapt_cli.cli import app
 from madapt_cli.errors import StoreError
-from madapt_cli.stores import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
+from madapt_cli.store.base import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
 
 runner = CliRunner()
 
@@ -46,7 +46,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np, pyarrow as pa
-from madapt_cli.stores import embedding_schema, open_store, vectors_to_arrow
+from madapt_cli.store.base import embedding_schema, open_store, vectors_to_arrow
 
 path, worker, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 while not go.exists():
@@ -150,7 +150,7 @@ def test_a_lock_held_by_a_killed_process_does_not_block_the_next_writer(tmp_path
             textwrap.dedent(
                 f"""
                 import sys, time
-                from madapt_cli.stores import open_store
+                from madapt_cli.store.base import open_store
                 store = open_store({str(path)!r})
                 with store.locked():
                     print("locked", flush=True)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from madapt_cli.errors import StoreError
-from madapt_cli.stores import (
+from madapt_cli.store.base import (
     Store,
     arrow_to_vectors,
     embedding_schema,
@@ -149,7 +149,7 @@ def test_opening_with_the_wrong_format_or_a_non_store(tmp_path: Path):
 
 
 def test_replace_directory_swaps_in_whole_and_leaves_nothing_behind(tmp_path):
-    from madapt_cli.files import replace_directory
+    from madapt_cli.util.files import replace_directory
 
     target = tmp_path / "out" / "adaptor"
     first = tmp_path / "staging-1"

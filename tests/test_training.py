@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from madapt_cli.errors import InputError
-from madapt_cli.evaluation import ndcg_at_10
-from madapt_cli.training import (
-    TrainConfig,
-    check_train_dims,
-    default_train_dims,
-    mine_topk,
-    new_adaptor_module,
-    train_supervised,
-    train_unsupervised,
-)
+from madapt_cli.methods.matryoshka import new_adaptor_module, train_supervised, train_unsupervised
+from madapt_cli.retrieval.evaluate import ndcg_at_10
+from madapt_cli.retrieval.search import mine_topk
+from madapt_cli.training.config import TrainConfig
+from madapt_cli.util.dims import check_train_dims, default_train_dims
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -162,7 +157,7 @@ def test_supervised_refuses_qrels_that_match_nothing():
 
 
 def test_epoch_order_covers_every_index_once_per_epoch_in_a_new_order():
-    from madapt_cli.training import EpochOrder
+    from madapt_cli.training.loop import EpochOrder
 
     order = EpochOrder(10, 4, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write each table of STORE with adapted, truncated, re-normalised vectors:
         one column vector_<d> per size, the same ids."""
-        from madapt_cli.applying import apply_adaptor
+        from madapt_cli.pipelines.apply import apply_adaptor
 
         bar = console.progress(quiet=as_json and not console.err.is_terminal)
         with bar:

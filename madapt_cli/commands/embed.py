@@ -8,10 +8,10 @@ from typing import Any
 import typer
 
 from madapt_cli import console
-from madapt_cli.embedding import SourceOptions, estimate_embedding, run_embed
 from madapt_cli.errors import InputError
-from madapt_cli.providers import get_provider
-from madapt_cli.stores import FORMATS
+from madapt_cli.pipelines.embed import SourceOptions, estimate_embedding, run_embed
+from madapt_cli.providers.base import get_provider
+from madapt_cli.store.base import FORMATS
 
 DEFAULT_MODELS = {
     "local": "all-MiniLM-L6-v2",
@@ -36,7 +36,7 @@ def provider_options(
     if provider_name not in API_PROVIDERS:
         if given_api:
             flags = ", ".join(sorted("--" + k.replace("_", "-") for k in given_api))
-            raise InputError(f"{flags} apply to --provider openai or vertex, not {provider_name}")
+            raise InputError(f"{flags}: only for --provider openai or vertex, not {provider_name}")
         return local
     options = {k: v for k, v in api.items() if v is not None}
     if provider_name == "openai":

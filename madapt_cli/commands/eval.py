@@ -54,9 +54,9 @@ def register(app: typer.Typer) -> None:
         """Exact cosine search of the qrels' queries against the corpus for each method at
         each size (first m coordinates, re-normalised), scored with trec_eval's metrics.
         The full-size original vectors are always the reference row (truncate at D)."""
-        from madapt_cli.evaluation import run_evaluation
-        from madapt_cli.files import check_output
+        from madapt_cli.pipelines.evaluate import run_evaluation
         from madapt_cli.reports import render_table, write_report
+        from madapt_cli.util.files import check_output
 
         inputs = [store_path, qrels, *(adaptor or [])]
         if report is not None:  # before the evaluation, so a bad --report costs nothing

@@ -119,7 +119,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train an adaptor on STORE's corpus and write it to --out (safetensors + config.json)."""
-        from madapt_cli.training import TrainConfig, fit_store
+        from madapt_cli.pipelines.fit import fit_store
+        from madapt_cli.training.config import TrainConfig
 
         if device not in ("auto", "cpu", "cuda"):
             raise InputError(f"--device {device!r}: use auto, cpu or cuda")
@@ -161,7 +162,7 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"--{key.replace('_', '-')} must be positive")
         if config.hidden is not None and config.hidden < 1:
             raise InputError("--hidden must be positive")
-        from madapt_cli.smec import cli_options
+        from madapt_cli.methods.smec import cli_options
 
         smec = cli_options(method, config, lr, to_dim, resume, sequential, ads, xbm, memory_size)
 

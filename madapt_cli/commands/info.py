@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from madapt_cli import console
-from madapt_cli.stores import open_store
+from madapt_cli.store.base import open_store
 
 
 def register(app: typer.Typer) -> None:

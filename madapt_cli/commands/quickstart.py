@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Embed SciFact, fit PCA and two adaptors, and compare them at 32-256 dimensions."""
-        from madapt_cli.quickstart import run_quickstart
+        from madapt_cli.pipelines.quickstart import run_quickstart
         from madapt_cli.reports import render_table
 
         started = time.perf_counter()

@@ -12,6 +12,7 @@ to what their model expects (a prompt prefix for local models, a task type for V
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -19,10 +20,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from madapt_cli.errors import InputError
+from madapt_cli.errors import InputError, MadaptError
 from madapt_cli.util.vectors import check_vectors
 
 Role = Literal["document", "query"]
+
+
 ROLES: tuple[Role, ...] = ("document", "query")
 
 
@@ -134,3 +137,26 @@ class EmbeddingProvider(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and pools."""
+
+
+#: provider name -> "module:Class"
+PROVIDERS: dict[str, str] = {
+    "local": "madapt_cli.providers.local:LocalProvider",
+    "openai": "madapt_cli.providers.openai:OpenAIProvider",
+    "vertex": "madapt_cli.providers.vertex:VertexProvider",
+}
+
+
+def get_provider(name: str, model: str, **options: Any) -> EmbeddingProvider:
+    """Build the provider ``name`` for ``model``; options are the provider's own."""
+    if name not in PROVIDERS:
+        raise MadaptError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
+    module_name, class_name = PROVIDERS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name == module_name:
+            raise MadaptError(f"provider {name!r} is not available in this version") from None
+        raise
+    provider_class = getattr(module, class_name)
+    return provider_class(model, **options)

@@ -96,30 +96,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from madapt_cli.adaptor import Adaptor, ResidualMLP, principal_rotation
+from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
-from madapt_cli.evaluation import resolve_device
-from madapt_cli.losses import RankingLoss, TopKSimilarityLoss
-from madapt_cli.training import (
+from madapt_cli.losses import MemorySimilarityLoss, RankingLoss
+from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.methods.matryoshka import ResidualMLP, principal_rotation
+from madapt_cli.training.config import (
     EpochCallback,
-    EpochOrder,
-    Qrels,
-    SupervisedObjective,
     TrainConfig,
     TrainResult,
-    _device_generator,
-    _fit_loop,
     _is_int,
     _is_number,
-    _validation,
-    check_train_dims,
     seed_everything,
-    split_training_queries,
-    validation_set,
 )
+from madapt_cli.training.loop import EpochOrder, _fit_loop
+from madapt_cli.training.objectives import SupervisedObjective
+from madapt_cli.training.validation import _validation, split_training_queries, validation_set
+from madapt_cli.util.device import _device_generator, resolve_device
+from madapt_cli.util.dims import check_train_dims
 
 METHOD = "smec"
+
+
 ADS_SCALE = 100.0
+
+
 _DEAD = -1.0e4  # logit of a coordinate pruned by an earlier stage: never selected
 
 
@@ -393,50 +394,6 @@ class CrossBatchMemory:
         if self.size < self.capacity:
             return self.rows[: self.size]
         return torch.cat([self.rows[self.head :], self.rows[: self.head]])
-
-
-def nearest_rows(
-    anchors: torch.Tensor, pool: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` rows of ``pool`` most cosine-similar to each anchor, skipping copies of the
-    anchor itself (similarity >= 1 - 1e-6): (similarity (B, k'), index (B, k')), k' <= k."""
-    similarity = F.normalize(anchors, dim=-1) @ F.normalize(pool, dim=-1).T
-    similarity = similarity.masked_fill(similarity >= 1.0 - 1e-6, -2.0)
-    k = min(k, pool.shape[0] - 1) if pool.shape[0] > 1 else 0
-    if k <= 0:
-        empty = anchors.new_zeros((anchors.shape[0], 0))
-        return empty, empty.long()
-    return similarity.topk(k, dim=1)
-
-
-class MemorySimilarityLoss(nn.Module):
-    """S-XBM: keep each vector's similarity to its K nearest memory rows at the selected size.
-
-    L_unsup = mean over batch rows i, j in N_K(i) of | sim(e_i, e_j) - sim_d(f(e_i), f(e_j)) |
-
-    N_K(i) the K memory rows most similar to e_i in the original space, sim_d the cosine over
-    the selected coordinates (``mask``). The memory holds originals only: f(e_j) is recomputed
-    with the current f at every step. (The package's L_topk on masked vectors.)
-    """
-
-    def __init__(self, k: int, dimension: int) -> None:
-        super().__init__()
-        self.k = k
-        self.topk_loss = TopKSimilarityLoss([dimension])  # the full width of masked vectors
-
-    def forward(
-        self, module: SMECModule, originals: torch.Tensor, pool: torch.Tensor, masks: torch.Tensor
-    ) -> torch.Tensor:
-        similarity, index = nearest_rows(originals, pool, self.k)
-        if index.shape[1] == 0:
-            return masks.sum() * 0.0
-        rows, inverse = torch.unique(index.flatten(), return_inverse=True)
-        adapted = module.residual(torch.cat([originals, pool[rows]]))
-        anchors, neighbours = adapted[: len(originals)], adapted[len(originals) :][inverse]
-        neighbours = neighbours.view(*index.shape, -1)
-        return torch.stack(
-            [self.topk_loss(anchors * mask, neighbours * mask, similarity) for mask in masks]
-        ).mean()
 
 
 # --- one step of each objective ------------------------------------------------------------------
@@ -766,18 +723,3 @@ def load_for_resume(path: str | Path, dimension: int | None = None) -> Adaptor:
             f"{dimension}-d"
         )
     return adaptor
-
-
-__all__ = [
-    "METHOD",
-    "CrossBatchMemory",
-    "DimensionSelector",
-    "MemorySimilarityLoss",
-    "SMECModule",
-    "SMECOptions",
-    "build_smec_module",
-    "gumbel_topk_masks",
-    "load_for_resume",
-    "stage_sizes",
-    "train_smec",
-]

@@ -19,11 +19,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from madapt_cli.adaptor import Adaptor
 from madapt_cli.errors import InputError, StoreError
-from madapt_cli.evaluation import parse_dims
-from madapt_cli.files import check_output, staged_output
-from madapt_cli.stores import (
+from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.store.base import (
     FORMATS,
     METADATA_KEY,
     VECTOR_COLUMN,
@@ -32,6 +30,8 @@ from madapt_cli.stores import (
     vector_type,
     vectors_to_arrow,
 )
+from madapt_cli.util.dims import parse_dims
+from madapt_cli.util.files import check_output, staged_output
 from madapt_cli.util.vectors import check_vectors
 
 ProgressCallback = Callable[[str, int], None]
@@ -75,7 +75,7 @@ def apply_adaptor(
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown --format {format!r}: use {', '.join(FORMATS)}")
     if chunk_rows < 1:
-        raise InputError("chunk size must be at least 1 row")
+        raise InputError(f"--chunk-rows {chunk_rows}: must be at least 1 row")
     names = list(tables) if tables else source.tables()
     if not names:
         raise StoreError(f"store {store_path} has no tables")

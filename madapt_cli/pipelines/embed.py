@@ -44,7 +44,7 @@ from madapt_cli.data import BeirDataset, TextSource
 from madapt_cli.errors import InputError
 from madapt_cli.providers.base import BadVectors, EmbeddingProvider, Role, TextItem
 from madapt_cli.providers.resilience import RemoteProvider
-from madapt_cli.stores import (
+from madapt_cli.store.base import (
     LOCK_FILE,
     MARKER,
     Store,
@@ -520,7 +520,7 @@ def estimate_embedding(
     limit: int | None = None,
 ) -> dict[str, Any]:
     """What a run would embed and cost (``--dry-run``), without calling the API or writing."""
-    from madapt_cli.pricing import estimate_cost, price_per_million
+    from madapt_cli.providers.pricing import estimate_cost, price_per_million
 
     _, _, plans = _plan_jobs(source, out, provider, options or SourceOptions(), store_format, limit)
     tokens = sum(p.estimated_tokens for p in plans)

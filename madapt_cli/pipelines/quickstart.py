@@ -15,8 +15,10 @@ from pathlib import Path
 from madapt_cli.errors import InputError
 
 QUICKSTART_DIMS = (32, 64, 128, 256)
+
+
 #: the repository's bundled copy; present in a source checkout (pip install -e .)
-BUNDLED_SCIFACT = Path(__file__).resolve().parent.parent / "examples" / "scifact"
+BUNDLED_SCIFACT = Path(__file__).resolve().parents[2] / "examples" / "scifact"
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,13 @@ def run_quickstart(
 ):  # -> EvaluationReport
     """Embed, fit (PCA, unsupervised, supervised), evaluate at 32-256 and full size, report."""
     from madapt_cli.data import BeirDataset
-    from madapt_cli.embedding import run_embed
-    from madapt_cli.evaluation import run_evaluation
-    from madapt_cli.files import check_output
+    from madapt_cli.pipelines.embed import run_embed
+    from madapt_cli.pipelines.evaluate import run_evaluation
+    from madapt_cli.pipelines.fit import fit_store
     from madapt_cli.providers.local import LocalProvider
     from madapt_cli.reports import write_report
-    from madapt_cli.training import TrainConfig, fit_store
+    from madapt_cli.training.config import TrainConfig
+    from madapt_cli.util.files import check_output
 
     folder = find_example(data)
     beir = BeirDataset(folder)

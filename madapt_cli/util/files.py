@@ -22,7 +22,11 @@ from pathlib import Path
 from madapt_cli.errors import EnvironmentFailure, InputError
 
 MARKER = "madapt.json"
+
+
 KINDS = ("store", "adaptor", "report")
+
+
 # What releases before the marker wrote, so their outputs can still be replaced.
 _LEGACY = {
     # the store's own marker, and otherwise only table directories (checked in written_kind)
@@ -33,6 +37,8 @@ _LEGACY = {
         and all(n in ("report.json", "report.md") or n.endswith(".png") for n in names)
     ),
 }
+
+
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{32}$")
 
 
@@ -127,8 +133,8 @@ def check_output(
         if found != kind:
             what = f"a madapt {found}" if found else "files madapt did not write"
             raise InputError(
-                f"{option} {out} already exists and holds {what}; madapt replaces only a "
-                f"{kind} it wrote: choose another directory"
+                f"{option} {out} already exists and holds {what}; madapt replaces only "
+                f"an output of kind {kind} that it wrote: choose another directory"
             )
         if not overwrite:
             raise InputError(f"{option} {out} already exists; pass --overwrite to replace it")

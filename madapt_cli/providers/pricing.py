@@ -1,6 +1,6 @@
 """Estimated API cost for ``madapt embed --dry-run``, from an editable price table.
 
-The table is ``madapt_cli/pricing.json`` (USD per 1M input tokens, ``provider -> model ->
+The table is ``madapt_cli/providers/pricing.json`` (USD per 1M input tokens, ``provider -> model ->
 price``; ``"*"`` matches any model of a provider). Set ``MADAPT_PRICING`` to a JSON file of
 the same shape to use your own prices (negotiated rates, new models) without editing the
 package.
@@ -36,9 +36,13 @@ def load_prices() -> dict[str, Any]:
             raise InputError(f"{PRICING_ENV}={override}: not valid JSON ({error})") from None
         source = str(path)
     else:
-        text = resources.files("madapt_cli").joinpath("pricing.json").read_text(encoding="utf-8")
+        text = (
+            resources.files("madapt_cli.providers")
+            .joinpath("pricing.json")
+            .read_text(encoding="utf-8")
+        )
         table = json.loads(text)
-        source = "madapt_cli/pricing.json"
+        source = "madapt_cli/providers/pricing.json"
     if not isinstance(table, dict):
         raise InputError(f"{source}: expected a JSON object of provider -> model -> price")
     return table

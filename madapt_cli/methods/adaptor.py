@@ -1,0 +1,310 @@
+"""Adaptors: maps f(e) applied to embeddings before truncating to a prefix of dimensions.
+
+Two methods share one artifact format (a directory with ``adaptor.safetensors`` and
+``config.json``, never pickle), so ``apply`` and ``eval`` treat them alike:
+
+* ``matryoshka``: f(e) = e + g(e), g a residual MLP trained with the Matryoshka-Adaptor losses
+  (see :mod:`madapt_cli.training`);
+* ``pca``: f(e) = (e - mu) W, W the corpus' principal axes ordered by variance;
+* ``smec``: f(e) = P x_S, staged residuals and a permutation (see :mod:`madapt_cli.smec`).
+
+:meth:`Adaptor.transform` normalises its input, applies f, keeps the first ``dim`` coordinates
+and re-normalises them to unit length.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from madapt_cli import __version__
+from madapt_cli.errors import InputError, MadaptError, environment_failure
+from madapt_cli.methods.matryoshka import ACTIVATIONS, ResidualMLP
+from madapt_cli.methods.pca import PCAMap
+
+WEIGHTS_FILE = "adaptor.safetensors"
+
+
+CONFIG_FILE = "config.json"
+
+
+METHODS = ("matryoshka", "pca", "smec")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_config(config: Any, config_path: Path) -> None:
+    """Raise :class:`InputError` unless ``config`` (a parsed config.json) is an object with
+    a known method, a positive integer dimension and a sane architecture."""
+    if not isinstance(config, dict):
+        raise InputError(
+            f"{config_path}: must hold a JSON object, not a {type(config).__name__}; "
+            "is it an adaptor's config.json?"
+        )
+    method = config.get("method")
+    if method not in METHODS:
+        raise InputError(f"{config_path}: unknown method {method!r}: use {', '.join(METHODS)}")
+    dimension = config.get("dimension")
+    if not _positive_int(dimension):
+        raise InputError(
+            f"{config_path}: 'dimension' must be a positive whole number, not {dimension!r}"
+        )
+    if method == "pca":
+        return
+    if method == "matryoshka":
+        arch, where = config.get("architecture"), "'architecture'"
+    else:
+        smec = config.get("smec")
+        if not isinstance(smec, dict):
+            raise InputError(f"{config_path}: 'smec' must be an object (the SMEC stages)")
+        arch, where = smec.get("architecture"), "'smec.architecture'"
+        stages = smec.get("stages")
+        if not isinstance(stages, list) or not all(
+            isinstance(stage, dict)
+            and isinstance(stage.get("sizes"), list)
+            and stage["sizes"]
+            and all(_positive_int(size) and size < dimension for size in stage["sizes"])
+            for stage in stages
+        ):
+            raise InputError(
+                f"{config_path}: 'smec.stages' must list stages whose 'sizes' are whole "
+                f"numbers in 1..{dimension - 1}"
+            )
+    if not isinstance(arch, dict):
+        raise InputError(f"{config_path}: {where} must be an object")
+    for key in ("hidden", "depth"):
+        if not _positive_int(arch.get(key)):
+            raise InputError(
+                f"{config_path}: {where}.{key} must be a positive whole number, "
+                f"not {arch.get(key)!r}"
+            )
+    if arch.get("activation") not in ACTIVATIONS:
+        raise InputError(
+            f"{config_path}: {where}.activation {arch.get('activation')!r} is unknown: use "
+            f"{', '.join(ACTIVATIONS)}"
+        )
+
+
+def _weights_dimension(method: str, state: dict[str, torch.Tensor]) -> int | None:
+    """The vectors' dimension the weights were made for (None when they do not say)."""
+    key, axis = {"pca": ("mean", 0), "smec": ("permutation", 0)}.get(method, ("g.0.weight", 1))
+    tensor = state.get(key)
+    if tensor is None or tensor.dim() <= axis:
+        return None
+    return int(tensor.shape[axis])
+
+
+def check_weights(
+    module: nn.Module, state: dict[str, torch.Tensor], config: dict, weights_path: Path
+) -> None:
+    """Raise :class:`InputError` unless ``state`` has exactly ``module``'s tensors, with
+    their shapes, and only finite values."""
+    expected = module.state_dict()
+    dimension = int(config["dimension"])
+    held = _weights_dimension(str(config["method"]), state)
+    if held is not None and held != dimension:
+        raise InputError(
+            f"{weights_path}: config.json says dimension {dimension} but {WEIGHTS_FILE} "
+            f"holds {held}-d weights; the two files do not belong together"
+        )
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            extra = ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else "")
+            parts.append(f"has unexpected {extra}")
+        raise InputError(
+            f"{weights_path}: {' and '.join(parts)} for the architecture config.json "
+            "describes; the two files do not belong together"
+        )
+    for key in expected:  # the module's order: the first layer first
+        tensor = state[key]
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise InputError(
+                f"{weights_path}: tensor {key!r} has shape {tuple(tensor.shape)} but "
+                f"config.json's architecture needs {tuple(expected[key].shape)}; the two "
+                "files do not belong together"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(
+                f"{weights_path}: tensor {key!r} holds NaN or infinite values; refusing "
+                "this adaptor (was its training diverging? fit it again)"
+            )
+
+
+class Adaptor:
+    """A trained map plus its configuration. ``Adaptor.load(path).transform(x, dim=128)``."""
+
+    def __init__(self, module: nn.Module, config: dict[str, Any]) -> None:
+        self.module = module.eval()
+        self.config = config
+
+    # --- identity ----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", "adaptor"))
+
+    @property
+    def method(self) -> str:
+        return str(self.config["method"])
+
+    @property
+    def dimension(self) -> int:
+        """D, the dimension of the vectors it takes (and gives before truncation)."""
+        return int(self.config["dimension"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.config.get("training_data_sha256", ""))
+
+    def check_compatible(self, metadata: dict[str, Any], what: str = "the vectors") -> None:
+        """Raise MadaptError unless vectors with this store metadata can go through f."""
+        dimension = metadata.get("dimension")
+        if dimension is not None and int(dimension) != self.dimension:
+            raise MadaptError(
+                f"adaptor '{self.name}' takes {self.dimension}-d vectors but {what} are "
+                f"{dimension}-d"
+            )
+        for ours, theirs, kind in (
+            (self.config.get("base_model"), metadata.get("model"), "model"),
+            (self.config.get("base_provider"), metadata.get("provider"), "provider"),
+        ):
+            if ours and theirs and ours != theirs:
+                raise MadaptError(
+                    f"adaptor '{self.name}' was trained on vectors of {kind} {ours!r} but "
+                    f"{what} come from {theirs!r}"
+                )
+
+    # --- transforming ------------------------------------------------------------------
+    def check_dim(self, dim: int | None) -> int:
+        if dim is None:
+            return self.dimension
+        if not 1 <= dim <= self.dimension:
+            raise InputError(f"dimension {dim} is out of range 1..{self.dimension}")
+        return int(dim)
+
+    def transform(
+        self, x: np.ndarray | torch.Tensor, dim: int | None = None, batch_size: int = 65_536
+    ) -> np.ndarray | torch.Tensor:
+        """Normalise, apply f, keep the first ``dim`` coordinates, re-normalise.
+
+        numpy in, float32 numpy out; torch in, torch out (on the input's device).
+        """
+        dim = self.check_dim(dim)
+        as_numpy = not isinstance(x, torch.Tensor)
+        tensor = torch.from_numpy(np.asarray(x, dtype=np.float32)) if as_numpy else x
+        if tensor.shape[-1] != self.dimension:
+            raise InputError(
+                f"adaptor '{self.name}' takes {self.dimension}-d vectors, got {tensor.shape[-1]}-d"
+            )
+        flat = tensor.reshape(-1, self.dimension)
+        device = next(self.module.buffers(), next(self.module.parameters(), None))
+        device = device.device if device is not None else torch.device("cpu")
+        pieces = []
+        with torch.no_grad():
+            for start in range(0, flat.shape[0], batch_size):
+                chunk = flat[start : start + batch_size].to(device, torch.float32)
+                pieces.append(self.forward_prefix(chunk, dim).to(tensor.device))
+        result = (
+            torch.cat(pieces) if pieces else flat.new_zeros((0, dim), dtype=torch.float32)
+        ).reshape(*tensor.shape[:-1], dim)
+        return result.numpy() if as_numpy else result
+
+    def forward_prefix(self, e: torch.Tensor, dim: int) -> torch.Tensor:
+        """The differentiable core of :meth:`transform` on a (N, D) tensor."""
+        adapted = self.module(torch.nn.functional.normalize(e, dim=-1))
+        return torch.nn.functional.normalize(adapted[:, :dim], dim=-1)
+
+    def to(self, device: str | torch.device) -> Adaptor:
+        self.module.to(device)
+        return self
+
+    # --- the artifact ------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``adaptor.safetensors`` and ``config.json`` into the directory ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        save_file(tensors, str(path / WEIGHTS_FILE), metadata={"method": self.method})
+        config = {**self.config, "madapt_version": self.config.get("madapt_version", __version__)}
+        config.setdefault("name", path.name)
+        (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+        self.config = config
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Adaptor:
+        """Read an artifact, refusing (one-line :class:`InputError` naming the file) a
+        config.json that does not describe an adaptor, weights that cannot be read or do not
+        match it, and weights holding NaN or infinity."""
+        path = Path(path)
+        config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise InputError(
+                f"{path} is not a madapt adaptor (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+                "make one with `madapt fit`"
+            )
+        try:
+            config = json.loads(config_path.read_text())
+        except ValueError as error:
+            raise InputError(f"{config_path}: invalid JSON ({error})") from None
+        except OSError as error:
+            raise environment_failure(error) or InputError(
+                f"{config_path}: cannot read it ({error.strerror or error})"
+            ) from None
+        check_config(config, config_path)
+        config.setdefault("name", path.name)
+        try:
+            module = build_module(config)
+        except InputError as error:
+            raise InputError(f"{config_path}: {error}") from None
+        try:
+            state = load_file(str(weights_path))
+        except OSError as error:
+            raise environment_failure(error) or InputError(
+                f"{weights_path}: cannot read it ({error.strerror or error})"
+            ) from None
+        except Exception as error:  # a torn or foreign file: say which
+            reason = " ".join(str(error).split())
+            raise InputError(
+                f"{weights_path}: cannot load weights: not a readable safetensors file ({reason})"
+            ) from None
+        check_weights(module, state, config, weights_path)
+        module.load_state_dict(state)
+        return cls(module.to(device), config)
+
+
+def build_module(config: dict[str, Any]) -> nn.Module:
+    """An untrained module of the architecture described by ``config``."""
+    method = config.get("method")
+    try:
+        dimension = int(config["dimension"])
+        if method == "matryoshka":
+            arch = config["architecture"]
+            return ResidualMLP(
+                dimension,
+                int(arch["hidden"]),
+                int(arch["depth"]),
+                str(arch["activation"]),
+                rotation=bool(arch.get("rotation", False)),
+            )
+        if method == "pca":
+            return PCAMap(torch.zeros(dimension), torch.eye(dimension))
+        if method == "smec":  # staged residuals + a permutation: see madapt_cli.smec
+            from madapt_cli.methods.smec import build_smec_module
+
+            return build_smec_module(config)
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"adaptor config is missing or has a bad field ({error})") from None
+    raise InputError(f"unknown adaptor method {method!r}: use {', '.join(METHODS)}")

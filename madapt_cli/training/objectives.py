@@ -1,0 +1,131 @@
+"""One training step of each objective: the losses of madapt_cli.losses over batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from madapt_cli.losses import (
+    PairwiseSimilarityLoss,
+    RankingLoss,
+    ReconstructionLoss,
+    TopKSimilarityLoss,
+)
+from madapt_cli.retrieval.search import mine_topk
+from madapt_cli.training.config import TrainConfig
+
+
+# --- one step of each objective ---------------------------------------------------------------
+class UnsupervisedObjective:
+    """L_topk + w_pair L_pair + w_rec L_rec on a batch of corpus rows and their neighbours."""
+
+    def __init__(
+        self,
+        corpus: torch.Tensor,
+        dims: Sequence[int],
+        topk: int,
+        weights: dict,
+        dim_weights: Sequence[float] | None = None,
+    ) -> None:
+        self.corpus = corpus
+        self.neighbour_scores, self.neighbours = mine_topk(corpus, corpus, topk, exclude_self=True)
+        self.topk_loss = TopKSimilarityLoss(dims, dim_weights).to(corpus.device)
+        self.pair_loss = PairwiseSimilarityLoss(dims, dim_weights).to(corpus.device)
+        self.rec_loss, self.weights = ReconstructionLoss(), weights
+
+    def __call__(self, module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return self.terms(module, batch, self.weights)
+
+    def terms(
+        self, module: torch.nn.Module, batch: torch.Tensor, weights: dict[str, float]
+    ) -> torch.Tensor:
+        """weights["topk"] L_topk + weights["pair"] L_pair + weights["rec"] L_rec on ``batch``
+        (also the supervised objective's regularisers, with its own weights)."""
+        neighbours = self.neighbours[batch]  # (B, k); -1 when the corpus has fewer than k + 1
+        valid = neighbours >= 0
+        rows, inverse = torch.unique(
+            torch.cat([batch, neighbours.clamp_min(0).flatten()]), return_inverse=True
+        )
+        original = self.corpus[rows]
+        adapted = module(original)
+        anchors = adapted[inverse[: len(batch)]]
+        adapted_neighbours = adapted[inverse[len(batch) :]].view(*neighbours.shape, -1)
+        target = torch.where(valid, self.neighbour_scores[batch], 1.0)  # a row vs itself: 1
+        adapted_neighbours = torch.where(
+            valid.unsqueeze(-1), adapted_neighbours, anchors.unsqueeze(1)
+        )
+        loss = weights["topk"] * self.topk_loss(anchors, adapted_neighbours, target)
+        loss = loss + weights["pair"] * self.pair_loss(self.corpus[batch], anchors)
+        return loss + weights["rec"] * self.rec_loss(module.start(original), adapted)
+
+
+class SupervisedObjective:
+    """L_rank over labelled positives, hard and in-batch negatives, plus the unsupervised
+    terms on a random corpus batch as regularisers."""
+
+    def __init__(
+        self,
+        corpus: torch.Tensor,
+        queries: torch.Tensor,
+        judgments: list[dict[int, int]],  # per training query: corpus row -> grade
+        dims: Sequence[int],
+        config: TrainConfig,
+        weights: dict,
+        generator: torch.Generator,
+    ) -> None:
+        device = corpus.device
+        self.corpus, self.queries, self.generator = corpus, queries, generator
+        self.config, self.weights = config, weights
+        width = max(1, max(sum(1 for g in j.values() if g > 0) for j in judgments))
+        # positives padded with row N (sorted last) and grade 0, sorted by row per query
+        rows = torch.full((len(judgments), width), corpus.shape[0], dtype=torch.long)
+        grades = torch.zeros((len(judgments), width))
+        for i, judged in enumerate(judgments):
+            positive = sorted((r, g) for r, g in judged.items() if g > 0)
+            if positive:
+                rows[i, : len(positive)] = torch.tensor([r for r, _ in positive])
+                grades[i, : len(positive)] = torch.tensor([float(g) for _, g in positive])
+        self.positive_rows, self.positive_grades = rows.to(device), grades.to(device)
+        depth = min(corpus.shape[0], config.hard_negatives + width)
+        _, retrieved = mine_topk(queries, corpus, depth)
+        relevant = self.grades_of(torch.arange(len(judgments), device=device), retrieved) > 0
+        # first `hard_negatives` retrieved rows that are not positives (stable order)
+        order = torch.argsort(relevant.float() * depth + torch.arange(depth, device=device), dim=1)
+        self.hard_negatives = retrieved.gather(1, order)[:, : config.hard_negatives]
+        dim_weights = config.dim_weights(dims)
+        self.rank_loss = RankingLoss(dims, config.temperature, dim_weights).to(device)
+        self.unsupervised = UnsupervisedObjective(
+            corpus, dims, config.topk, {"topk": 1.0, "pair": 1.0, "rec": 1.0}, dim_weights
+        )
+
+    def grades_of(self, query_rows: torch.Tensor, corpus_rows: torch.Tensor) -> torch.Tensor:
+        """Grade of each (query, corpus row): (Q,) x (Q, C) -> (Q, C); 0 when unjudged."""
+        sorted_rows = self.positive_rows[query_rows]
+        slot = torch.searchsorted(sorted_rows, corpus_rows.contiguous()).clamp_max(
+            sorted_rows.shape[1] - 1
+        )
+        hit = sorted_rows.gather(1, slot) == corpus_rows
+        return torch.where(hit, self.positive_grades[query_rows].gather(1, slot), 0.0)
+
+    def sample_candidates(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to P random positives and the hard negatives of each query of ``batch``: the
+        candidate corpus rows (C,) and their grades (Q, C)."""
+        noise = torch.rand(
+            self.positive_rows[batch].shape, generator=self.generator, device=batch.device
+        )
+        noise = noise.masked_fill(self.positive_grades[batch] <= 0, -1.0)
+        count = min(self.config.positives_per_query, noise.shape[1])
+        picked = self.positive_rows[batch].gather(1, noise.topk(count, dim=1).indices)
+        candidates = torch.cat([picked.flatten(), self.hard_negatives[batch].flatten()])
+        candidates = torch.unique(candidates[candidates < self.corpus.shape[0]])
+        return candidates, self.grades_of(batch, candidates.expand(len(batch), -1))
+
+    def __call__(
+        self, module: torch.nn.Module, batch: torch.Tensor, corpus_batch: torch.Tensor
+    ) -> torch.Tensor:
+        candidates, relevance = self.sample_candidates(batch)
+        queries = module(self.queries[batch])
+        documents = module(self.corpus[candidates])
+        loss = self.weights["rank"] * self.rank_loss(queries, documents, relevance)
+        return loss + self.unsupervised.terms(module, corpus_batch, self.weights)

@@ -1,0 +1,149 @@
+"""Validation while training: nDCG@10 of held-out judged queries at each size."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from madapt_cli.data import Qrels
+from madapt_cli.errors import InputError
+from madapt_cli.retrieval.evaluate import ndcg_at_10
+from madapt_cli.training.config import TrainConfig
+
+
+class Validation:
+    """nDCG@10 of held-out queries against the adapted corpus, at each size."""
+
+    def __init__(
+        self,
+        corpus: torch.Tensor,
+        corpus_ids: Sequence[str],
+        queries: torch.Tensor,
+        query_ids: Sequence[str],
+        qrels: Qrels,
+        dims: Sequence[int],
+        selection_dims: Sequence[int],
+        full_size_tolerance: float = 0.005,
+    ) -> None:
+        self.corpus, self.corpus_ids = corpus, list(corpus_ids)
+        self.queries, self.query_ids = queries, list(query_ids)
+        self.qrels, self.dims, self.selection_dims = qrels, list(dims), list(selection_dims)
+        self.full_size_tolerance = full_size_tolerance
+        self.original_full_size: float | None = None
+
+    def keeps_full_size(self, record: dict[str, Any]) -> bool:
+        """A checkpoint is eligible only if its full-size nDCG@10 stays within
+        ``full_size_tolerance`` of the original vectors' (f = identity)."""
+        full = self.corpus.shape[1]
+        if str(full) not in record["ndcg@10"]:
+            return True
+        if self.original_full_size is None:
+            self.original_full_size = ndcg_at_10(
+                self.queries,
+                self.query_ids,
+                self.corpus,
+                self.corpus_ids,
+                self.qrels,
+                full,
+                device=self.corpus.device,
+            )
+        return record["ndcg@10"][str(full)] >= self.original_full_size - self.full_size_tolerance
+
+    @torch.no_grad()
+    def __call__(self, module: torch.nn.Module) -> dict[str, Any]:
+        was_training = module.training
+        module.eval()
+        corpus = torch.cat([module(c) for c in self.corpus.split(65_536)])
+        queries = torch.cat([module(q) for q in self.queries.split(65_536)])
+        module.train(was_training)
+        device = self.corpus.device
+        scores = {
+            str(d): ndcg_at_10(
+                queries, self.query_ids, corpus, self.corpus_ids, self.qrels, d, device=device
+            )
+            for d in self.dims
+        }
+        selected = float(np.mean([scores[str(d)] for d in self.selection_dims]))
+        return {"ndcg@10": scores, "score": selected}
+
+
+def split_training_queries(
+    corpus_ids: Sequence[str],
+    queries: np.ndarray,
+    query_ids: Sequence[str],
+    qrels: Qrels,
+    dev_qrels: Qrels | None,
+    config: TrainConfig,
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Training query ids and validation data: the qrels queries with a vector and a
+    positively judged corpus document; without ``dev_qrels``, ``validation_fraction`` of them
+    are held out for early stopping (and not trained on)."""
+    corpus_row = {doc_id: i for i, doc_id in enumerate(corpus_ids)}
+    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
+    usable = sorted(
+        q
+        for q, judged in qrels.items()
+        if q in query_row and any(g > 0 and d in corpus_row for d, g in judged.items())
+    )
+    if not usable:
+        raise InputError(
+            "no query of the train qrels has a positive judgement on a document of the corpus "
+            "table and a vector in the queries table: do the ids match?"
+        )
+    if dev_qrels is None:
+        shuffled = random.Random(config.seed).sample(usable, len(usable))
+        held = max(1, round(len(usable) * config.validation_fraction)) if len(usable) > 4 else 0
+        validation_ids, train_ids = sorted(shuffled[:held]), sorted(shuffled[held:])
+        validation_qrels = {q: dict(qrels[q]) for q in validation_ids}
+    else:
+        train_ids = usable
+        validation_qrels = {q: dict(j) for q, j in dev_qrels.items() if q in query_row}
+        if not validation_qrels:
+            raise InputError("no query of the dev qrels has a vector in the queries table")
+    return train_ids, validation_set(corpus_ids, queries, query_ids, validation_qrels)
+
+
+def validation_set(
+    corpus_ids: Sequence[str], queries: np.ndarray, query_ids: Sequence[str], judged: Qrels
+) -> dict[str, Any] | None:
+    """The validation data of :class:`Validation`: the judged queries that have a vector
+    (None when there are none)."""
+    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
+    ids = sorted(q for q in judged if q in query_row)
+    if not ids:
+        return None
+    return {
+        "corpus_ids": list(corpus_ids),
+        "query_ids": ids,
+        "queries": queries[[query_row[q] for q in ids]],
+        "qrels": {q: dict(judged[q]) for q in ids},
+    }
+
+
+def _validation(
+    vectors: torch.Tensor,
+    data: dict[str, Any] | None,
+    dims: list[int],
+    config: TrainConfig,
+    device: torch.device,
+) -> Validation | None:
+    if not data:
+        return None
+    dimension = vectors.shape[1]
+    selection = config.validation_dims or [d for d in dims if d < dimension] or [dimension]
+    queries = F.normalize(torch.tensor(np.asarray(data["queries"], np.float32)).to(device), dim=-1)
+    report_dims = sorted(set(dims) | set(selection))
+    return Validation(
+        vectors,
+        data["corpus_ids"],
+        queries,
+        data["query_ids"],
+        data["qrels"],
+        report_dims,
+        selection,
+    )
