@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from types import TracebackType
 from typing import Any
 
 from rich.console import Console
@@ -21,6 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+from madapt_cli.util.progress import ProgressEvent
 
 #: logs, warnings and progress bars (never results)
 err = Console(stderr=True)
@@ -82,3 +86,58 @@ class RowsPerSecond(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("" if speed is None else f"{speed:,.1f} rows/s", style="cyan")
+
+
+class ProgressPrinter:
+    """Renders :class:`~madapt_cli.util.progress.ProgressEvent` s on stderr: a rich bar per
+    task on a terminal; elsewhere (CI logs, ``nohup``) one plain line per task every
+    ``interval`` seconds and on its last event, so a long step is never silent in a log.
+    ``quiet`` renders nothing. Use it as a context manager around the work."""
+
+    def __init__(self, quiet: bool = False, interval: float = 10.0) -> None:
+        self.quiet, self.interval = quiet, interval
+        self.terminal = err.is_terminal
+        self._bar = progress(RowsPerSecond(), quiet=quiet or not self.terminal)
+        self._tasks: dict[str, Any] = {}
+        self._printed: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+
+    def __enter__(self) -> ProgressPrinter:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._bar.__exit__(kind, error, trace)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        self._started.setdefault(event.task, now)
+        if self.terminal:
+            if event.task not in self._tasks:
+                self._tasks[event.task] = self._bar.add_task(event.task, total=event.total)
+            description = f"{event.task} {event.message}".strip()
+            self._bar.update(
+                self._tasks[event.task],
+                completed=event.done,
+                total=event.total,
+                description=description,
+            )
+            return
+        last = self._printed.get(event.task)
+        if event.finished or last is None or now - last >= self.interval:
+            self._printed[event.task] = now
+            log(_plain_line(event, now - self._started[event.task]))
+
+
+def _plain_line(event: ProgressEvent, seconds: float) -> str:
+    of = f"/{event.total:,}" if event.total is not None else ""
+    rate = f", {event.done / seconds:,.1f} {event.unit}/s" if seconds > 0 and event.done else ""
+    message = f" - {event.message}" if event.message else ""
+    return f"{event.task}: {event.done:,}{of} {event.unit} in {seconds:.0f}s{rate}{message}"
