@@ -1,4 +1,4 @@
-"""Adaptor artifacts written by an earlier release (tests/fixtures/adaptors: one of each
+"""Adaptor artifacts written by an earlier release (tests/fixtures/artifacts: one of each
 method, made at commit cc801ad by tests/fixtures/make_adaptor_fixtures.py) still load and
 transform to the same numbers."""
 
@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from madapt_cli import Adaptor
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "adaptors"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "artifacts"
 
 
 @pytest.mark.parametrize("method", ["pca", "matryoshka", "smec"])
