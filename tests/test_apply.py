@@ -85,7 +85,8 @@ def test_apply_streams_tables_larger_than_the_chunk(tmp_path):
             assert got_ids == ids
             np.testing.assert_allclose(got, adaptor.transform(vectors, dim=dim), atol=1e-6)
     meta = out.metadata("corpus")
-    assert meta["adaptor"]["name"] == "ad" and meta["adaptor"]["fingerprint"] == "f00d"
+    assert meta["adaptor"]["name"] == "ad" and meta["adaptor"]["training_data_sha256"] == "f00d"
+    assert meta["adaptor"]["fingerprint"] == adaptor.fingerprint
     assert meta["dims"] == [4, 8] and meta["model"] == MODEL
     assert "text_sha256" in out.schema("corpus").names
     # a tiny chunk gives the same output as one chunk (up to float32 BLAS blocking)

@@ -3,7 +3,7 @@
 Each table is streamed (``Store.iter_batches`` -> transform -> ``Store.write_table``), so
 memory does not grow with the table. The output store is built in a temporary sibling
 directory and renamed into place at the end: a failed run leaves no partial OUT. OUT is
-checked before anything is read (:func:`madapt_cli.files.check_output`): it may not be, hold or
+checked before anything is read (:func:`madapt_cli.util.files.check_output`): it may not be, hold or
 lie inside the adaptor or the store, and only a store madapt wrote is replaced, with
 ``overwrite``. Every vector read is checked (finite, non-zero) before it is transformed.
 """
@@ -52,7 +52,7 @@ def transform_sizes(
         return {d: torch.nn.functional.normalize(adapted[:, :d], dim=-1).numpy() for d in dims}
 
 
-def apply_adaptor(
+def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     adaptor_path: str | Path,
     store_path: str | Path,
     dims: str | Sequence[int],
@@ -83,7 +83,7 @@ def apply_adaptor(
         source.require_table(name)
         if VECTOR_COLUMN not in source.schema(name).names:
             raise StoreError(f"table '{name}' of {store_path} has no '{VECTOR_COLUMN}' column")
-        adaptor.check_compatible(source.metadata(name), f"table '{name}' of {store_path}")
+        adaptor.check_vectors_metadata(source.metadata(name), f"table '{name}' of {store_path}")
     summary: dict[str, Any] = {
         "out": str(out),
         "dims": sizes,
@@ -120,7 +120,8 @@ def _output_schema(
         "adaptor": {
             "name": adaptor.name,
             "method": adaptor.method,
-            "fingerprint": adaptor.fingerprint,
+            "fingerprint": adaptor.fingerprint,  # config + weights
+            "training_data_sha256": adaptor.training_data_sha256,
             "madapt_version": adaptor.config.get("madapt_version"),
         },
     }
