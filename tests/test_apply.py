@@ -150,3 +150,20 @@ def test_apply_rejects_mismatches_before_writing(tmp_path):
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         apply_adaptor(tmp_path / "ad", tmp_path / "in", "8", tmp_path / "exists")
     assert not (tmp_path / "out").exists()
+
+
+def test_apply_reports_rows_of_each_table(tmp_path):
+    make_store(tmp_path / "in", {"corpus": 25, "queries": 4})
+    make_adaptor(tmp_path / "ad")
+    events = []
+    apply_adaptor(
+        tmp_path / "ad",
+        tmp_path / "in",
+        "8",
+        tmp_path / "out",
+        chunk_rows=10,
+        progress=events.append,
+    )
+    corpus = [(e.done, e.total, e.finished) for e in events if e.task == "apply corpus"]
+    assert corpus == [(10, 25, False), (20, 25, False), (25, 25, False), (25, 25, True)]
+    assert [(e.done, e.finished) for e in events if e.task == "apply queries"][-1] == (4, True)
