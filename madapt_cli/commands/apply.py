@@ -32,7 +32,9 @@ def register(app: typer.Typer) -> None:
         one column vector_<d> per size, the same ids."""
         from madapt_cli.pipelines.apply import apply_adaptor
 
-        with console.ProgressPrinter(quiet=as_json and not console.err.is_terminal) as printer:
+        # a bar on a terminal only: in a log, a fast apply's lines would come before its
+        # one-line error
+        with console.ProgressPrinter(quiet=not console.err.is_terminal) as printer:
             summary = apply_adaptor(
                 adaptor,
                 store_path,
