@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from madapt_cli.data import read_qrels
-from madapt_cli.methods import smec as smec
+from madapt_cli.methods import smec_module
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.matryoshka import train_supervised
 from madapt_cli.methods.smec import SMECOptions, train_smec
@@ -63,14 +63,17 @@ def main() -> None:
     )
     parser.add_argument("--lr", type=float, default=None, help="SMEC rows' learning rate")
     parser.add_argument(
-        "--ads-scale", type=float, default=None, help="override smec.ADS_SCALE (investigation)"
+        "--ads-scale",
+        type=float,
+        default=None,
+        help="override smec_module.ADS_SCALE (investigation)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the table here (rewritten after every row)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.ads_scale is not None:
-        smec.ADS_SCALE = args.ads_scale  # read at call time by DimensionSelector
+        smec_module.ADS_SCALE = args.ads_scale  # read at call time by DimensionSelector
 
     raw = np.load(args.npz)
     doc_ids = [str(x) for x in raw["doc_ids"]]
@@ -173,7 +176,7 @@ def main() -> None:
                         "dims": dims,
                         "rotation": base.rotation,
                         "smec_lr": smec_lr,
-                        "ads_scale": smec.ADS_SCALE,
+                        "ads_scale": smec_module.ADS_SCALE,
                         "device": args.device,
                         "rows": table,
                     },

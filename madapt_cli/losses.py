@@ -74,8 +74,9 @@ class TopKSimilarityLoss(nn.Module):
              | sim(e_i, e_j) - sim_m(f(e_i), f(e_j)) |
 
     NN_k(i) are the k nearest neighbours of e_i in the original space over the whole corpus
-    (mined once, see :func:`madapt_cli.training.mine_topk`); ``original_similarity`` holds their
-    cosines sim(e_i, e_j), so the original neighbour vectors need not be passed again.
+    (mined once, see :func:`madapt_cli.retrieval.search.mine_topk`); ``original_similarity``
+    holds their cosines sim(e_i, e_j), so the original neighbour vectors need not be passed
+    again.
     """
 
     def __init__(self, dims: Sequence[int], dim_weights: Sequence[float] | None = None) -> None:

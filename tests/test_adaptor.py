@@ -82,13 +82,32 @@ def test_load_rejects_missing_and_torn_artifacts(tmp_path):
         Adaptor.load(path)
 
 
-def test_check_compatible_names_model_and_dimension_mismatches():
+def test_check_vectors_metadata_names_model_and_dimension_mismatches():
     adaptor = _matryoshka()
-    adaptor.check_compatible({"model": "all-MiniLM-L6-v2", "dimension": 16, "provider": "local"})
+    metadata = {"model": "all-MiniLM-L6-v2", "dimension": 16, "provider": "local"}
+    adaptor.check_vectors_metadata(metadata)
     with pytest.raises(MadaptError, match=r"takes 16-d vectors but .* are 384-d"):
-        adaptor.check_compatible({"model": "all-MiniLM-L6-v2", "dimension": 384})
+        adaptor.check_vectors_metadata({"model": "all-MiniLM-L6-v2", "dimension": 384})
     with pytest.raises(MadaptError, match="text-embedding-3-small"):
-        adaptor.check_compatible({"model": "text-embedding-3-small", "dimension": 16})
+        adaptor.check_vectors_metadata({"model": "text-embedding-3-small", "dimension": 16})
+
+
+def test_fingerprint_is_the_content_of_config_and_weights(tmp_path):
+    adaptor = _matryoshka()
+    adaptor.config["training_data_sha256"] = "f00d"
+    before = adaptor.fingerprint
+    assert len(before) == 64 and adaptor.training_data_sha256 == "f00d"
+    # saving (which sets name and madapt_version), loading and renaming keep it
+    loaded = Adaptor.load(adaptor.save(tmp_path / "a"))
+    assert loaded.fingerprint == before
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert Adaptor.load(tmp_path / "b").fingerprint == before
+    # other weights, or another config, are another adaptor (same training data)
+    other = _matryoshka(seed=1)
+    other.config["training_data_sha256"] = "f00d"
+    assert other.fingerprint != before
+    adaptor.config["hyperparameters"] = {"epochs": 3}
+    assert adaptor.fingerprint != before
 
 
 def test_pca_orders_axes_by_variance_and_round_trips(tmp_path):

@@ -85,7 +85,8 @@ def test_apply_streams_tables_larger_than_the_chunk(tmp_path):
             assert got_ids == ids
             np.testing.assert_allclose(got, adaptor.transform(vectors, dim=dim), atol=1e-6)
     meta = out.metadata("corpus")
-    assert meta["adaptor"]["name"] == "ad" and meta["adaptor"]["fingerprint"] == "f00d"
+    assert meta["adaptor"]["name"] == "ad" and meta["adaptor"]["training_data_sha256"] == "f00d"
+    assert meta["adaptor"]["fingerprint"] == adaptor.fingerprint
     assert meta["dims"] == [4, 8] and meta["model"] == MODEL
     assert "text_sha256" in out.schema("corpus").names
     # a tiny chunk gives the same output as one chunk (up to float32 BLAS blocking)
@@ -149,3 +150,20 @@ def test_apply_rejects_mismatches_before_writing(tmp_path):
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         apply_adaptor(tmp_path / "ad", tmp_path / "in", "8", tmp_path / "exists")
     assert not (tmp_path / "out").exists()
+
+
+def test_apply_reports_rows_of_each_table(tmp_path):
+    make_store(tmp_path / "in", {"corpus": 25, "queries": 4})
+    make_adaptor(tmp_path / "ad")
+    events = []
+    apply_adaptor(
+        tmp_path / "ad",
+        tmp_path / "in",
+        "8",
+        tmp_path / "out",
+        chunk_rows=10,
+        progress=events.append,
+    )
+    corpus = [(e.done, e.total, e.finished) for e in events if e.task == "apply corpus"]
+    assert corpus == [(10, 25, False), (20, 25, False), (25, 25, False), (25, 25, True)]
+    assert [(e.done, e.finished) for e in events if e.task == "apply queries"][-1] == (4, True)

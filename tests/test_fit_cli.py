@@ -173,7 +173,8 @@ def test_fit_unsupervised_validates_on_qrels_queries_without_training_on_them(
     assert config["mode"] == "unsupervised"
     assert [r["epoch"] for r in config["validation_curve"]] == [0, 1, 2]
     assert set(config["best_validation"]["ndcg@10"]) == {"8", "16"}
-    # the fingerprint covers the corpus only: qrels never reach the unsupervised objective
+    # the training data hash covers the corpus only: qrels never reach the unsupervised
+    # objective; the adaptors (config and weights) differ
     plain = madapt(
         "fit",
         store,
@@ -187,4 +188,17 @@ def test_fit_unsupervised_validates_on_qrels_queries_without_training_on_them(
         "3",
     )
     assert plain.returncode == 0, plain.stderr
-    assert Adaptor.load(tmp_path / "plain").fingerprint == Adaptor.load(tmp_path / "ad").fingerprint
+    plain, validated = Adaptor.load(tmp_path / "plain"), Adaptor.load(tmp_path / "ad")
+    assert plain.training_data_sha256 == validated.training_data_sha256
+    assert plain.fingerprint != validated.fingerprint
+
+
+def test_fit_store_reports_epochs_of_the_known_total(tmp_path, store):
+    from madapt_cli.pipelines.fit import fit_store
+    from madapt_cli.training.config import TrainConfig
+
+    events = []
+    config = TrainConfig(epochs=2, batch_size=32, topk=3, device="cpu", train_dims=[8, 16])
+    fit_store(store, tmp_path / "ad", config=config, progress=events.append)
+    assert [(e.done, e.total) for e in events] == [(1, 2), (2, 2), (2, 2)]
+    assert events[-1].finished and "unsupervised epoch 2 loss" in events[-1].message

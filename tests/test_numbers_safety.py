@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from madapt_cli.cli import app
 from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import CONFIG_FILE, WEIGHTS_FILE, Adaptor
+from madapt_cli.methods.base import get_method
 from madapt_cli.methods.matryoshka import train_unsupervised
 from madapt_cli.methods.smec import SMECOptions, train_smec
 from madapt_cli.store.base import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
@@ -279,7 +280,7 @@ def test_smec_options_validation_names_the_field(options, name):
 def test_defaults_are_valid():
     for mode in ("unsupervised", "supervised"):
         for method in ("matryoshka", "smec", "pca"):
-            TrainConfig().validate(mode, method)
+            TrainConfig().validate(mode, get_method(method).one_learning_rate)
     SMECOptions().validate()
 
 

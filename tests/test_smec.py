@@ -12,14 +12,12 @@ from test_eval_cli import make_store, run_cli
 
 from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
-from madapt_cli.methods.smec import (
+from madapt_cli.methods.smec import SMECOptions, stage_sizes, train_smec
+from madapt_cli.methods.smec_module import (
     CrossBatchMemory,
     DimensionSelector,
     SMECModule,
-    SMECOptions,
     gumbel_topk_masks,
-    stage_sizes,
-    train_smec,
 )
 from madapt_cli.training.config import TrainConfig
 

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from madapt_cli.methods.adaptor import Adaptor
-from madapt_cli.methods.matryoshka import principal_rotation
-from madapt_cli.methods.smec import SMECModule, SMECOptions, gumbel_topk_masks, train_smec
+from madapt_cli.methods.smec import SMECOptions, train_smec
+from madapt_cli.methods.smec_module import SMECModule, gumbel_topk_masks
 from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.modules import principal_rotation
 
 ARCH = {"hidden": 12, "depth": 2, "activation": "gelu"}
 

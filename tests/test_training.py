@@ -165,3 +165,21 @@ def test_epoch_order_covers_every_index_once_per_epoch_in_a_new_order():
     for epoch in epochs:  # batches of 4, 4 and a short 2
         assert sorted(epoch.tolist()) == list(range(10))
     assert epochs[0].tolist() != epochs[1].tolist()
+
+
+def test_epoch_progress_counts_planned_epochs_and_ends_where_training_stopped():
+    from madapt_cli.training.progress import EpochProgress
+
+    events, records = [], []
+    progress = EpochProgress(records.append, events.append)
+    progress.plan([3, 5])
+    progress({"stage": "unsupervised", "epoch": 0, "loss": None, "ndcg@10": {"8": 0.5}})
+    for epoch in (1, 2):  # stage 1 stops early, after 2 of its 3 epochs
+        progress({"stage": "unsupervised", "epoch": epoch, "loss": 0.5})
+    progress({"stage": "supervised", "epoch": 1, "loss": 0.25, "ndcg@10": {"8": 0.625}})
+    progress.finish()
+    assert len(records) == 4
+    assert [(e.done, e.total) for e in events] == [(0, 8), (1, 8), (2, 8), (3, 7), (3, 3)]
+    assert events[3].message == "supervised epoch 1 loss 0.2500 val 8:0.625"
+    assert [e.finished for e in events] == [False] * 4 + [True]
+    assert {e.task for e in events} == {"fit"} and {e.unit for e in events} == {"epochs"}

@@ -32,9 +32,9 @@ def register(app: typer.Typer) -> None:
         one column vector_<d> per size, the same ids."""
         from madapt_cli.pipelines.apply import apply_adaptor
 
-        bar = console.progress(quiet=as_json and not console.err.is_terminal)
-        with bar:
-            task = bar.add_task("apply", total=None)
+        # a bar on a terminal only: in a log, a fast apply's lines would come before its
+        # one-line error
+        with console.ProgressPrinter(quiet=not console.err.is_terminal) as printer:
             summary = apply_adaptor(
                 adaptor,
                 store_path,
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                 tables=table,
                 chunk_rows=chunk_rows,
                 overwrite=overwrite,
-                on_progress=lambda name, rows: bar.update(task, description=name, advance=rows),
+                progress=printer,
             )
         if as_json:
             console.print_json(summary)

@@ -1,4 +1,4 @@
-"""`madapt fit`: train a Matryoshka adaptor (or fit PCA) on a store's corpus."""
+"""`madapt fit`: train an adaptor (a Matryoshka adaptor, SMEC, or PCA) on a store's corpus."""
 
 from __future__ import annotations
 
@@ -9,15 +9,7 @@ import typer
 
 from madapt_cli import console
 from madapt_cli.errors import InputError
-
-
-def _parse_dims(spec: str | None) -> list[int] | None:
-    if spec is None:
-        return None
-    try:
-        return [int(d) for d in spec.split(",") if d.strip()]
-    except ValueError:
-        raise InputError(f"--train-dims {spec!r}: expected comma-separated integers") from None
+from madapt_cli.methods import METHODS
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +17,7 @@ def register(app: typer.Typer) -> None:
     def fit(
         store_path: Path = typer.Argument(..., help="A store with a 'corpus' table."),
         out: Path = typer.Option(..., "--out", help="Adaptor directory to write."),
-        method: str = typer.Option("matryoshka", "--method", help="matryoshka, smec or pca."),
+        method: str = typer.Option("matryoshka", "--method", help=", ".join(METHODS) + "."),
         mode: str = typer.Option("unsupervised", "--mode", help="unsupervised or supervised."),
         qrels: Path | None = typer.Option(
             None,
@@ -87,7 +79,7 @@ def register(app: typer.Typer) -> None:
             help="matryoshka and smec: start f from the corpus' principal rotation (keeps "
             "full-size cosines) instead of the identity.",
         ),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         seed: int = typer.Option(0, "--seed"),
         name: str | None = typer.Option(
             None, "--name", help="Adaptor name (default: --out's name)."
@@ -96,7 +88,7 @@ def register(app: typer.Typer) -> None:
             False, "--overwrite", help="Replace an existing --out adaptor that madapt wrote."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
-        # --- --method smec only (madapt_cli.smec) ---
+        # --- --method smec only (madapt_cli.methods.smec: SMEC.flags) ---
         to_dim: int | None = typer.Option(
             None,
             "--to-dim",
@@ -119,69 +111,45 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train an adaptor on STORE's corpus and write it to --out (safetensors + config.json)."""
+        from madapt_cli.methods.base import get_method, method_options
         from madapt_cli.pipelines.fit import fit_store
-        from madapt_cli.training.config import TrainConfig
+        from madapt_cli.util.device import resolve_device
+        from madapt_cli.util.dims import split_sizes
 
-        if device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"--device {device!r}: use auto, cpu or cuda")
-        if device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise InputError("--device cuda: no CUDA device is available")
-        config = TrainConfig(
-            device=device, seed=seed, train_dims=_parse_dims(train_dims), rotation=rotation
+        resolve_device(device)  # a device this machine lacks is refused before any work
+        config = _train_config(
+            mode,
+            device=device,
+            seed=seed,
+            train_dims=split_sizes(train_dims, "--train-dims") if train_dims is not None else None,
+            rotation=rotation,
+            epochs=epochs,
+            stage1_epochs=stage1_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            hidden=hidden,
+            depth=depth,
+            topk=topk,
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+            temperature=tau,
+            hard_negatives=hard_negatives,
+            patience=patience,
         )
-        supervised = mode == "supervised"
-        settings: dict[str, Any] = {
-            "supervised_epochs" if supervised else "epochs": epochs,
-            "epochs": stage1_epochs if supervised else epochs,
-            "supervised_lr" if supervised else "lr": lr,
-            "batch_size": batch_size,
-            "hidden": hidden,
-            "depth": depth,
-            "topk": topk,
-            "alpha": alpha,
-            "beta": beta,
-            "gamma": gamma,
-            "temperature": tau,
-            "hard_negatives": hard_negatives,
-            "patience": patience,
+        fitter = get_method(method, "--method")
+        if lr is not None and fitter.one_learning_rate:
+            config.lr = lr  # every stage trains at TrainConfig.lr, in both modes
+        flags = {
+            "to_dim": to_dim,
+            "resume": resume,
+            "sequential": sequential,
+            "ads": ads,
+            "xbm": xbm,
+            "memory_size": memory_size,
         }
-        if not supervised:
-            settings["epochs"] = epochs
-        for key, value in settings.items():
-            if value is not None:
-                setattr(config, key, value)
-        # --epochs 0 keeps the untrained start (the principal rotation, or the identity)
-        for key in ("epochs", "supervised_epochs"):
-            if getattr(config, key) < 0:
-                raise InputError("--epochs must not be negative")
-        for key in ("batch_size", "topk", "patience"):
-            if getattr(config, key) < 1:
-                raise InputError(f"--{key.replace('_', '-')} must be positive")
-        if config.hidden is not None and config.hidden < 1:
-            raise InputError("--hidden must be positive")
-        from madapt_cli.methods.smec import cli_options
-
-        smec = cli_options(method, config, lr, to_dim, resume, sequential, ads, xbm, memory_size)
-
-        bar = console.progress(quiet=as_json and not console.err.is_terminal)
-        with bar:
-            task = bar.add_task("fit", total=None)
-
-            def on_epoch(record: dict[str, Any]) -> None:
-                scores = record.get("ndcg@10") or {}
-                loss = record.get("loss")
-                text = f"{record['stage']} epoch {record['epoch']}"
-                if loss is not None:
-                    text += f" loss {loss:.4f}"
-                if scores:
-                    text += " val " + " ".join(f"{d}:{v:.3f}" for d, v in scores.items())
-                bar.update(task, description=text, advance=1)
-                if not console.err.is_terminal and not as_json:
-                    console.log(text)
-
+        options = method_options(fitter, flags)
+        with console.ProgressPrinter(quiet=as_json and not console.err.is_terminal) as printer:
             result = fit_store(
                 store_path,
                 out,
@@ -191,27 +159,63 @@ def register(app: typer.Typer) -> None:
                 dev_qrels_path=dev_qrels,
                 config=config,
                 name=name,
-                on_epoch=on_epoch,
-                smec=smec,
+                progress=printer,
+                options=options,
                 resume=resume,
                 overwrite=overwrite,
             )
-        summary = {
-            "out": str(out),
-            "name": result["name"],
-            "method": result["method"],
-            "mode": result.get("mode"),
-            "dimension": result["dimension"],
-            "train_dims": result.get("train_dims"),
-            "best_validation": result.get("best_validation"),
-            "epochs_run": len(result.get("validation_curve") or []),
-            "training_data_sha256": result["training_data_sha256"],
-        }
-        if as_json:
-            console.print_json(summary)
-        else:
-            best = result.get("best_validation")
-            extra = f", best validation nDCG@10 {best['score']:.4f}" if best else ""
-            console.out.print(
-                f"wrote {result['method']} adaptor '{result['name']}' to {out}{extra}"
-            )
+        _print_summary(result, out, as_json)
+
+
+def _train_config(mode: str, *, lr: float | None, **settings: Any) -> Any:
+    """The TrainConfig of `madapt fit`'s options: in supervised mode ``--epochs`` and
+    ``--lr`` set stage 2 and ``--stage1-epochs`` stage 1; options not given keep the
+    defaults."""
+    from madapt_cli.training.config import TrainConfig
+
+    supervised = mode == "supervised"
+    epochs, stage1_epochs = settings.pop("epochs"), settings.pop("stage1_epochs")
+    config = TrainConfig(
+        device=settings.pop("device"),
+        seed=settings.pop("seed"),
+        train_dims=settings.pop("train_dims"),
+        rotation=settings.pop("rotation"),
+    )
+    settings["supervised_epochs" if supervised else "epochs"] = epochs
+    if supervised:
+        settings["epochs"] = stage1_epochs
+    settings["supervised_lr" if supervised else "lr"] = lr
+    for key, value in settings.items():
+        if value is not None:
+            setattr(config, key, value)
+    # --epochs 0 keeps the untrained start (the principal rotation, or the identity)
+    for key in ("epochs", "supervised_epochs"):
+        if getattr(config, key) < 0:
+            raise InputError("--epochs must not be negative")
+    for key in ("batch_size", "topk", "patience"):
+        if getattr(config, key) < 1:
+            raise InputError(f"--{key.replace('_', '-')} must be positive")
+    if config.hidden is not None and config.hidden < 1:
+        raise InputError("--hidden must be positive")
+    return config
+
+
+def _print_summary(result: dict[str, Any], out: Path, as_json: bool) -> None:
+    if as_json:
+        console.print_json(
+            {
+                "out": str(out),
+                "name": result["name"],
+                "method": result["method"],
+                "mode": result.get("mode"),
+                "dimension": result["dimension"],
+                "train_dims": result.get("train_dims"),
+                "best_validation": result.get("best_validation"),
+                "epochs_run": len(result.get("validation_curve") or []),
+                "training_data_sha256": result["training_data_sha256"],
+            }
+        )
+        return
+    best = result.get("best_validation")
+    extra = f", best validation nDCG@10 {best['score']:.4f}" if best else ""
+    console.out.print(f"wrote {result['method']} adaptor '{result['name']}' to {out}{extra}")

@@ -1,19 +1,14 @@
 """Adaptors: maps f(e) applied to embeddings before truncating to a prefix of dimensions.
 
-Two methods share one artifact format (a directory with ``adaptor.safetensors`` and
-``config.json``, never pickle), so ``apply`` and ``eval`` treat them alike:
-
-* ``matryoshka``: f(e) = e + g(e), g a residual MLP trained with the Matryoshka-Adaptor losses
-  (see :mod:`madapt_cli.training`);
-* ``pca``: f(e) = (e - mu) W, W the corpus' principal axes ordered by variance;
-* ``smec``: f(e) = P x_S, staged residuals and a permutation (see :mod:`madapt_cli.smec`).
-
-:meth:`Adaptor.transform` normalises its input, applies f, keeps the first ``dim`` coordinates
-and re-normalises them to unit length.
+Every method (:mod:`madapt_cli.methods.base`) writes one artifact format, a directory with
+``adaptor.safetensors`` and ``config.json`` (never pickle), so ``apply`` and ``eval`` treat
+them alike; this module knows no particular method. :meth:`Adaptor.transform` normalises its
+input, applies f, keeps the first ``dim`` coordinates and re-normalises them to unit length.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,16 +20,13 @@ from torch import nn
 
 from madapt_cli import __version__
 from madapt_cli.errors import InputError, MadaptError, environment_failure
-from madapt_cli.methods.matryoshka import ACTIVATIONS, ResidualMLP
-from madapt_cli.methods.pca import PCAMap
+from madapt_cli.methods.base import get_method
 
 WEIGHTS_FILE = "adaptor.safetensors"
-
-
 CONFIG_FILE = "config.json"
-
-
-METHODS = ("matryoshka", "pca", "smec")
+#: config.json entries that saving sets (the directory's name, the writing release): not
+#: part of what an adaptor is, so not of its fingerprint
+_SET_ON_SAVE = ("name", "madapt_version")
 
 
 def _positive_int(value: Any) -> bool:
@@ -43,63 +35,22 @@ def _positive_int(value: Any) -> bool:
 
 def check_config(config: Any, config_path: Path) -> None:
     """Raise :class:`InputError` unless ``config`` (a parsed config.json) is an object with
-    a known method, a positive integer dimension and a sane architecture."""
+    a known method, a positive integer dimension and what that method needs."""
     if not isinstance(config, dict):
         raise InputError(
             f"{config_path}: must hold a JSON object, not a {type(config).__name__}; "
             "is it an adaptor's config.json?"
         )
-    method = config.get("method")
-    if method not in METHODS:
-        raise InputError(f"{config_path}: unknown method {method!r}: use {', '.join(METHODS)}")
+    try:
+        method = get_method(config.get("method"))
+    except InputError as error:
+        raise InputError(f"{config_path}: {error}") from None
     dimension = config.get("dimension")
     if not _positive_int(dimension):
         raise InputError(
             f"{config_path}: 'dimension' must be a positive whole number, not {dimension!r}"
         )
-    if method == "pca":
-        return
-    if method == "matryoshka":
-        arch, where = config.get("architecture"), "'architecture'"
-    else:
-        smec = config.get("smec")
-        if not isinstance(smec, dict):
-            raise InputError(f"{config_path}: 'smec' must be an object (the SMEC stages)")
-        arch, where = smec.get("architecture"), "'smec.architecture'"
-        stages = smec.get("stages")
-        if not isinstance(stages, list) or not all(
-            isinstance(stage, dict)
-            and isinstance(stage.get("sizes"), list)
-            and stage["sizes"]
-            and all(_positive_int(size) and size < dimension for size in stage["sizes"])
-            for stage in stages
-        ):
-            raise InputError(
-                f"{config_path}: 'smec.stages' must list stages whose 'sizes' are whole "
-                f"numbers in 1..{dimension - 1}"
-            )
-    if not isinstance(arch, dict):
-        raise InputError(f"{config_path}: {where} must be an object")
-    for key in ("hidden", "depth"):
-        if not _positive_int(arch.get(key)):
-            raise InputError(
-                f"{config_path}: {where}.{key} must be a positive whole number, "
-                f"not {arch.get(key)!r}"
-            )
-    if arch.get("activation") not in ACTIVATIONS:
-        raise InputError(
-            f"{config_path}: {where}.activation {arch.get('activation')!r} is unknown: use "
-            f"{', '.join(ACTIVATIONS)}"
-        )
-
-
-def _weights_dimension(method: str, state: dict[str, torch.Tensor]) -> int | None:
-    """The vectors' dimension the weights were made for (None when they do not say)."""
-    key, axis = {"pca": ("mean", 0), "smec": ("permutation", 0)}.get(method, ("g.0.weight", 1))
-    tensor = state.get(key)
-    if tensor is None or tensor.dim() <= axis:
-        return None
-    return int(tensor.shape[axis])
+    method.check_config(config, config_path)
 
 
 def check_weights(
@@ -109,7 +60,7 @@ def check_weights(
     their shapes, and only finite values."""
     expected = module.state_dict()
     dimension = int(config["dimension"])
-    held = _weights_dimension(str(config["method"]), state)
+    held = get_method(config["method"]).weights_dimension(state)
     if held is not None and held != dimension:
         raise InputError(
             f"{weights_path}: config.json says dimension {dimension} but {WEIGHTS_FILE} "
@@ -143,6 +94,22 @@ def check_weights(
             )
 
 
+def adaptor_fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """sha256 of what an adaptor is: its config.json as canonical JSON (sorted keys, without
+    ``name`` and ``madapt_version``, which saving sets) and its weights, tensor by tensor in
+    name order (name, dtype, shape, bytes). The same before and after a save and load, and
+    for a copy of the directory under another name."""
+    digest = hashlib.sha256()
+    kept = {key: value for key, value in config.items() if key not in _SET_ON_SAVE}
+    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest.update(canonical.encode("utf-8") + b"\0")
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class Adaptor:
     """A trained map plus its configuration. ``Adaptor.load(path).transform(x, dim=128)``."""
 
@@ -166,9 +133,15 @@ class Adaptor:
 
     @property
     def fingerprint(self) -> str:
+        """The adaptor's identity: :func:`adaptor_fingerprint` of its config and weights."""
+        return adaptor_fingerprint(self.config, self.module.state_dict())
+
+    @property
+    def training_data_sha256(self) -> str:
+        """The hash of the data it was fitted on ("" when config.json does not say)."""
         return str(self.config.get("training_data_sha256", ""))
 
-    def check_compatible(self, metadata: dict[str, Any], what: str = "the vectors") -> None:
+    def check_vectors_metadata(self, metadata: dict[str, Any], what: str = "the vectors") -> None:
         """Raise MadaptError unless vectors with this store metadata can go through f."""
         dimension = metadata.get("dimension")
         if dimension is not None and int(dimension) != self.dimension:
@@ -287,24 +260,8 @@ class Adaptor:
 
 def build_module(config: dict[str, Any]) -> nn.Module:
     """An untrained module of the architecture described by ``config``."""
-    method = config.get("method")
+    method = get_method(config.get("method"), "adaptor method")
     try:
-        dimension = int(config["dimension"])
-        if method == "matryoshka":
-            arch = config["architecture"]
-            return ResidualMLP(
-                dimension,
-                int(arch["hidden"]),
-                int(arch["depth"]),
-                str(arch["activation"]),
-                rotation=bool(arch.get("rotation", False)),
-            )
-        if method == "pca":
-            return PCAMap(torch.zeros(dimension), torch.eye(dimension))
-        if method == "smec":  # staged residuals + a permutation: see madapt_cli.smec
-            from madapt_cli.methods.smec import build_smec_module
-
-            return build_smec_module(config)
+        return method.build_module(config)
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"adaptor config is missing or has a bad field ({error})") from None
-    raise InputError(f"unknown adaptor method {method!r}: use {', '.join(METHODS)}")

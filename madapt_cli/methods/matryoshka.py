@@ -1,11 +1,16 @@
-"""The Matryoshka-Adaptor (Yoon et al., EMNLP 2024): f(e) = x + g(x), x = e R."""
+"""The Matryoshka-Adaptor (Yoon et al., EMNLP 2024): f(e) = x + g(x), x = e R.
+
+g is the residual MLP of :mod:`madapt_cli.training.modules`, R the corpus' principal rotation
+(or the identity). Unsupervised training fits f on the corpus alone (L_topk, L_pair, L_rec
+of :mod:`madapt_cli.losses`); supervised training adds a ranking stage on train qrels.
+"""
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,85 +19,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from madapt_cli.data import Qrels
-from madapt_cli.errors import InputError
+from madapt_cli.methods.base import Fitted, Method, TrainingData
 from madapt_cli.training.config import EpochCallback, TrainConfig, TrainResult, seed_everything
-from madapt_cli.training.loop import EpochOrder, _fit_loop
+from madapt_cli.training.loop import EpochOrder, Stage, fit_loop
+from madapt_cli.training.modules import (
+    ResidualMLP,
+    architecture,
+    check_architecture,
+    principal_rotation,
+)
 from madapt_cli.training.objectives import SupervisedObjective, UnsupervisedObjective
-from madapt_cli.training.validation import _validation, split_training_queries
-from madapt_cli.util.device import _device_generator, resolve_device
+from madapt_cli.training.progress import EpochProgress
+from madapt_cli.training.validation import (
+    build_validation,
+    split_training_queries,
+    training_queries,
+)
+from madapt_cli.util.device import device_generator, resolve_device
 from madapt_cli.util.dims import check_train_dims, default_train_dims
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
-
-
-class ResidualMLP(nn.Module):
-    """f(e) = x + g(x), g = Linear(D, H) -> act -> ... -> Linear(H, D), with x = e, or with
-    x = e R for a fixed orthogonal rotation R (``rotation=True``; see
-    :func:`principal_rotation`).
-
-    g's last layer starts at zero, so an untrained adaptor is exactly the identity (or the
-    rotation, which keeps every full-size cosine).
-    """
-
-    def __init__(
-        self,
-        dimension: int,
-        hidden: int,
-        depth: int = 2,
-        activation: str = "gelu",
-        rotation: bool = False,
-    ) -> None:
-        super().__init__()
-        if depth < 1:
-            raise InputError("the adaptor needs at least one layer (--depth >= 1)")
-        if activation not in ACTIVATIONS:
-            raise InputError(f"unknown activation {activation!r}: use {', '.join(ACTIVATIONS)}")
-        widths = [dimension] + [hidden] * (depth - 1) + [dimension]
-        layers: list[nn.Module] = []
-        for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
-            if index:
-                layers.append(ACTIVATIONS[activation]())
-            layers.append(nn.Linear(width_in, width_out))
-        nn.init.zeros_(layers[-1].weight)
-        nn.init.zeros_(layers[-1].bias)
-        self.g = nn.Sequential(*layers)
-        self.register_buffer("rotation", torch.eye(dimension) if rotation else None)
-
-    def start(self, e: torch.Tensor) -> torch.Tensor:
-        """Where f starts before training: e, or e R."""
-        return e if self.rotation is None else e @ self.rotation
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        x = self.start(e)
-        return x + self.g(x)
-
-
-def principal_rotation(vectors: torch.Tensor) -> torch.Tensor:
-    """R: the eigenvectors of E^T E (uncentred principal axes) by decreasing eigenvalue.
-
-    R is orthogonal, so e R keeps every full-size cosine exactly, while its first m
-    coordinates hold as much of the vectors' energy as any m orthonormal directions can: a
-    much better start for the small prefixes than the identity. Unlike centred PCA it does
-    not subtract the mean, which would change the cosines at full size.
-    """
-    gram = vectors.double().T @ vectors.double()
-    _, eigenvectors = torch.linalg.eigh(gram)  # ascending eigenvalues
-    rotation = eigenvectors.flip(-1).float()
-    # Fix each axis' sign (eigenvectors are defined up to sign) so fits are reproducible.
-    signs = torch.sign(rotation[rotation.abs().argmax(dim=0), torch.arange(rotation.shape[1])])
-    return (rotation * signs).to(vectors.dtype)
+__all__ = ["Matryoshka", "ResidualMLP", "new_adaptor_module", "principal_rotation"]
 
 
 def new_adaptor_module(corpus: torch.Tensor, config: TrainConfig) -> ResidualMLP:
     """An untrained f: the identity, or the corpus' principal rotation (``config.rotation``)."""
-    dimension = corpus.shape[1]
-    module = ResidualMLP(
-        dimension,
-        config.hidden or 2 * dimension,
-        config.depth,
-        config.activation,
-        rotation=config.rotation,
-    )
+    module = ResidualMLP.from_architecture(corpus.shape[1], architecture(config, corpus.shape[1]))
     if config.rotation:
         module.rotation.copy_(principal_rotation(corpus))
     return module.to(corpus.device)
@@ -120,31 +71,21 @@ def train_unsupervised(
         vectors, dims, config.topk, config.weights("unsupervised"), config.dim_weights(dims)
     )
     mined = time.perf_counter() - started
-    validation = _validation(vectors, validation_data, dims, config, device)
+    validation = build_validation(vectors, validation_data, dims, config, device)
     batch_size = min(config.batch_size, len(vectors))
     steps = math.ceil(len(vectors) / batch_size)
-    generator = _device_generator(device, config.seed)
+    generator = device_generator(device, config.seed)
     order = EpochOrder(len(vectors), batch_size, device)
 
     def step(gen: torch.Generator) -> torch.Tensor:
         return objective(module, order.next(gen))
 
-    history, best = _fit_loop(
-        module,
-        step,
-        steps,
-        config.epochs,
-        config.lr,
-        config,
-        validation,
-        "unsupervised",
-        on_epoch,
-        generator,
-    )
+    stage = Stage("unsupervised", config.epochs, steps, config.lr)
+    history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
     return TrainResult(module.cpu().eval(), history, best, mined)
 
 
-def train_supervised(
+def train_supervised(  # noqa: PLR0913 - the public training API (bench/, tests) takes arrays
     corpus: np.ndarray,
     corpus_ids: Sequence[str],
     queries: np.ndarray,
@@ -165,8 +106,6 @@ def train_supervised(
     device = resolve_device(config.device)
     dimension = corpus.shape[1]
     dims = check_train_dims(config.train_dims or default_train_dims(dimension), dimension)
-    corpus_row = {doc_id: i for i, doc_id in enumerate(corpus_ids)}
-    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
     train_ids, validation_data = split_training_queries(
         corpus_ids, queries, query_ids, qrels, dev_qrels, config
     )
@@ -180,18 +119,14 @@ def train_supervised(
     if module is None:
         module = new_adaptor_module(vectors, config)
     module = module.to(device)
-    train_queries = F.normalize(
-        torch.tensor(np.asarray(queries[[query_row[q] for q in train_ids]], np.float32)).to(device),
-        dim=-1,
+    train_queries, judgments = training_queries(
+        corpus_ids, queries, query_ids, qrels, train_ids, device
     )
-    judgments = [
-        {corpus_row[d]: g for d, g in qrels[q].items() if d in corpus_row} for q in train_ids
-    ]
-    generator = _device_generator(device, config.seed + 1)
+    generator = device_generator(device, config.seed + 1)
     objective = SupervisedObjective(
         vectors, train_queries, judgments, dims, config, config.weights("supervised"), generator
     )
-    validation = _validation(vectors, validation_data, dims, config, device)
+    validation = build_validation(vectors, validation_data, dims, config, device)
     query_batch = min(config.query_batch_size, len(train_ids))
     steps = math.ceil(len(train_ids) / query_batch)
     corpus_batch = min(config.batch_size, len(vectors))
@@ -202,16 +137,60 @@ def train_supervised(
         rows = torch.randint(len(vectors), (corpus_batch,), generator=gen, device=device)
         return objective(module, batch, rows)
 
-    stage2, best = _fit_loop(
-        module,
-        step,
-        steps,
-        config.supervised_epochs,
-        config.supervised_lr,
-        config,
-        validation,
-        "supervised",
-        on_epoch,
-        generator,
-    )
+    stage = Stage("supervised", config.supervised_epochs, steps, config.supervised_lr)
+    stage2, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
     return TrainResult(module.cpu().eval(), history + stage2, best, mined)
+
+
+class Matryoshka(Method):
+    """``--method matryoshka`` (the default): the residual MLP, trained unsupervised, or
+    unsupervised then supervised (``--stage1-epochs 0`` skips the first stage)."""
+
+    name = "matryoshka"
+
+    def check_config(self, config: dict[str, Any], config_path: Path) -> None:
+        check_architecture(config.get("architecture"), "'architecture'", config_path)
+
+    def build_module(self, config: dict[str, Any]) -> nn.Module:
+        return ResidualMLP.from_architecture(int(config["dimension"]), config["architecture"])
+
+    def weights_dimension(self, state: dict[str, torch.Tensor]) -> int | None:
+        first = state.get("g.0.weight")
+        return None if first is None or first.dim() < 2 else int(first.shape[1])
+
+    def fit(
+        self,
+        data: TrainingData,
+        config: TrainConfig,
+        options: Any,
+        progress: EpochProgress,
+        resume: Path | None = None,
+    ) -> Fitted:
+        corpus_ids, corpus, query_ids, queries = data.read()
+        if data.supervised:
+            two_stage = config.epochs > 0
+            progress.plan([config.epochs] * two_stage + [config.supervised_epochs])
+            result = train_supervised(
+                corpus,
+                corpus_ids,
+                queries,
+                query_ids,
+                data.qrels,
+                config,
+                data.dev_qrels,
+                progress,
+                two_stage=two_stage,
+            )
+        else:
+            validation = data.validation()
+            progress.plan([config.epochs])
+            result = train_unsupervised(corpus, config, validation, progress)
+        record = {
+            "architecture": {"type": "residual_mlp", **architecture(config, data.dimension)},
+            "mode": data.mode,
+            "train_dims": config.train_dims,
+            "training_rows": len(corpus_ids),
+            "training_data_sha256": data.sha256(),
+            "topk_mining_seconds": round(result.topk_mining_seconds, 3),
+        }
+        return Fitted(result.module, record, result.history, result.best)

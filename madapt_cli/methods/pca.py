@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from madapt_cli.errors import InputError
+from madapt_cli.methods.base import Fitted, Method, TrainingData
+from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.modules import orient_axes
+from madapt_cli.training.progress import EpochProgress
+from madapt_cli.util.hashing import training_fingerprint
 
 
 class PCAMap(nn.Module):
@@ -47,9 +54,46 @@ def fit_pca(
     mean = total / count
     covariance = gram / count - torch.outer(mean, mean)
     _, axes = torch.linalg.eigh(covariance)  # ascending eigenvalues
-    axes = axes.flip(-1)
-    # a deterministic sign per axis (eigh's is arbitrary): largest coordinate positive
-    columns = torch.arange(dimension, device=axes.device)
-    signs = torch.sign(axes[axes.abs().argmax(dim=0), columns])
-    axes = axes * torch.where(signs == 0, 1.0, signs)
+    axes = orient_axes(axes.flip(-1))  # eigh's signs are arbitrary
     return PCAMap(mean.float().cpu(), axes.float().cpu())
+
+
+class PCA(Method):
+    """``--method pca``: the corpus' principal axes, in one streamed pass; no training, no
+    queries (``--mode`` is ignored)."""
+
+    name = "pca"
+    supervised_needs_qrels = False
+
+    def build_module(self, config: dict[str, Any]) -> nn.Module:
+        dimension = int(config["dimension"])
+        return PCAMap(torch.zeros(dimension), torch.eye(dimension))
+
+    def weights_dimension(self, state: dict[str, torch.Tensor]) -> int | None:
+        mean = state.get("mean")
+        return None if mean is None or mean.dim() < 1 else int(mean.shape[0])
+
+    def fit(
+        self,
+        data: TrainingData,
+        config: TrainConfig,
+        options: Any,
+        progress: EpochProgress,
+        resume: Path | None = None,
+    ) -> Fitted:
+        ids: list[str] = []
+        batches = []
+        for batch_ids, vectors in data.corpus_batches():
+            batches.append(vectors)
+            ids.extend(batch_ids)
+        if not ids:
+            raise InputError(f"table 'corpus' of {data.source} is empty")
+        progress.plan([])
+        record = {
+            "architecture": {"type": "pca", "centered": True},
+            "mode": "unsupervised",
+            "train_dims": None,
+            "training_rows": len(ids),
+            "training_data_sha256": training_fingerprint(ids, *batches),
+        }
+        return Fitted(fit_pca(batches, data.dimension), record)

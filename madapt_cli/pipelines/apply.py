@@ -3,7 +3,7 @@
 Each table is streamed (``Store.iter_batches`` -> transform -> ``Store.write_table``), so
 memory does not grow with the table. The output store is built in a temporary sibling
 directory and renamed into place at the end: a failed run leaves no partial OUT. OUT is
-checked before anything is read (:func:`madapt_cli.files.check_output`): it may not be, hold or
+checked before anything is read (:func:`madapt_cli.util.files.check_output`): it may not be, hold or
 lie inside the adaptor or the store, and only a store madapt wrote is replaced, with
 ``overwrite``. Every vector read is checked (finite, non-zero) before it is transformed.
 """
@@ -11,7 +11,7 @@ lie inside the adaptor or the store, and only a store madapt wrote is replaced, 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,8 @@ from madapt_cli.store.base import (
 )
 from madapt_cli.util.dims import parse_dims
 from madapt_cli.util.files import check_output, staged_output
+from madapt_cli.util.progress import Progress, ProgressEvent, report
 from madapt_cli.util.vectors import check_vectors
-
-ProgressCallback = Callable[[str, int], None]
 
 
 def column_name(dim: int) -> str:
@@ -52,7 +51,7 @@ def transform_sizes(
         return {d: torch.nn.functional.normalize(adapted[:, :d], dim=-1).numpy() for d in dims}
 
 
-def apply_adaptor(
+def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     adaptor_path: str | Path,
     store_path: str | Path,
     dims: str | Sequence[int],
@@ -62,10 +61,11 @@ def apply_adaptor(
     tables: Sequence[str] | None = None,
     chunk_rows: int = 65_536,
     overwrite: bool = False,
-    on_progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write every table (or ``tables``) of ``store_path`` into a new store ``out`` with
-    columns ``id``, ``text_sha256`` (when present) and ``vector_<d>`` for each size."""
+    columns ``id``, ``text_sha256`` (when present) and ``vector_<d>`` for each size.
+    ``progress`` gets ProgressEvent(task="apply <table>", unit="rows") per chunk."""
     out = Path(out)
     inputs = (adaptor_path, store_path)
     check_output(out, "store", overwrite=overwrite, inputs=inputs)
@@ -83,7 +83,7 @@ def apply_adaptor(
         source.require_table(name)
         if VECTOR_COLUMN not in source.schema(name).names:
             raise StoreError(f"table '{name}' of {store_path} has no '{VECTOR_COLUMN}' column")
-        adaptor.check_compatible(source.metadata(name), f"table '{name}' of {store_path}")
+        adaptor.check_vectors_metadata(source.metadata(name), f"table '{name}' of {store_path}")
     summary: dict[str, Any] = {
         "out": str(out),
         "dims": sizes,
@@ -95,9 +95,9 @@ def apply_adaptor(
         for name in names:
             schema = _output_schema(source.schema(name), source.metadata(name), adaptor, sizes)
             where = f"table '{name}' of {store_path}"
-            batches = _adapted_batches(
-                source, name, adaptor, sizes, schema, chunk_rows, on_progress, where
-            )
+            batches = _adapted_batches(source, name, adaptor, sizes, schema, chunk_rows, where)
+            if progress is not None:
+                batches = _reported(batches, progress, f"apply {name}", source.num_rows(name))
             summary["tables"][name] = target.write_table(name, schema, batches)
     return summary
 
@@ -120,7 +120,8 @@ def _output_schema(
         "adaptor": {
             "name": adaptor.name,
             "method": adaptor.method,
-            "fingerprint": adaptor.fingerprint,
+            "fingerprint": adaptor.fingerprint,  # config + weights
+            "training_data_sha256": adaptor.training_data_sha256,
             "madapt_version": adaptor.config.get("madapt_version"),
         },
     }
@@ -134,7 +135,6 @@ def _adapted_batches(
     dims: list[int],
     schema: pa.Schema,
     chunk_rows: int,
-    on_progress: ProgressCallback | None,
     where: str,
 ) -> Iterator[pa.RecordBatch]:
     columns = ["id", *(["text_sha256"] if "text_sha256" in schema.names else []), VECTOR_COLUMN]
@@ -147,8 +147,19 @@ def _adapted_batches(
             arrays.append(batch.column("text_sha256"))
         arrays += [vectors_to_arrow(sized[d]) for d in dims]
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
-        if on_progress:
-            on_progress(name, batch.num_rows)
+
+
+def _reported(
+    batches: Iterator[pa.RecordBatch], progress: Progress, task: str, total: int
+) -> Iterator[pa.RecordBatch]:
+    """``batches``, reporting the rows written so far after each (and a last, finished
+    event once they are all written)."""
+    done = 0
+    for batch in batches:
+        yield batch
+        done += batch.num_rows
+        report(progress, ProgressEvent(task, done, total))
+    report(progress, ProgressEvent(task, done, total, finished=True))
 
 
 class _Ids(Sequence[str]):

@@ -274,8 +274,8 @@ def run_evaluation(
     loaded: list[Any] = []
     for path in adaptors:
         adaptor = Adaptor.load(path)
-        adaptor.check_compatible(corpus_meta, what=f"the vectors of table '{corpus_table}'")
-        adaptor.check_compatible(query_meta, what=f"the vectors of table '{queries_table}'")
+        adaptor.check_vectors_metadata(corpus_meta, what=f"the vectors of table '{corpus_table}'")
+        adaptor.check_vectors_metadata(query_meta, what=f"the vectors of table '{queries_table}'")
         loaded.append((Path(path), adaptor))
 
     read_started = time.perf_counter()

@@ -132,7 +132,7 @@ class LocalProvider(EmbeddingProvider):
 
     def _load(self) -> Any:
         if self._model is None:
-            import torch
+            from madapt_cli.util.device import resolve_device
 
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -142,9 +142,7 @@ class LocalProvider(EmbeddingProvider):
 
             transformers_logging.disable_progress_bar()  # keep stderr for our own progress
 
-            device = self.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = str(resolve_device(self.device))
             path = resolve_local_model(self._requested)
             try:
                 self._model = SentenceTransformer(path, device=device)

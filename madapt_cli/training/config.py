@@ -12,21 +12,72 @@ import numpy as np
 import torch
 
 from madapt_cli.errors import InputError
+from madapt_cli.training.modules import ACTIVATIONS
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """A whole number (int or numpy integer, not bool)."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """A finite real number (int or float, not bool)."""
     return (
         isinstance(value, int | float | np.integer | np.floating)
         and not isinstance(value, bool)
         and math.isfinite(value)
     )
+
+
+def _count(least: int) -> Callable[[Any], bool]:
+    return lambda value: is_int(value) and value >= least
+
+
+def _optional(valid: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or valid(value)
+
+
+def _positive(value: Any) -> bool:
+    return is_number(value) and value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return is_number(value) and value >= 0
+
+
+def _sizes(value: Any) -> bool:
+    return value is None or all(is_int(d) and d >= 1 for d in value)
+
+
+def _group(
+    names: str, valid: Callable[[Any], bool], expected: str
+) -> list[tuple[str, Callable[[Any], bool], str]]:
+    return [(name, valid, expected) for name in names.split()]
+
+
+#: (field, valid, what it must be), checked in this order by TrainConfig.validate
+_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
+    *_group("epochs supervised_epochs hard_negatives", _count(0), "a whole number >= 0"),
+    *_group("batch_size query_batch_size topk patience depth", _count(1), "a whole number >= 1"),
+    *_group("hidden positives_per_query", _optional(_count(1)), "a whole number >= 1"),
+    *_group("lr supervised_lr temperature", _positive, "a positive finite number"),
+    *_group("weight_decay alpha beta gamma", _optional(_non_negative), "a finite number >= 0"),
+    *_group(
+        "validation_fraction",
+        lambda value: is_number(value) and 0 < value < 1,
+        "a fraction strictly between 0 and 1",
+    ),
+    *_group(  # numpy's seed range
+        "seed",
+        lambda value: is_int(value) and 0 <= value < 2**32,
+        "a whole number in 0..4294967295",
+    ),
+    *_group("train_dims validation_dims", _sizes, "whole numbers >= 1"),
+    *_group("dim_weighting", lambda value: value in ("equal", "small"), "'equal' or 'small'"),
+    *_group("activation", lambda value: value in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+]
 
 
 @dataclass
@@ -59,11 +110,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
 
-    def option_names(self, mode: str = "unsupervised", method: str = "matryoshka") -> dict:
+    def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in
         supervised mode ``--epochs`` and ``--lr`` set stage 2, ``--stage1-epochs`` stage 1;
-        SMEC trains every stage with ``lr``), or ``TrainConfig.<field>`` when no option
-        sets it."""
+        a method with ``one_learning_rate`` (SMEC) trains every stage with ``lr``), or
+        ``TrainConfig.<field>`` when no option sets it."""
         cli = {
             "train_dims": "--train-dims",
             "hidden": "--hidden",
@@ -83,54 +134,23 @@ class TrainConfig:
         }
         if mode == "supervised":
             cli.update(epochs="--stage1-epochs", supervised_epochs="--epochs")
-            if method == "smec":
+            if one_learning_rate:
                 cli["lr"] = "--lr"
             else:
                 cli.update(lr="TrainConfig.lr (stage 1)", supervised_lr="--lr")
         return {name: cli.get(name, f"TrainConfig.{name}") for name in asdict(self)}
 
-    def validate(self, mode: str = "unsupervised", method: str = "matryoshka") -> None:
+    def validate(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> None:
         """Raise :class:`InputError` naming the option of the first hyper-parameter that is
         not a finite number in its range (``--lr must be a positive finite number, not
-        nan``). ``fit_store`` calls it before any work."""
-        names = self.option_names(mode, method)
+        nan``). ``fit_store`` calls it before any work; ``one_learning_rate``: see
+        :meth:`option_names`."""
+        names = self.option_names(mode, one_learning_rate)
 
-        def fail(field_name: str, expected: str) -> None:
+        for field_name, valid, expected in _CHECKS:
             value = getattr(self, field_name)
-            raise InputError(f"{names[field_name]} must be {expected}, not {value!r}")
-
-        for name in ("epochs", "supervised_epochs", "hard_negatives"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
-                fail(name, "a whole number >= 0")
-        for name in ("batch_size", "query_batch_size", "topk", "patience", "depth"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                fail(name, "a whole number >= 1")
-        for name in ("hidden", "positives_per_query"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                fail(name, "a whole number >= 1")
-        for name in ("lr", "supervised_lr", "temperature"):
-            value = getattr(self, name)
-            if not _is_number(value) or not value > 0:
-                fail(name, "a positive finite number")
-        for name in ("weight_decay", "alpha", "beta", "gamma"):
-            value = getattr(self, name)
-            if value is not None and (not _is_number(value) or value < 0):
-                fail(name, "a finite number >= 0")
-        if not _is_number(self.validation_fraction) or not 0 < self.validation_fraction < 1:
-            fail("validation_fraction", "a fraction strictly between 0 and 1")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:  # numpy's seed range
-            fail("seed", "a whole number in 0..4294967295")
-        for name in ("train_dims", "validation_dims"):
-            value = getattr(self, name)
-            if value is not None and not all(_is_int(d) and d >= 1 for d in value):
-                fail(name, "whole numbers >= 1")
-        if self.dim_weighting not in ("equal", "small"):
-            fail("dim_weighting", "'equal' or 'small'")
-        from madapt_cli.methods.matryoshka import ACTIVATIONS
-
-        if self.activation not in ACTIVATIONS:
-            fail("activation", f"one of {', '.join(ACTIVATIONS)}")
+            if not valid(value):
+                raise InputError(f"{names[field_name]} must be {expected}, not {value!r}")
 
     def dim_weights(self, dims: Sequence[int]) -> list[float]:
         if self.dim_weighting == "equal":
@@ -169,7 +189,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def config_record(config: TrainConfig) -> dict[str, Any]:
-    return asdict(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,85 +14,79 @@ from madapt_cli.errors import InputError
 from madapt_cli.training.config import EpochCallback, TrainConfig
 from madapt_cli.training.validation import Validation
 
+Step = Callable[[torch.Generator], torch.Tensor]
+
 
 class TrainingDiverged(InputError):
     """The loss (or the weights) became NaN or infinite: training stops, nothing is written."""
 
 
-def _diverged(
-    stage: str, epoch: int, step: int, steps: int, lr: float, loss: float | None
-) -> TrainingDiverged:
+@dataclass(frozen=True)
+class Stage:
+    """One run of :func:`fit_loop`: its name in the epoch records, its epochs, the steps of
+    an epoch and the peak learning rate."""
+
+    name: str
+    epochs: int
+    steps_per_epoch: int
+    lr: float
+
+
+def _diverged(stage: Stage, epoch: int, step: int, loss: float | None) -> TrainingDiverged:
     what = f"the loss became {loss}" if loss is not None else "the weights became non-finite"
     return TrainingDiverged(
-        f"training diverged: {what} in stage '{stage}', epoch {epoch}, step {step} of "
-        f"{steps}; nothing was written. Likely causes: a learning rate too high for these "
-        f"vectors (it was {lr:g}: try a smaller --lr) or extreme values in the input vectors"
+        f"training diverged: {what} in stage '{stage.name}', epoch {epoch}, step {step} of "
+        f"{stage.steps_per_epoch}; nothing was written. Likely causes: a learning rate too "
+        f"high for these vectors (it was {stage.lr:g}: try a smaller --lr) or extreme values "
+        "in the input vectors"
     )
 
 
-# --- the loops ---------------------------------------------------------------------------------
-def _fit_loop(
-    module: torch.nn.Module,
-    step: Callable[[torch.Generator], torch.Tensor],
-    steps_per_epoch: int,
-    epochs: int,
-    lr: float,
-    config: TrainConfig,
-    validation: Validation | None,
-    stage: str,
-    on_epoch: EpochCallback | None,
-    generator: torch.Generator,
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """AdamW over ``epochs``; keeps the best validated state (the last one without validation)."""
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=config.weight_decay)
-    total_steps = max(1, steps_per_epoch * epochs)
+def warmup_cosine(total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor of step n: linear warm-up over the first 5% of the steps,
+    then cosine decay to 10%."""
     warmup = max(1, total_steps // 20)
 
-    def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 10%
+    def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return schedule
+
+
+def fit_loop(
+    module: torch.nn.Module,
+    step: Step,
+    stage: Stage,
+    config: TrainConfig,
+    validation: Validation | None,
+    on_epoch: EpochCallback | None,
+    generator: torch.Generator,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """AdamW over ``stage.epochs`` epochs of ``step(generator)`` losses; with ``validation``,
+    stops after ``config.patience`` epochs without gain and keeps the best validated state
+    (the last one without validation). Returns the epoch records and the best one."""
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=stage.lr, weight_decay=config.weight_decay
+    )
+    total_steps = max(1, stage.steps_per_epoch * stage.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state = None
     if validation is not None:  # epoch 0: where training starts (the identity, or stage 1)
-        best = {"stage": stage, "epoch": 0, "loss": None, **validation(module)}
+        best = {"stage": stage.name, "epoch": 0, "loss": None, **validation(module)}
         best_state = copy.deepcopy(module.state_dict())
-        history.append(best)
-        if on_epoch:
-            on_epoch(best)
+        _keep(history, best, on_epoch)
     stale = 0
-    for epoch in range(1, epochs + 1):
-        module.train()
-        total = torch.zeros((), device=next(module.parameters()).device)
-        for step_number in range(1, steps_per_epoch + 1):
-            loss = step(generator)
-            # the steps already synchronise (torch.unique), so this check costs little
-            if not bool(torch.isfinite(loss.detach()).all()):
-                raise _diverged(
-                    stage, epoch, step_number, steps_per_epoch, lr, float(loss.detach())
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.detach()
-        # a finite loss can still take a step to non-finite weights (an overflowing gradient)
-        if not all(bool(torch.isfinite(p.detach()).all()) for p in module.parameters()):
-            raise _diverged(stage, epoch, steps_per_epoch, steps_per_epoch, lr, None)
-        record: dict[str, Any] = {
-            "stage": stage,
-            "epoch": epoch,
-            "loss": float(total) / steps_per_epoch,
-        }
+    for epoch in range(1, stage.epochs + 1):
+        loss = _train_epoch(module, step, optimizer, scheduler, stage, epoch, generator)
+        record: dict[str, Any] = {"stage": stage.name, "epoch": epoch, "loss": loss}
         if validation is not None:
             record.update(validation(module))
-        history.append(record)
-        if on_epoch:
-            on_epoch(record)
+        _keep(history, record, on_epoch)
         if validation is None:
             continue
         if record["score"] > best["score"] + 1e-6 and validation.keeps_full_size(record):
@@ -103,6 +98,43 @@ def _fit_loop(
     if best_state is not None:
         module.load_state_dict(best_state)
     return history, best
+
+
+def _keep(
+    history: list[dict[str, Any]], record: dict[str, Any], on_epoch: EpochCallback | None
+) -> None:
+    history.append(record)
+    if on_epoch:
+        on_epoch(record)
+
+
+def _train_epoch(
+    module: torch.nn.Module,
+    step: Step,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stage: Stage,
+    epoch: int,
+    generator: torch.Generator,
+) -> float:
+    """One epoch of steps; the mean loss. Raises :class:`TrainingDiverged` at the first
+    non-finite loss, or when the epoch leaves non-finite weights."""
+    module.train()
+    total = torch.zeros((), device=next(module.parameters()).device)
+    for step_number in range(1, stage.steps_per_epoch + 1):
+        loss = step(generator)
+        # the steps already synchronise (torch.unique), so this check costs little
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise _diverged(stage, epoch, step_number, float(loss.detach()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach()
+    # a finite loss can still take a step to non-finite weights (an overflowing gradient)
+    if not all(bool(torch.isfinite(p.detach()).all()) for p in module.parameters()):
+        raise _diverged(stage, epoch, stage.steps_per_epoch, None)
+    return float(total) / stage.steps_per_epoch
 
 
 class EpochOrder:

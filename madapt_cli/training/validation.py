@@ -125,13 +125,16 @@ def validation_set(
     }
 
 
-def _validation(
+def build_validation(
     vectors: torch.Tensor,
     data: dict[str, Any] | None,
     dims: list[int],
     config: TrainConfig,
     device: torch.device,
 ) -> Validation | None:
+    """The :class:`Validation` of the adapted ``vectors`` (the corpus, on ``device``) by the
+    queries of ``data`` (see :func:`validation_set`; None: no validation) at ``dims`` and the
+    selection sizes (``config.validation_dims``, default the ``dims`` below D)."""
     if not data:
         return None
     dimension = vectors.shape[1]
@@ -147,3 +150,24 @@ def _validation(
         report_dims,
         selection,
     )
+
+
+def training_queries(
+    corpus_ids: Sequence[str],
+    queries: np.ndarray,
+    query_ids: Sequence[str],
+    qrels: Qrels,
+    train_ids: Sequence[str],
+    device: torch.device,
+) -> tuple[torch.Tensor, list[dict[int, int]]]:
+    """The unit vectors of the training queries ``train_ids`` (on ``device``) and, per
+    query, its judged corpus rows: corpus row -> grade (what
+    :class:`~madapt_cli.training.objectives.SupervisedObjective` takes)."""
+    corpus_row = {doc_id: i for i, doc_id in enumerate(corpus_ids)}
+    query_row = {query_id: i for i, query_id in enumerate(query_ids)}
+    vectors = np.asarray(queries[[query_row[q] for q in train_ids]], np.float32)
+    train_queries = F.normalize(torch.from_numpy(vectors).to(device), dim=-1)
+    judgments = [
+        {corpus_row[d]: g for d, g in qrels[q].items() if d in corpus_row} for q in train_ids
+    ]
+    return train_queries, judgments

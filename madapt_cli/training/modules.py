@@ -1,0 +1,122 @@
+"""Building blocks the methods share: the residual MLP, its architecture record, and the
+principal axes (uncentred for the rotation start, centred for PCA) with a fixed sign."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from madapt_cli.errors import InputError
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+class ResidualMLP(nn.Module):
+    """f(e) = x + g(x), g = Linear(D, H) -> act -> ... -> Linear(H, D), with x = e, or with
+    x = e R for a fixed orthogonal rotation R (``rotation=True``; see
+    :func:`principal_rotation`).
+
+    g's last layer starts at zero, so an untrained adaptor is exactly the identity (or the
+    rotation, which keeps every full-size cosine).
+    """
+
+    def __init__(
+        self,
+        dimension: int,
+        hidden: int,
+        depth: int = 2,
+        activation: str = "gelu",
+        rotation: bool = False,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise InputError("the adaptor needs at least one layer (--depth >= 1)")
+        if activation not in ACTIVATIONS:
+            raise InputError(f"unknown activation {activation!r}: use {', '.join(ACTIVATIONS)}")
+        widths = [dimension] + [hidden] * (depth - 1) + [dimension]
+        layers: list[nn.Module] = []
+        for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
+            if index:
+                layers.append(ACTIVATIONS[activation]())
+            layers.append(nn.Linear(width_in, width_out))
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.g = nn.Sequential(*layers)
+        self.register_buffer("rotation", torch.eye(dimension) if rotation else None)
+
+    @classmethod
+    def from_architecture(cls, dimension: int, architecture: dict[str, Any]) -> ResidualMLP:
+        """The module an :func:`architecture` record describes (``rotation`` absent: none)."""
+        return cls(
+            dimension,
+            int(architecture["hidden"]),
+            int(architecture["depth"]),
+            str(architecture["activation"]),
+            rotation=bool(architecture.get("rotation", False)),
+        )
+
+    def start(self, e: torch.Tensor) -> torch.Tensor:
+        """Where f starts before training: e, or e R."""
+        return e if self.rotation is None else e @ self.rotation
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        x = self.start(e)
+        return x + self.g(x)
+
+
+def architecture(config: Any, dimension: int) -> dict[str, Any]:
+    """The residual MLP a :class:`~madapt_cli.training.config.TrainConfig` asks for, as
+    recorded in config.json: hidden (default 2 D), depth, activation, rotation."""
+    return {
+        "hidden": config.hidden or 2 * dimension,
+        "depth": config.depth,
+        "activation": config.activation,
+        "rotation": config.rotation,
+    }
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_architecture(arch: Any, where: str, config_path: Path) -> None:
+    """Raise :class:`InputError` unless ``arch`` (the config.json entry ``where``) describes
+    a residual MLP: positive hidden and depth, a known activation."""
+    if not isinstance(arch, dict):
+        raise InputError(f"{config_path}: {where} must be an object")
+    for key in ("hidden", "depth"):
+        if not _positive_int(arch.get(key)):
+            raise InputError(
+                f"{config_path}: {where}.{key} must be a positive whole number, "
+                f"not {arch.get(key)!r}"
+            )
+    if arch.get("activation") not in ACTIVATIONS:
+        raise InputError(
+            f"{config_path}: {where}.activation {arch.get('activation')!r} is unknown: use "
+            f"{', '.join(ACTIVATIONS)}"
+        )
+
+
+def orient_axes(axes: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors are defined up to sign: flip each column so that its largest coordinate
+    (in absolute value) is positive, so fits are reproducible."""
+    columns = torch.arange(axes.shape[1], device=axes.device)
+    signs = torch.sign(axes[axes.abs().argmax(dim=0), columns])
+    return axes * torch.where(signs == 0, 1.0, signs)
+
+
+def principal_rotation(vectors: torch.Tensor) -> torch.Tensor:
+    """R: the eigenvectors of E^T E (uncentred principal axes) by decreasing eigenvalue.
+
+    R is orthogonal, so e R keeps every full-size cosine exactly, while its first m
+    coordinates hold as much of the vectors' energy as any m orthonormal directions can: a
+    much better start for the small prefixes than the identity. Unlike centred PCA it does
+    not subtract the mean, which would change the cosines at full size.
+    """
+    gram = vectors.double().T @ vectors.double()
+    _, eigenvectors = torch.linalg.eigh(gram)  # ascending eigenvalues
+    return orient_axes(eigenvectors.flip(-1).float()).to(vectors.dtype)
