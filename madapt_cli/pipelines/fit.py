@@ -41,7 +41,7 @@ def fit_store(
     from madapt_cli.data import read_qrels
     from madapt_cli.methods.adaptor import METHODS, Adaptor
     from madapt_cli.methods.pca import fit_pca
-    from madapt_cli.store.base import open_store
+    from madapt_cli.store.base import check_tables_agree, open_store
 
     config = config or TrainConfig()
     if method not in METHODS:
@@ -103,13 +103,7 @@ def fit_store(
         queries = np.zeros((0, dimension), np.float32)
         if qrels is not None or dev_qrels is not None:
             store.require_table("queries")
-            query_metadata = store.metadata("queries")
-            for key in ("model", "dimension"):
-                if query_metadata.get(key) != metadata.get(key):
-                    raise InputError(
-                        f"tables 'queries' and 'corpus' differ in {key}: "
-                        f"{query_metadata.get(key)!r} vs {metadata.get(key)!r}"
-                    )
+            check_tables_agree(store, "queries", "corpus")
             query_ids, queries = store.read_vectors("queries")
         if method == "smec":  # SMEC's staged trainer: madapt_cli.smec (issue 7)
             from madapt_cli.methods.smec import train_for_store
