@@ -30,7 +30,7 @@ from madapt_cli.retrieval.metrics import (
     trec_tie_order,
 )
 from madapt_cli.retrieval.search import ArrayLike, PrefixTopK, as_tensor, identical_id_exclusions
-from madapt_cli.store.base import Store, check_tables_agree, open_store, table_fingerprint
+from madapt_cli.store.base import check_tables_agree, open_store, table_fingerprint
 from madapt_cli.util.device import resolve_device
 from madapt_cli.util.dims import parse_dims
 from madapt_cli.util.hashing import file_fingerprint
@@ -150,13 +150,6 @@ def pca_baseline(corpus: ArrayLike, dimension: int, max_rows: int | None = PCA_F
 
 def _has_relevant(judged: dict[str, int]) -> bool:
     return any(grade >= RELEVANCE_LEVEL for grade in judged.values())
-
-
-def _read_ids(store: Store, table: str) -> list[str]:
-    ids: list[str] = []
-    for batch in store.iter_batches(table, columns=["id"]):
-        ids.extend(batch.column(0).to_pylist())
-    return ids
 
 
 def read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -338,7 +331,7 @@ class _Evaluation:
         self.depth = max(m.k for m in self.metrics)
         self.exclude = None
         if options.ignore_identical_ids:  # needs the corpus rows of the ids before the search
-            corpus_ids = _read_ids(self.store, options.corpus_table)
+            corpus_ids = self.store.read_ids(options.corpus_table)
             self.exclude = identical_id_exclusions(query_ids, corpus_ids)
 
     def plan_methods(self) -> None:

@@ -275,6 +275,13 @@ class Store(ABC):
             keys.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True))
         return keys
 
+    def read_ids(self, name: str) -> list[str]:
+        """The ids of the live rows, in row order."""
+        ids: list[str] = []
+        for batch in self.iter_batches(name, columns=["id"]):
+            ids.extend(batch.column(0).to_pylist())
+        return ids
+
     def iter_vectors(
         self,
         name: str,
