@@ -20,7 +20,7 @@ import torch
 
 from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError, StoreError
-from madapt_cli.methods.adaptor import CONFIG_FILE, WEIGHTS_FILE, Adaptor
+from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.retrieval.metrics import (
     DEFAULT_METRICS,
     RELEVANCE_LEVEL,
@@ -350,7 +350,7 @@ class _Evaluation:
             entry: dict[str, Any] = {"name": name, "kind": "adaptor", "path": str(path)}
             entry["method"] = adaptor.method
             if self.options.fingerprints:
-                entry["fingerprint"] = file_fingerprint(path / CONFIG_FILE, path / WEIGHTS_FILE)
+                entry["fingerprint"] = adaptor.fingerprint
             planned.append((name, entry, adaptor))
         full = self.dimension
         truncate_sizes = sorted({*self.sizes, full} if "truncate" in self.baselines else {full})
