@@ -7,8 +7,8 @@ then times, in the same run:
 * ``read``: ``Store.read_vectors`` of the corpus and queries tables, the faster of two reads
   (the files were just written, so they are in the page cache: the read is Parquet decoding,
   the cheapest it can be, which makes the comparison as hard as it gets for the evaluation);
-* ``eval``: :func:`madapt_cli.evaluation.run_evaluation` with truncate, pca and the adaptor at
-  each size (it reads the store again itself; its own timings break the total down).
+* ``eval``: :func:`madapt_cli.pipelines.evaluate.run_evaluation` with truncate, pca and the
+  adaptor at each size (it reads the store again itself; its own timings break the total down).
 
 Target configuration (GPU): ``--docs 1000000 --queries 10000 --dim 768``. Goal: eval at most
 1.5x the read.
@@ -33,7 +33,7 @@ import torch
 
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.matryoshka import ResidualMLP
-from madapt_cli.pipelines.evaluate import run_evaluation
+from madapt_cli.pipelines.evaluate import EvalOptions, run_evaluation
 from madapt_cli.store.base import embedding_schema, new_table_metadata, open_store, vectors_to_arrow
 
 MODEL = "bench/synthetic"
@@ -137,9 +137,8 @@ def main() -> None:
         read_seconds = min(read_times)
 
         started = time.perf_counter()
-        report = run_evaluation(
-            store_path, root / "qrels.tsv", args.dims, adaptors=[adaptor], device=args.device
-        )
+        options = EvalOptions(dims=args.dims, adaptors=[adaptor], device=args.device)
+        report = run_evaluation(store_path, root / "qrels.tsv", options)
         eval_seconds = time.perf_counter() - started
         figures = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),

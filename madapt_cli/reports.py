@@ -1,9 +1,9 @@
-"""Presenting an :class:`~madapt_cli.evaluation.EvaluationReport`: a terminal table, and a
+"""Presenting an :class:`~madapt_cli.pipelines.evaluate.EvaluationReport`: a terminal table, and a
 report directory (``report.json``, ``report.md``, one PNG plot per metric against size).
 
 A report directory is written under a temporary name beside its destination and renamed into
 place, so a failure never leaves a half-written report; only a report madapt wrote is replaced,
-and only with ``overwrite`` (:mod:`madapt_cli.files`). Every user-supplied string in
+and only with ``overwrite`` (:mod:`madapt_cli.util.files`). Every user-supplied string in
 ``report.md`` (adaptor names, paths, models, warnings) is escaped, so it reads as text.
 """
 

@@ -393,18 +393,16 @@ def test_empty_corpus_and_mismatched_tables(capsys, planted, tmp_path):
 
 
 def test_progress_callbacks_count_every_row(planted):
-    from madapt_cli.pipelines.evaluate import run_evaluation
+    from madapt_cli.pipelines.evaluate import EvalOptions, run_evaluation
 
     store, qrels_path, _ = planted
-    totals, done = [], []
-    report = run_evaluation(
-        store,
-        qrels_path,
-        "4,8",
-        baselines=["pca"],
-        device="cpu",
-        on_start=totals.append,
-        on_progress=lambda method, dim: done.append((method, dim)),
-    )
+    events = []
+    options = EvalOptions(dims="4,8", baselines=["pca"], device="cpu")
+    report = run_evaluation(store, qrels_path, options, progress=events.append)
+    totals = [e.total for e in events if e.done == 0]
+    done = [tuple(e.message.split("@")) for e in events if e.done]
     assert totals == [3] and len(done) == 3 == len(report.results)
-    assert sorted(done) == [("pca", 4), ("pca", 8), ("truncate", DIM)]  # the reference row only
+    assert sorted(done) == [("pca", "4"), ("pca", "8"), ("truncate", str(DIM))]  # reference
+    assert {(e.task, e.unit, e.total) for e in events} == {("eval", "sizes", 3)}
+    assert [e.done for e in events] == [0, 1, 2, 3]
+    assert [e.finished for e in events] == [False, False, False, True]

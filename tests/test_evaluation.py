@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from retrieval_helpers import evaluate_prefixes, rankings_from_indices
 
 from madapt_cli.errors import InputError
 from madapt_cli.retrieval.evaluate import evaluate_vectors, ndcg_at_10
-from madapt_cli.retrieval.metrics import rankings_from_indices
 from madapt_cli.retrieval.search import (
     identical_id_exclusions,
-    normalize_rows,
     prefix_normalized,
     search_topk,
     search_topk_prefixes,
 )
+from madapt_cli.util.vectors import normalize_rows
 
 
 def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -174,21 +174,19 @@ def test_prefix_search_ties_go_to_the_lower_row():
 
 def test_pca_baseline_fits_on_evenly_spaced_rows_above_the_cap():
     from madapt_cli.methods.pca import fit_pca
-    from madapt_cli.pipelines.evaluate import _pca_baseline
+    from madapt_cli.pipelines.evaluate import pca_baseline
 
     rng = np.random.default_rng(8)
     corpus = _unit(rng, 101, 6) + np.linspace(0, 1, 6, dtype=np.float32)
-    capped = _pca_baseline(corpus, 6, max_rows=11)
+    capped = pca_baseline(corpus, 6, max_rows=11)
     subset = fit_pca([corpus[::10]], 6)  # rows 0, 10, ..., 100: evenly spaced
     np.testing.assert_allclose(capped.module.components, subset.components, atol=1e-6)
-    whole = _pca_baseline(corpus, 6, max_rows=None)
+    whole = pca_baseline(corpus, 6, max_rows=None)
     np.testing.assert_allclose(whole.module.mean, fit_pca([corpus], 6).mean, atol=1e-6)
     assert capped.transform(corpus[:3], dim=2).shape == (3, 2)
 
 
 def test_evaluate_prefixes_equals_one_size_at_a_time():
-    from madapt_cli.retrieval.evaluate import evaluate_prefixes
-
     rng = np.random.default_rng(9)
     queries, query_ids, corpus, corpus_ids, qrels = _planted(rng)
     together = evaluate_prefixes(queries, query_ids, corpus, corpus_ids, qrels, [2, 8, 32])
@@ -246,9 +244,9 @@ def test_running_topk_refuses_rows_beyond_those_announced_and_a_short_corpus():
 
 
 def test_read_ahead_yields_in_order_and_raises_the_producers_error():
-    from madapt_cli.pipelines.evaluate import _read_ahead
+    from madapt_cli.pipelines.evaluate import read_ahead
 
-    assert list(_read_ahead(iter(range(50)), depth=2)) == list(range(50))
+    assert list(read_ahead(iter(range(50)), depth=2)) == list(range(50))
 
     def failing():
         yield 1
@@ -257,7 +255,7 @@ def test_read_ahead_yields_in_order_and_raises_the_producers_error():
 
     seen = []
     with pytest.raises(OSError, match="disk gone"):
-        for item in _read_ahead(failing()):
+        for item in read_ahead(failing()):
             seen.append(item)
     assert seen == [1, 2]
 
@@ -265,7 +263,7 @@ def test_read_ahead_yields_in_order_and_raises_the_producers_error():
 def test_read_ahead_stops_its_producer_when_the_consumer_stops_early():
     import threading
 
-    from madapt_cli.pipelines.evaluate import _read_ahead
+    from madapt_cli.pipelines.evaluate import read_ahead
 
     produced = []
 
@@ -274,7 +272,7 @@ def test_read_ahead_stops_its_producer_when_the_consumer_stops_early():
             produced.append(i)
             yield i
 
-    reader = _read_ahead(endless(), depth=2)
+    reader = read_ahead(endless(), depth=2)
     assert [next(reader) for _ in range(3)] == [0, 1, 2]
     reader.close()  # the consumer stops early
     assert not any(t.name == "madapt-read-ahead" for t in threading.enumerate())

@@ -239,8 +239,9 @@ def test_tied_scores_are_read_in_trec_eval_order():
     """Duplicate documents tie exactly; trec_eval ranks tied documents by id, descending.
     The vector paths must give pytrec_eval's figures on the very same (tied) scores."""
     import numpy as np
+    from retrieval_helpers import evaluate_prefixes
 
-    from madapt_cli.retrieval.evaluate import evaluate_prefixes, evaluate_vectors
+    from madapt_cli.retrieval.evaluate import evaluate_vectors
     from madapt_cli.retrieval.search import search_topk
 
     rng = np.random.default_rng(12)

@@ -54,33 +54,28 @@ def register(app: typer.Typer) -> None:
         """Exact cosine search of the qrels' queries against the corpus for each method at
         each size (first m coordinates, re-normalised), scored with trec_eval's metrics.
         The full-size original vectors are always the reference row (truncate at D)."""
-        from madapt_cli.pipelines.evaluate import run_evaluation
+        from madapt_cli.pipelines.evaluate import EvalOptions, run_evaluation
         from madapt_cli.reports import render_table, write_report
         from madapt_cli.util.files import check_output
 
         inputs = [store_path, qrels, *(adaptor or [])]
         if report is not None:  # before the evaluation, so a bad --report costs nothing
             check_output(report, "report", overwrite=overwrite, inputs=inputs, option="--report")
-        bar = console.progress(quiet=as_json and not console.err.is_terminal)
-        with bar:
-            task = bar.add_task("eval", total=None)
+        options = EvalOptions(
+            dims=dims,
+            adaptors=adaptor or [],
+            baselines=baseline or None,
+            metrics=metrics,
+            ignore_identical_ids=ignore_identical_ids,
+            device=device,
+            corpus_table=corpus_table,
+            queries_table=queries_table,
+            fingerprints=report is not None,
+        )
+        # a bar on a terminal only, as before: a log gets the warnings and the result
+        with console.ProgressPrinter(quiet=not console.err.is_terminal) as progress:
             result = run_evaluation(
-                store_path,
-                qrels,
-                dims,
-                adaptors=adaptor or [],
-                baselines=baseline or None,
-                metrics=metrics,
-                ignore_identical_ids=ignore_identical_ids,
-                device=device,
-                corpus_table=corpus_table,
-                queries_table=queries_table,
-                fingerprints=report is not None,
-                on_start=lambda total: bar.update(task, total=total),
-                on_progress=lambda method, dim: bar.update(
-                    task, description=f"{method} @ {dim}", advance=1
-                ),
-                on_warning=console.warn,
+                store_path, qrels, options, progress=progress, on_warning=console.warn
             )
         if report is not None:
             write_report(result, report, overwrite=overwrite, inputs=inputs)

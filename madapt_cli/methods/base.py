@@ -24,6 +24,7 @@ from torch import nn
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods import METHODS
+from madapt_cli.store.base import check_tables_agree
 from madapt_cli.training.config import TrainConfig
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.training.validation import validation_set
@@ -70,13 +71,7 @@ class TrainingData:
         queries = np.zeros((0, self.dimension), np.float32)
         if self.qrels is not None or self.dev_qrels is not None:
             self.store.require_table("queries")
-            query_metadata = self.store.metadata("queries")
-            for key in ("model", "dimension"):
-                if query_metadata.get(key) != self.metadata.get(key):
-                    raise InputError(
-                        f"tables 'queries' and 'corpus' differ in {key}: "
-                        f"{query_metadata.get(key)!r} vs {self.metadata.get(key)!r}"
-                    )
+            check_tables_agree(self.store, "queries", "corpus")
             query_ids, queries = self.store.read_vectors("queries")
         return corpus_ids, corpus, query_ids, queries
 

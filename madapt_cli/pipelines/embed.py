@@ -48,14 +48,14 @@ from madapt_cli.store.base import (
     LOCK_FILE,
     MARKER,
     Store,
-    check_compatible,
+    check_appendable,
     embedding_schema,
     new_table_metadata,
     open_store,
     validate_table_name,
     vectors_to_arrow,
 )
-from madapt_cli.util.vectors import check_vectors
+from madapt_cli.util.vectors import check_vectors, normalize_rows
 
 #: called with the number of rows just finished (embedded, or rejected and skipped)
 ProgressCallback = Callable[[int], None]
@@ -180,11 +180,6 @@ def plan_requests(
         yield batch
 
 
-def _normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
 def embed_source(
     source: TextSource,
     provider: EmbeddingProvider,
@@ -262,11 +257,11 @@ def embed_source(
         if items:
             check_vectors(vectors, [i.id for i in items], where)
             if normalize:
-                vectors = _normalise(vectors)
+                vectors = normalize_rows(vectors)
             if schema is None:
                 metadata = new_table_metadata(**provider.metadata(role, normalize), dtype=dtype)
                 if store.has_table(table):
-                    check_compatible(table, store.metadata(table), metadata)
+                    check_appendable(table, store.metadata(table), metadata)
                 schema = embedding_schema(provider.dimension, dtype, store_text, metadata)
             columns = [
                 pa.array([i.id for i in items], pa.string()),
@@ -283,7 +278,7 @@ def embed_source(
     if plan.to_embed:
         if store.has_table(table):  # fail before any work if the table holds another model
             probe = new_table_metadata(**provider.metadata(role, normalize), dtype=dtype)
-            check_compatible(table, store.metadata(table), probe)
+            check_appendable(table, store.metadata(table), probe)
         try:
             _run_requests(plan_requests(pending(), provider), provider, role, finished)
         except BadVectors as error:  # found by the provider: add the table

@@ -59,7 +59,7 @@ def run_quickstart(
     """Embed, fit (PCA, unsupervised, supervised), evaluate at 32-256 and full size, report."""
     from madapt_cli.data import BeirDataset
     from madapt_cli.pipelines.embed import run_embed
-    from madapt_cli.pipelines.evaluate import run_evaluation
+    from madapt_cli.pipelines.evaluate import EvalOptions, run_evaluation
     from madapt_cli.pipelines.fit import fit_store
     from madapt_cli.providers.local import LocalProvider
     from madapt_cli.reports import write_report
@@ -103,15 +103,14 @@ def run_quickstart(
         )
 
     log(f"3/4 evaluating at {', '.join(map(str, QUICKSTART_DIMS))} and full size")
-    report = run_evaluation(
-        paths.store,
-        test_qrels,
-        list(QUICKSTART_DIMS),
+    options = EvalOptions(
+        dims=list(QUICKSTART_DIMS),
         adaptors=adaptors,
         baselines=["truncate"],
         device=device,
         fingerprints=True,
     )
+    report = run_evaluation(paths.store, test_qrels, options)
     write_report(report, paths.report, overwrite=True, inputs=report_inputs)
     log(f"4/4 report written to {paths.report}")
     return report

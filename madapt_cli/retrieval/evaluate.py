@@ -12,17 +12,16 @@ from madapt_cli.retrieval.metrics import (
     Judgments,
     Metric,
     RankingEvaluation,
-    _parsed,
+    as_metrics,
     score_indices,
     trec_tie_order,
 )
 from madapt_cli.retrieval.search import (
     ArrayLike,
-    _as_tensor,
+    as_tensor,
     identical_id_exclusions,
     prefix_normalized,
     search_topk,
-    search_topk_prefixes,
 )
 from madapt_cli.util.device import resolve_device
 
@@ -37,7 +36,7 @@ def _judged_queries(
     return query_vectors, [query_ids[i] for i in rows]
 
 
-def evaluate_vectors(
+def evaluate_vectors(  # noqa: PLR0913 - BEIR-like: both sides, qrels, metrics, 3 options
     query_vectors: ArrayLike,
     query_ids: Sequence[str],
     corpus_vectors: ArrayLike,
@@ -54,50 +53,17 @@ def evaluate_vectors(
 
     Only the query rows whose id is in ``qrels`` are searched (the others would not count).
     """
-    parsed = _parsed(metrics)
+    parsed = as_metrics(metrics)
     device = resolve_device(device) if isinstance(device, str) else device
     query_vectors, query_ids = _judged_queries(query_vectors, query_ids, qrels)
     exclude = identical_id_exclusions(query_ids, corpus_ids) if ignore_identical_ids else None
-    queries = prefix_normalized(_as_tensor(query_vectors, device), dim)
-    corpus = prefix_normalized(_as_tensor(corpus_vectors, device), dim)
+    queries = prefix_normalized(as_tensor(query_vectors, device), dim)
+    corpus = prefix_normalized(as_tensor(corpus_vectors, device), dim)
     depth = max(m.k for m in parsed)
     scores, indices = search_topk(queries, corpus, depth, device=device, exclude=exclude)
     indices = trec_tie_order(scores, indices, corpus_ids)
     judgments = Judgments.build(query_ids, corpus_ids, qrels, depth)
     return RankingEvaluation.from_scores(query_ids, score_indices(indices, judgments, parsed))
-
-
-def evaluate_prefixes(
-    query_vectors: ArrayLike,
-    query_ids: Sequence[str],
-    corpus_vectors: ArrayLike,
-    corpus_ids: Sequence[str],
-    qrels: Mapping[str, Mapping[str, int]],
-    dims: Sequence[int],
-    metrics: Sequence[Metric | str] | str = DEFAULT_METRICS,
-    *,
-    ignore_identical_ids: bool = False,
-    device: str | torch.device = "cpu",
-) -> dict[int, RankingEvaluation]:
-    """:func:`evaluate_vectors` at several prefix sizes at once (one pass over the corpus,
-    :func:`search_topk_prefixes`): size -> evaluation of the re-normalised first m coordinates.
-    """
-    parsed = _parsed(metrics)
-    device = resolve_device(device) if isinstance(device, str) else device
-    query_vectors, query_ids = _judged_queries(query_vectors, query_ids, qrels)
-    exclude = identical_id_exclusions(query_ids, corpus_ids) if ignore_identical_ids else None
-    depth = max(m.k for m in parsed)
-    found = search_topk_prefixes(
-        query_vectors, corpus_vectors, dims, depth, device=device, exclude=exclude
-    )
-    judgments = Judgments.build(query_ids, corpus_ids, qrels, depth)
-    return {
-        dim: RankingEvaluation.from_scores(
-            query_ids,
-            score_indices(trec_tie_order(scores, indices, corpus_ids), judgments, parsed),
-        )
-        for dim, (scores, indices) in found.items()
-    }
 
 
 def ndcg_at_10(

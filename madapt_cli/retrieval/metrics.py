@@ -220,7 +220,9 @@ class RankingEvaluation:
         return cls(means=means, per_query=per_query)
 
 
-def _parsed(metrics: Sequence[Metric | str] | str) -> list[Metric]:
+def as_metrics(metrics: Sequence[Metric | str] | str) -> list[Metric]:
+    """Metrics given as ``"ndcg@10,recall@100"``, or as a sequence of names or :class:`Metric`
+    s (one metric each, kept in order), as a list of :class:`Metric`."""
     if isinstance(metrics, str):
         return parse_metrics(metrics)
     return [m if isinstance(m, Metric) else parse_metrics(m)[0] for m in metrics]
@@ -237,7 +239,7 @@ def evaluate_rankings(
     the means are 0.0 when there are none. A document listed twice counts at its first rank
     only (trec_eval ignores repeats).
     """
-    parsed = _parsed(metrics)
+    parsed = as_metrics(metrics)
     query_ids = [q for q in rankings if q in qrels]
     position: dict[str, int] = {}
     for judged in (qrels[q] for q in query_ids):
@@ -254,13 +256,3 @@ def evaluate_rankings(
     depth = max(m.k for m in parsed)
     judgments = Judgments.build(query_ids, position, qrels, depth)
     return RankingEvaluation.from_scores(query_ids, score_indices(indices, judgments, parsed))
-
-
-def rankings_from_indices(
-    indices: np.ndarray, query_ids: Sequence[str], corpus_ids: Sequence[str]
-) -> dict[str, list[str]]:
-    """query id -> ranked document ids, from :func:`search_topk` rows (``-1`` slots dropped)."""
-    return {
-        query_id: [corpus_ids[i] for i in row if i >= 0]
-        for query_id, row in zip(query_ids, indices.tolist(), strict=True)
-    }

@@ -11,11 +11,14 @@ import torch
 
 from madapt_cli.errors import InputError
 from madapt_cli.util.device import resolve_device
+from madapt_cli.util.vectors import normalize_rows
 
 ArrayLike = np.ndarray | torch.Tensor
 
 
-def _as_tensor(values: ArrayLike, device: torch.device) -> torch.Tensor:
+def as_tensor(values: ArrayLike, device: torch.device) -> torch.Tensor:
+    """``values`` as a float32 tensor on ``device`` (no copy when it is one already);
+    a read-only numpy array (zero-copy from Arrow) is never written, so no warning."""
     if isinstance(values, torch.Tensor):
         return values.to(device=device, dtype=torch.float32)
     with warnings.catch_warnings():  # read-only arrays (zero-copy from Arrow) are never written
@@ -25,16 +28,6 @@ def _as_tensor(values: ArrayLike, device: torch.device) -> torch.Tensor:
 
 
 # --- search ----------------------------------------------------------------------------------
-def normalize_rows(vectors: ArrayLike) -> ArrayLike:
-    """Each row scaled to unit length (all-zero rows stay zero). numpy in, numpy out;
-    torch in, torch out."""
-    if isinstance(vectors, torch.Tensor):
-        return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    array = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return array / np.maximum(norms, 1e-12)
-
-
 def identical_id_exclusions(query_ids: Sequence[str], corpus_ids: Sequence[str]) -> np.ndarray:
     """(M, 2) pairs (query row, corpus row) where the document's id equals the query's id,
     for ``search_topk(exclude=...)`` (BEIR's ``ignore_identical_ids``, e.g. for ArguAna)."""
@@ -282,7 +275,7 @@ def search_topk(
     Inputs may be numpy arrays or torch tensors (already on ``device`` avoids a copy).
     """
     device = resolve_device(device) if isinstance(device, str) else device
-    query_matrix, corpus_matrix = _as_tensor(queries, device), _as_tensor(corpus, device)
+    query_matrix, corpus_matrix = as_tensor(queries, device), as_tensor(corpus, device)
     _check_pair(query_matrix, corpus_matrix)
     found = _search(query_matrix, corpus_matrix, k, None, chunk_size, query_block, exclude)
     return found[query_matrix.shape[1]]
@@ -306,7 +299,7 @@ def search_topk_prefixes(
     size instead of one per size. Inputs need not be normalised.
     """
     device = resolve_device(device) if isinstance(device, str) else device
-    query_matrix, corpus_matrix = _as_tensor(queries, device), _as_tensor(corpus, device)
+    query_matrix, corpus_matrix = as_tensor(queries, device), as_tensor(corpus, device)
     _check_pair(query_matrix, corpus_matrix)
     sizes = sorted(set(dims))
     if not sizes or sizes[0] < 1 or sizes[-1] > query_matrix.shape[1]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib
 import json
 import re
@@ -43,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from madapt_cli import __version__
-from madapt_cli.errors import StoreError
+from madapt_cli.errors import InputError, StoreError
 from madapt_cli.util.vectors import check_vectors
 
 StoreFormat = Literal["parquet", "lance"]
@@ -120,7 +121,7 @@ def _encode_metadata(metadata: dict) -> dict[bytes, bytes]:
     return {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode("utf-8")}
 
 
-def _decode_metadata(schema: pa.Schema) -> dict[str, Any]:
+def decode_metadata(schema: pa.Schema) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
 
@@ -134,14 +135,41 @@ def new_table_metadata(**fields: Any) -> dict[str, Any]:
     }
 
 
-def check_compatible(table: str, existing: dict[str, Any], incoming: dict[str, Any]) -> None:
-    """Refuse to mix vectors of another model, dimension or normalisation in one table."""
+def check_appendable(table: str, existing: dict[str, Any], incoming: dict[str, Any]) -> None:
+    """Refuse to append vectors of another model, dimension or normalisation to a table
+    (``existing``: its metadata; ``incoming``: that of the new rows)."""
     for key in IDENTITY_FIELDS:
         if key in existing and key in incoming and existing[key] != incoming[key]:
             raise StoreError(
                 f"table '{table}' holds vectors with {key}={existing[key]!r}, not "
                 f"{incoming[key]!r}: write to another --table or --out store"
             )
+
+
+def check_tables_agree(store: Store, queries_table: str, corpus_table: str) -> None:
+    """Refuse queries and documents embedded by different models or at different dimensions:
+    their cosines would mean nothing. A field missing from either table is not compared."""
+    corpus_meta, query_meta = store.metadata(corpus_table), store.metadata(queries_table)
+    for key in ("model", "dimension"):
+        if key in corpus_meta and key in query_meta and corpus_meta[key] != query_meta[key]:
+            raise InputError(
+                f"tables '{queries_table}' and '{corpus_table}' differ in {key}: "
+                f"{query_meta[key]!r} vs {corpus_meta[key]!r}"
+            )
+
+
+def table_fingerprint(store: Store, table: str) -> str:
+    """sha256 over a table's model identity and its (id, text_sha256) rows: changes when the
+    texts, their ids or the embedding model change, without hashing gigabytes of vectors."""
+    metadata = store.metadata(table)
+    digest = hashlib.sha256()
+    identity = {k: metadata.get(k) for k in ("provider", "model", "dimension", "normalized")}
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    columns = ["id", "text_sha256"] if "text_sha256" in store.schema(table).names else ["id"]
+    for batch in store.iter_batches(table, columns=columns):
+        for values in zip(*(batch.column(i).to_pylist() for i in range(len(columns))), strict=True):
+            digest.update("\t".join(str(v) for v in values).encode("utf-8") + b"\n")
+    return digest.hexdigest()
 
 
 def validate_table_name(name: str) -> str:
@@ -223,7 +251,7 @@ class Store(ABC):
         """Add rows atomically; a row whose id exists supersedes the old one.
 
         The table is created with ``rows.schema`` (and its metadata) when it does not exist;
-        otherwise the metadata must be compatible (:func:`check_compatible`).
+        otherwise the metadata must be compatible (:func:`check_appendable`).
         """
 
     @abstractmethod
@@ -246,6 +274,13 @@ class Store(ABC):
         for batch in self.iter_batches(name, columns=["id", "text_sha256"]):
             keys.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True))
         return keys
+
+    def read_ids(self, name: str) -> list[str]:
+        """The ids of the live rows, in row order."""
+        ids: list[str] = []
+        for batch in self.iter_batches(name, columns=["id"]):
+            ids.extend(batch.column(0).to_pylist())
+        return ids
 
     def iter_vectors(
         self,

@@ -11,8 +11,8 @@ import pyarrow as pa
 from madapt_cli.store.base import (
     Store,
     StoreFormat,
-    _decode_metadata,
-    check_compatible,
+    check_appendable,
+    decode_metadata,
     validate_table_name,
 )
 
@@ -42,7 +42,7 @@ class LanceStore(Store):
         return self._open(name).schema
 
     def metadata(self, name: str) -> dict[str, Any]:
-        return _decode_metadata(self.schema(name))
+        return decode_metadata(self.schema(name))
 
     def num_rows(self, name: str) -> int:
         return self._open(name).count_rows()
@@ -65,7 +65,7 @@ class LanceStore(Store):
             self._db.create_table(name, rows)
             return
         table = self._open(name)
-        check_compatible(name, _decode_metadata(table.schema), _decode_metadata(rows.schema))
+        check_appendable(name, decode_metadata(table.schema), decode_metadata(rows.schema))
         rows = rows.replace_schema_metadata(table.schema.metadata)
         (
             table.merge_insert("id")

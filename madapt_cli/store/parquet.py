@@ -19,11 +19,11 @@ from madapt_cli.errors import ENVIRONMENT_ERRNOS, StoreError
 from madapt_cli.store.base import (
     Store,
     StoreFormat,
-    _decode_metadata,
-    check_compatible,
+    check_appendable,
+    decode_metadata,
     validate_table_name,
 )
-from madapt_cli.util.files import replace_directory
+from madapt_cli.util.files import process_alive, replace_directory
 
 # --- Parquet backend -----------------------------------------------------------------------
 _PART = re.compile(r"^(base|part)-(\d{8})\.parquet$")
@@ -43,15 +43,7 @@ def _left_by_a_dead_process(match: re.Match[str] | None) -> bool:
     pid = match.group("pid")
     if pid is None:
         return True  # written before names carried the PID: long finished
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not process_alive(int(pid))
 
 
 @contextlib.contextmanager
@@ -145,7 +137,7 @@ class ParquetStore(Store):
         return self._schemas[name]
 
     def metadata(self, name: str) -> dict[str, Any]:
-        return _decode_metadata(self.schema(name))
+        return decode_metadata(self.schema(name))
 
     def _live_masks(self, name: str) -> list[np.ndarray | None]:
         """Per live file, a mask of rows not superseded by a later file (None: all live)."""
@@ -251,7 +243,7 @@ class ParquetStore(Store):
         self._schemas.pop(name, None)
         if not self.has_table(name):
             return None
-        check_compatible(name, self.metadata(name), _decode_metadata(rows.schema))
+        check_appendable(name, self.metadata(name), decode_metadata(rows.schema))
         existing = self.schema(name)
         rows = rows.replace_schema_metadata(existing.metadata)
         if rows.schema.remove_metadata() != existing.remove_metadata():

@@ -163,13 +163,15 @@ def remove_stale_staging(parent: Path, name: str | None = None) -> None:
         if not match or (name is not None and match.group("name") != name):
             continue
         pid = match.group("pid")
-        if pid is not None and _alive(int(pid)):
+        if pid is not None and process_alive(int(pid)):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (this process does; one of another user counts as
+    running), so that its staging is left alone."""
     if pid == os.getpid():
         return True
     try:
