@@ -296,8 +296,8 @@ def test_vertex_fault_storm_with_concurrent_requests_through_the_pipeline(vertex
         timeout=1.5,
         retry_policy=RetryPolicy(max_retries=10, base_delay=0.005, max_delay=0.02),
     )
-    summary = run_embed(source, tmp_path / "store", provider, quiet=True)
-    assert summary["rows_embedded"] == 300 and summary["provider_stats"]["retries"] == len(faults)
+    summary = run_embed(source, tmp_path / "store", provider)
+    assert summary.rows_embedded == 300 and summary.provider_stats["retries"] == len(faults)
     requests = vertex_server.state.requests()
     assert len(requests) >= 25 + len(faults) and vertex_server.state.max_in_flight > 1
     assert all(len(r.texts) <= 250 and r.status != 400 for r in requests)  # within limits
@@ -330,10 +330,12 @@ def small_batch_openai(server: FakeOpenAI, per_request: int, concurrency: int):
     )  # fmt: skip
 
 
-def text_source(path: Path):
+def corpus_job(path: Path):
+    """The file at ``path`` as the documents of table 'corpus'."""
     from madapt_cli.data import TextSource
+    from madapt_cli.pipelines.embed import EmbedJob
 
-    return TextSource(path, "id", "text", "title", None, False)
+    return EmbedJob("corpus", "document", TextSource(path, "id", "text", "title", None, False))
 
 
 def assert_each_row_once_with_its_vector(out: Path, source: Path, n: int) -> None:
@@ -364,7 +366,7 @@ def test_finished_requests_are_flushed_in_few_part_files_each_row_stored_once(
     assert flush_policy_for(LocalProvider()) == EVERY_REQUEST  # a local model: each batch
     store = open_store(tmp_path / "store", create=True)
     summary = embed_source(
-        text_source(source), provider, store, "corpus", "document",
+        corpus_job(source), provider, store,
         flush_policy=FlushPolicy(max_rows=200, max_seconds=3600),
     )  # fmt: skip
     assert summary.embedded == 500 and summary.reused == 0
@@ -383,15 +385,16 @@ def test_an_interrupted_api_run_keeps_its_finished_rows_and_resumes_without_dupl
     store = open_store(tmp_path / "store", create=True)
     finished = []
 
-    def ctrl_c_on_the_sixth_request(rows: int) -> None:
-        finished.append(rows)
+    def ctrl_c_on_the_sixth_request(event) -> None:
+        if event.done:  # not the event that starts the table
+            finished.append(event.done)
         if len(finished) == 6:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         embed_source(
-            text_source(source), small_batch_openai(openai_server, 20, 4), store, "corpus",
-            "document", on_progress=ctrl_c_on_the_sixth_request,
+            corpus_job(source), small_batch_openai(openai_server, 20, 4), store,
+            progress=ctrl_c_on_the_sixth_request,
             flush_policy=FlushPolicy(max_rows=10_000, max_seconds=3600),  # only the final flush
         )  # fmt: skip
     # nothing had been flushed before Ctrl-C: the five requests finished before it are stored
@@ -401,9 +404,7 @@ def test_an_interrupted_api_run_keeps_its_finished_rows_and_resumes_without_dupl
     assert len(parts) == 1 and len(stored) == 100
 
     before = len(openai_server.state.requests())
-    summary = embed_source(
-        text_source(source), small_batch_openai(openai_server, 20, 4), store, "corpus", "document"
-    )
+    summary = embed_source(corpus_job(source), small_batch_openai(openai_server, 20, 4), store)
     assert summary.reused == 100 and summary.embedded == 200
     rows = {row["id"]: row for row in map(json.loads, source.read_text().splitlines())}
     asked_again = [t for r in openai_server.state.requests()[before:] for t in r.texts]

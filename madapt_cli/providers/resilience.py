@@ -28,8 +28,9 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
-from madapt_cli.providers.base import EmbeddingProvider, Role, TextItem, check_response
+from madapt_cli.providers.base import EmbeddingProvider, Role, check_response
 
 T = TypeVar("T")
 
@@ -385,8 +386,24 @@ class RemoteProvider(EmbeddingProvider):
     """
 
     default_concurrency = 4
+    family = "api"
+    #: what every API provider takes (subclasses add theirs: ``dimensions``, ``base_url``...)
+    accepts = frozenset(
+        {
+            "concurrency",
+            "rpm",
+            "tpm",
+            "max_retries",
+            "timeout",
+            "strict",
+            "skip_bad",
+            "retry_base_delay",
+        }
+    )
+    #: the local model's options (they have command-line defaults)
+    ignores = frozenset({"batch_size", "device", "query_prompt", "document_prompt"})
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one keyword per command-line option of every API provider
         self,
         model: str,
         *,
@@ -398,6 +415,7 @@ class RemoteProvider(EmbeddingProvider):
         skip_bad: bool = False,
         timeout: float = 60.0,
         retry_policy: RetryPolicy | None = None,
+        retry_base_delay: float | None = None,
     ) -> None:
         super().__init__(model)
         if concurrency is not None and concurrency < 1:
@@ -414,6 +432,12 @@ class RemoteProvider(EmbeddingProvider):
         self.strict = strict
         self.skip_bad = skip_bad
         self.timeout = timeout
+        if retry_policy is None and retry_base_delay is not None:  # --retry-base-delay (tests)
+            retry_policy = RetryPolicy(
+                max_retries=max_retries,
+                base_delay=retry_base_delay,
+                max_delay=max(retry_base_delay, 1.0) * 60,
+            )
         self.retry_policy = retry_policy or RetryPolicy(max_retries=max_retries)
         self.counters = Counters()
         self.scrub = Scrubber()
@@ -424,7 +448,7 @@ class RemoteProvider(EmbeddingProvider):
 
     def render(self, item: TextItem) -> str:
         """The text sent for ``item`` when the API has no separate title field."""
-        return item.text if item.title is None else f"{item.title} {item.text}"
+        return item.joined
 
     def count_tokens(self, text: str) -> int:
         """An upper estimate of the tokens in ``text`` (subclasses may count exactly)."""
