@@ -29,6 +29,7 @@ from fake_servers import (
     write_service_account,
 )
 
+from madapt_cli.providers.base import BatchLimits, EmbeddingProvider
 from madapt_cli.store.base import open_store
 
 OPENAI_KEY = "sk-proj-E2E-SECRET-abcdef0123456789"
@@ -272,6 +273,75 @@ def test_api_options_are_refused_for_local_models(tmp_path):
         "embed", str(source), "--out", str(tmp_path / "s"), "--rpm", "60", env={**os.environ}
     )
     assert result.returncode == 2 and "--rpm: only for --provider openai or vertex" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("local", {"rpm": 60, "tpm": 9, "max_retries": 3}, "--rpm, --tpm: only for --provider "
+         "openai or vertex, not local"),
+        ("local", {"project": "p"}, "--project: only for --provider openai or vertex, not local"),
+        ("openai", {"project": "p", "location": "l"}, "--project applies to --provider vertex"),
+        ("openai", {"location": "l"}, "--location applies to --provider vertex"),
+    ],
+)  # fmt: skip
+def test_each_provider_refuses_the_options_it_does_not_take(name, options, message):
+    from madapt_cli.errors import InputError
+    from madapt_cli.providers.base import build_provider
+
+    with pytest.raises(InputError) as refused:
+        build_provider(name, None, {"batch_size": 64, "device": "auto", **options})
+    assert str(refused.value) == message
+
+
+def test_providers_declare_their_default_model_and_options():
+    from madapt_cli.providers.base import build_provider
+
+    local = build_provider("local", None, {"batch_size": 16, "max_retries": 3, "timeout": 1.0})
+    assert (local.model, local.batch_size) == ("sentence-transformers/all-MiniLM-L6-v2", 16)
+    openai = build_provider(
+        "openai", None, {"batch_size": 16, "rpm": 60.0, "max_retries": 2, "retry_base_delay": 0.5}
+    )
+    assert openai.model == "text-embedding-3-small"
+    assert (openai.retry_policy.max_retries, openai.retry_policy.base_delay) == (2, 0.5)
+    vertex = build_provider("vertex", None, {"project": "p", "dimensions": 64})
+    assert (vertex.model, vertex.dimension, vertex.project) == ("text-embedding-005", 64, "p")
+
+
+class EchoProvider(EmbeddingProvider):
+    """A provider added by one registry line (test_a_new_provider_needs_one_registry_line)."""
+
+    name = "echo"
+    default_model = "echo-1"
+    family = "echo"
+    accepts = frozenset({"batch_size"})
+    ignores = frozenset({"device", "max_retries", "timeout"})
+    limits = BatchLimits(max_inputs=3)
+    dimension = 4
+
+    def __init__(self, model: str, batch_size: int = 1) -> None:
+        super().__init__(model)
+
+    def embed_batch(self, items, role):
+        return np.array([[len(i.joined), 1.0, 2.0, 3.0] for i in items], np.float32)
+
+
+def test_a_new_provider_needs_one_registry_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from madapt_cli.cli import app
+    from madapt_cli.providers.base import PROVIDERS
+
+    monkeypatch.setitem(PROVIDERS, "echo", f"{__name__}:EchoProvider")
+    source = write_docs(tmp_path / "docs.jsonl", 5)
+    args = ["embed", str(source), "--provider", "echo", "--out", str(tmp_path / "s"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"] == "echo-1"
+    assert open_store(tmp_path / "s").metadata("corpus")["provider"] == "echo"
+    refused = CliRunner().invoke(app, [*args, "--rpm", "5"])
+    assert refused.exit_code == 2
+    assert "--rpm: only for --provider openai or vertex, not echo" in refused.stderr
 
 
 def test_vertex_fault_storm_with_concurrent_requests_through_the_pipeline(vertex_server, tmp_path):

@@ -59,7 +59,7 @@ from madapt_cli.pipelines.embed_plan import (
     plan_requests,
 )
 from madapt_cli.providers.base import BadVectors, EmbeddingProvider, Role
-from madapt_cli.providers.resilience import RemoteProvider
+from madapt_cli.providers.remote import RemoteProvider
 from madapt_cli.store.base import (
     LOCK_FILE,
     MARKER,

@@ -21,10 +21,10 @@ import numpy as np
 from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
 from madapt_cli.providers.base import BatchLimits, Role
+from madapt_cli.providers.remote import RemoteProvider
 from madapt_cli.providers.resilience import (
     Failure,
     InvalidResponse,
-    RemoteProvider,
     UnusableResponse,
     parse_retry_after,
     sdk_failure,
