@@ -175,11 +175,6 @@ def provider_class(name: str) -> type[EmbeddingProvider]:
     return getattr(module, class_name)
 
 
-def get_provider(name: str, model: str, **options: Any) -> EmbeddingProvider:
-    """Build the provider ``name`` for ``model``; options are the provider's own."""
-    return provider_class(name)(model, **options)
-
-
 def build_provider(name: str, model: str | None, values: Mapping[str, Any]) -> EmbeddingProvider:
     """The provider ``name`` for ``model`` (its ``default_model`` when None) from the generic
     option values of the command line (:func:`provider_options`)."""
