@@ -115,7 +115,7 @@ def main() -> None:
             cpu_started = time.process_time()
             started = time.perf_counter()
             if args.mode == "pipeline":
-                run_embed(source, Path(scratch) / "store", provider, quiet=True)
+                run_embed(source, Path(scratch) / "store", provider)
                 stored = open_store(Path(scratch) / "store").num_rows("corpus")
                 parts = len(list((Path(scratch) / "store" / "corpus").glob("*.parquet")))
             else:

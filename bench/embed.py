@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from madapt_cli.data import TextSource
-from madapt_cli.pipelines.embed import embed_source
+from madapt_cli.pipelines.embed import EmbedJob, embed_source
 from madapt_cli.providers.local import LocalProvider
 from madapt_cli.store.base import open_store
 
@@ -43,7 +43,7 @@ def main() -> None:
                 out.write(line)
         source = TextSource(source_path, id_field="_id")
         items = list(source)
-        texts = [f"{i.title} {i.text}" if i.title else i.text for i in items]
+        texts = [i.joined for i in items]
 
         provider = LocalProvider("all-MiniLM-L6-v2", batch_size=args.batch_size, device=args.device)
         model = provider._load()  # warm: both sides share one loaded model
@@ -63,7 +63,7 @@ def main() -> None:
 
             store = open_store(Path(scratch) / f"store-{repeat}", create=True)
             started = time.perf_counter()
-            summary = embed_source(source, provider, store, "corpus", "document")
+            summary = embed_source(EmbedJob("corpus", "document", source), provider, store)
             madapt_times.append(time.perf_counter() - started)
             assert summary.embedded == len(items)
 

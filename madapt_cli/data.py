@@ -26,13 +26,32 @@ from typing import IO, Any
 import numpy as np
 
 from madapt_cli.errors import InputError
-from madapt_cli.providers.base import TextItem
 
 FILE_FORMATS = ("jsonl", "csv", "parquet")
 #: what a damaged gzip stream raises while it is read (BadGzipFile is an OSError)
 _UNREADABLE = (OSError, EOFError, zlib.error)
 #: relevance grades madapt accepts: BEIR uses 0-2, TREC -2..4; anything far outside is a bug
 MAX_RELEVANCE = 1000
+
+
+@dataclass(frozen=True)
+class TextItem:
+    """One text to embed. ``title`` is kept apart for providers that take it separately."""
+
+    id: str
+    text: str
+    title: str | None = None
+
+    @property
+    def joined(self) -> str:
+        """The title and the text as one string, for models and APIs that take one."""
+        return joined_text(self.title, self.text)
+
+
+def joined_text(title: str | None, text: str) -> str:
+    """``title + " " + text`` (the text alone without a title): the one string embedded for a
+    titled row by every provider without a separate title field, and stored by --store-text."""
+    return text if title is None else f"{title} {text}"
 
 
 # --- generic text files ---------------------------------------------------------------------
@@ -82,7 +101,7 @@ class TextSource:
     """One file of texts with an id each.
 
     ``title_field`` is optional per row; a row's title is kept apart in :class:`TextItem` and
-    joined to the text (``title + " " + text``) by providers that take one string.
+    joined to the text (:func:`joined_text`) by providers that take one string.
     """
 
     path: Path

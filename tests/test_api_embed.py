@@ -29,6 +29,7 @@ from fake_servers import (
     write_service_account,
 )
 
+from madapt_cli.providers.base import BatchLimits, EmbeddingProvider
 from madapt_cli.store.base import open_store
 
 OPENAI_KEY = "sk-proj-E2E-SECRET-abcdef0123456789"
@@ -274,6 +275,75 @@ def test_api_options_are_refused_for_local_models(tmp_path):
     assert result.returncode == 2 and "--rpm: only for --provider openai or vertex" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("local", {"rpm": 60, "tpm": 9, "max_retries": 3}, "--rpm, --tpm: only for --provider "
+         "openai or vertex, not local"),
+        ("local", {"project": "p"}, "--project: only for --provider openai or vertex, not local"),
+        ("openai", {"project": "p", "location": "l"}, "--project applies to --provider vertex"),
+        ("openai", {"location": "l"}, "--location applies to --provider vertex"),
+    ],
+)  # fmt: skip
+def test_each_provider_refuses_the_options_it_does_not_take(name, options, message):
+    from madapt_cli.errors import InputError
+    from madapt_cli.providers.base import build_provider
+
+    with pytest.raises(InputError) as refused:
+        build_provider(name, None, {"batch_size": 64, "device": "auto", **options})
+    assert str(refused.value) == message
+
+
+def test_providers_declare_their_default_model_and_options():
+    from madapt_cli.providers.base import build_provider
+
+    local = build_provider("local", None, {"batch_size": 16, "max_retries": 3, "timeout": 1.0})
+    assert (local.model, local.batch_size) == ("sentence-transformers/all-MiniLM-L6-v2", 16)
+    openai = build_provider(
+        "openai", None, {"batch_size": 16, "rpm": 60.0, "max_retries": 2, "retry_base_delay": 0.5}
+    )
+    assert openai.model == "text-embedding-3-small"
+    assert (openai.retry_policy.max_retries, openai.retry_policy.base_delay) == (2, 0.5)
+    vertex = build_provider("vertex", None, {"project": "p", "dimensions": 64})
+    assert (vertex.model, vertex.dimension, vertex.project) == ("text-embedding-005", 64, "p")
+
+
+class EchoProvider(EmbeddingProvider):
+    """A provider added by one registry line (test_a_new_provider_needs_one_registry_line)."""
+
+    name = "echo"
+    default_model = "echo-1"
+    family = "echo"
+    accepts = frozenset({"batch_size"})
+    ignores = frozenset({"device", "max_retries", "timeout"})
+    limits = BatchLimits(max_inputs=3)
+    dimension = 4
+
+    def __init__(self, model: str, batch_size: int = 1) -> None:
+        super().__init__(model)
+
+    def embed_batch(self, items, role):
+        return np.array([[len(i.joined), 1.0, 2.0, 3.0] for i in items], np.float32)
+
+
+def test_a_new_provider_needs_one_registry_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from madapt_cli.cli import app
+    from madapt_cli.providers.base import PROVIDERS
+
+    monkeypatch.setitem(PROVIDERS, "echo", f"{__name__}:EchoProvider")
+    source = write_docs(tmp_path / "docs.jsonl", 5)
+    args = ["embed", str(source), "--provider", "echo", "--out", str(tmp_path / "s"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"] == "echo-1"
+    assert open_store(tmp_path / "s").metadata("corpus")["provider"] == "echo"
+    refused = CliRunner().invoke(app, [*args, "--rpm", "5"])
+    assert refused.exit_code == 2
+    assert "--rpm: only for --provider openai or vertex, not echo" in refused.stderr
+
+
 def test_vertex_fault_storm_with_concurrent_requests_through_the_pipeline(vertex_server, tmp_path):
     from google.oauth2.credentials import Credentials
 
@@ -296,8 +366,8 @@ def test_vertex_fault_storm_with_concurrent_requests_through_the_pipeline(vertex
         timeout=1.5,
         retry_policy=RetryPolicy(max_retries=10, base_delay=0.005, max_delay=0.02),
     )
-    summary = run_embed(source, tmp_path / "store", provider, quiet=True)
-    assert summary["rows_embedded"] == 300 and summary["provider_stats"]["retries"] == len(faults)
+    summary = run_embed(source, tmp_path / "store", provider)
+    assert summary.rows_embedded == 300 and summary.provider_stats["retries"] == len(faults)
     requests = vertex_server.state.requests()
     assert len(requests) >= 25 + len(faults) and vertex_server.state.max_in_flight > 1
     assert all(len(r.texts) <= 250 and r.status != 400 for r in requests)  # within limits
@@ -330,10 +400,12 @@ def small_batch_openai(server: FakeOpenAI, per_request: int, concurrency: int):
     )  # fmt: skip
 
 
-def text_source(path: Path):
+def corpus_job(path: Path):
+    """The file at ``path`` as the documents of table 'corpus'."""
     from madapt_cli.data import TextSource
+    from madapt_cli.pipelines.embed import EmbedJob
 
-    return TextSource(path, "id", "text", "title", None, False)
+    return EmbedJob("corpus", "document", TextSource(path, "id", "text", "title", None, False))
 
 
 def assert_each_row_once_with_its_vector(out: Path, source: Path, n: int) -> None:
@@ -364,7 +436,7 @@ def test_finished_requests_are_flushed_in_few_part_files_each_row_stored_once(
     assert flush_policy_for(LocalProvider()) == EVERY_REQUEST  # a local model: each batch
     store = open_store(tmp_path / "store", create=True)
     summary = embed_source(
-        text_source(source), provider, store, "corpus", "document",
+        corpus_job(source), provider, store,
         flush_policy=FlushPolicy(max_rows=200, max_seconds=3600),
     )  # fmt: skip
     assert summary.embedded == 500 and summary.reused == 0
@@ -383,15 +455,16 @@ def test_an_interrupted_api_run_keeps_its_finished_rows_and_resumes_without_dupl
     store = open_store(tmp_path / "store", create=True)
     finished = []
 
-    def ctrl_c_on_the_sixth_request(rows: int) -> None:
-        finished.append(rows)
+    def ctrl_c_on_the_sixth_request(event) -> None:
+        if event.done:  # not the event that starts the table
+            finished.append(event.done)
         if len(finished) == 6:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         embed_source(
-            text_source(source), small_batch_openai(openai_server, 20, 4), store, "corpus",
-            "document", on_progress=ctrl_c_on_the_sixth_request,
+            corpus_job(source), small_batch_openai(openai_server, 20, 4), store,
+            progress=ctrl_c_on_the_sixth_request,
             flush_policy=FlushPolicy(max_rows=10_000, max_seconds=3600),  # only the final flush
         )  # fmt: skip
     # nothing had been flushed before Ctrl-C: the five requests finished before it are stored
@@ -401,9 +474,7 @@ def test_an_interrupted_api_run_keeps_its_finished_rows_and_resumes_without_dupl
     assert len(parts) == 1 and len(stored) == 100
 
     before = len(openai_server.state.requests())
-    summary = embed_source(
-        text_source(source), small_batch_openai(openai_server, 20, 4), store, "corpus", "document"
-    )
+    summary = embed_source(corpus_job(source), small_batch_openai(openai_server, 20, 4), store)
     assert summary.reused == 100 and summary.embedded == 200
     rows = {row["id"]: row for row in map(json.loads, source.read_text().splitlines())}
     asked_again = [t for r in openai_server.state.requests()[before:] for t in r.texts]

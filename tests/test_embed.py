@@ -132,3 +132,48 @@ def test_skip_empty_is_counted(tmp_path: Path):
     summary = embed(str(source), "--out", str(tmp_path / "s"), "--skip-empty")
     assert summary["tables"][0]["skipped_empty"] == 1
     assert summary["rows_embedded"] == 1
+
+
+def test_progress_is_reported_per_model_batch_and_printed_as_plain_lines_in_a_log(
+    tmp_path: Path, small_scifact, reference_model, capsys
+):
+    from madapt_cli.console import ProgressPrinter
+    from madapt_cli.pipelines.embed import run_embed
+    from madapt_cli.providers.local import LocalProvider
+    from madapt_cli.util.progress import ProgressEvent
+
+    source = small_scifact(40)
+    provider = LocalProvider(batch_size=8, device="cpu")  # one request of 40: five batches
+    events: list[ProgressEvent] = []
+    run_embed(source, tmp_path / "store", provider, progress=events.append)
+    assert events == [
+        *(ProgressEvent("embed corpus", done, 40) for done in (0, 8, 16, 24, 32, 40)),
+        ProgressEvent("embed corpus", 40, 40, finished=True),
+    ]
+    # counting batches changes no number: the vectors of a bare encode of the same request
+    ids, vectors = open_store(tmp_path / "store").read_vectors("corpus")
+    rows = {row["id"]: row for row in map(json.loads, source.read_text().splitlines())}
+    texts = [f"{rows[i]['title']} {rows[i]['text']}" for i in ids]
+    bare = reference_model.encode(texts, batch_size=8, convert_to_numpy=True)
+    bare = bare / np.maximum(np.linalg.norm(bare, axis=1, keepdims=True), 1e-12)
+    assert np.array_equal(vectors, bare)
+
+    # stderr is not a terminal here (a CI log): one plain line per interval, and the last
+    capsys.readouterr()
+    with ProgressPrinter(interval=0.0) as printer:
+        run_embed(source, tmp_path / "again", provider, progress=printer)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" rows")[0] for line in lines] == [
+        "embed corpus: 0/40",
+        *(f"embed corpus: {done}/40" for done in (8, 16, 24, 32, 40, 40)),
+    ]
+    assert "rows/s" in lines[-1]
+
+
+def test_the_command_prints_progress_lines_when_stderr_is_a_log(tmp_path: Path, small_scifact):
+    result = runner.invoke(app, ["embed", str(small_scifact(10)), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("embed corpus: 0/10 rows in ")  # the start, at once
+    assert lines[1].startswith("embed corpus: 10/10 rows in ")  # and the end
+    assert lines[2].startswith("corpus: 10 rows (10 embedded, 0 reused) in ")

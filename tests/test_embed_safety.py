@@ -171,7 +171,7 @@ def test_a_model_returning_nan_is_an_error_not_a_skipped_input(tmp_path):
 
     from madapt_cli.data import TextSource
     from madapt_cli.errors import InputError
-    from madapt_cli.pipelines.embed import embed_source
+    from madapt_cli.pipelines.embed import EmbedJob, embed_source
     from madapt_cli.providers.base import BatchLimits, EmbeddingProvider
 
     class Broken(EmbeddingProvider):
@@ -187,5 +187,5 @@ def test_a_model_returning_nan_is_an_error_not_a_skipped_input(tmp_path):
     source = TextSource(write_docs(tmp_path / "docs.jsonl", 4))
     store = open_store(tmp_path / "store", "parquet", create=True)
     with pytest.raises(InputError, match=r"table 'corpus' .*id 'doc2' has a non-finite"):
-        embed_source(source, Broken("m"), store, "corpus", "document")
+        embed_source(EmbedJob("corpus", "document", source), Broken("m"), store)
     assert sorted(store.read_keys("corpus")) == ["doc0", "doc1"]  # finished rows kept

@@ -12,9 +12,9 @@ pytest.importorskip("openai")
 
 from fake_servers import OPENAI_DIMENSIONS, FakeOpenAI, ServerState, serve, url, vector_for
 
+from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
 from madapt_cli.pipelines.embed import plan_requests
-from madapt_cli.providers.base import TextItem
 from madapt_cli.providers.openai import OpenAIProvider
 from madapt_cli.providers.resilience import RetryPolicy
 

@@ -12,9 +12,9 @@ pytest.importorskip("google.genai")
 from fake_servers import FakeVertex, ServerState, serve, url, vector_for
 from google.oauth2.credentials import Credentials
 
+from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
 from madapt_cli.pipelines.embed import plan_requests
-from madapt_cli.providers.base import TextItem
 from madapt_cli.providers.resilience import RetryPolicy
 from madapt_cli.providers.vertex import MODELS, VertexProvider
 

@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
+from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
-from madapt_cli.providers.base import TextItem
 from madapt_cli.providers.resilience import (
     BadInputError,
     Counters,

@@ -9,72 +9,50 @@ import typer
 
 from madapt_cli import console
 from madapt_cli.errors import InputError
-from madapt_cli.pipelines.embed import SourceOptions, estimate_embedding, run_embed
-from madapt_cli.providers.base import get_provider
+from madapt_cli.pipelines.embed import (
+    EmbedEstimate,
+    EmbedRun,
+    SourceOptions,
+    VectorOptions,
+    estimate_embedding,
+    run_embed,
+)
+from madapt_cli.providers.base import PROVIDERS, build_provider
 from madapt_cli.store.base import FORMATS
 
-DEFAULT_MODELS = {
-    "local": "all-MiniLM-L6-v2",
-    "openai": "text-embedding-3-small",
-    "vertex": "text-embedding-005",
-}
+#: "local, openai or vertex": every registered provider
+_PROVIDER_NAMES = " or ".join(", ".join(PROVIDERS).rsplit(", ", 1))
 
 
-# --- API providers (openai, vertex): options and --dry-run ----------------------------------
-API_PROVIDERS = ("openai", "vertex")
-
-
-def provider_options(
-    provider_name: str,
-    *,
-    local: dict[str, Any],
-    api: dict[str, Any],
-) -> dict[str, Any]:
-    """The options ``get_provider`` passes to ``provider_name``; API-only options given to a
-    local model (or the reverse) are an error rather than silently ignored."""
-    given_api = {k for k, v in api.items() if v not in (None, False) and k not in _API_DEFAULTS}
-    if provider_name not in API_PROVIDERS:
-        if given_api:
-            flags = ", ".join(sorted("--" + k.replace("_", "-") for k in given_api))
-            raise InputError(f"{flags}: only for --provider openai or vertex, not {provider_name}")
-        return local
-    options = {k: v for k, v in api.items() if v is not None}
-    if provider_name == "openai":
-        for vertex_only in ("project", "location"):
-            if options.pop(vertex_only, None) is not None:
-                raise InputError(f"--{vertex_only} applies to --provider vertex")
-    retry_base_delay = options.pop("retry_base_delay", None)
-    if retry_base_delay is not None:
-        from madapt_cli.providers.resilience import RetryPolicy
-
-        options["retry_policy"] = RetryPolicy(
-            max_retries=options["max_retries"],
-            base_delay=retry_base_delay,
-            max_delay=max(retry_base_delay, 1.0) * 60,
-        )
-    return options
-
-
-#: API options whose default value does not count as "given"
-_API_DEFAULTS = {"max_retries", "timeout"}
-
-
-def _print_dry_run(summary: dict[str, Any]) -> None:
-    for entry in summary["tables"]:
+def _print_dry_run(estimate: EmbedEstimate) -> None:
+    for plan in estimate.plans:
         console.log(
-            f"{entry['table']}: {entry['rows']} rows, {entry['to_embed']} to embed "
-            f"({entry['reused']} already stored), ~{entry['estimated_tokens']:,} tokens"
+            f"{plan.table}: {plan.rows} rows, {plan.to_embed} to embed "
+            f"({plan.reused} already stored), ~{plan.estimated_tokens:,} tokens"
         )
-    cost = summary["estimated_cost_usd"]
+    cost = estimate.estimated_cost_usd
     price = (
-        f"~${cost:,.{2 if cost >= 1 else 6}f} at ${summary['price_per_million_tokens']}/1M tokens"
+        f"~${cost:,.{2 if cost >= 1 else 6}f} at ${estimate.price_per_million_tokens}/1M tokens"
         if cost is not None
         else "no price for this model in the price table (see MADAPT_PRICING)"
     )
     console.log(
-        f"dry run: {summary['rows_to_embed']} rows, ~{summary['estimated_tokens']:,} tokens, "
+        f"dry run: {estimate.rows_to_embed} rows, ~{estimate.estimated_tokens:,} tokens, "
         f"{price}; nothing was sent or written"
     )
+
+
+def _print_run(summary: EmbedRun) -> None:
+    for entry in summary.tables:
+        skipped = f", {entry.skipped_empty} empty skipped" if entry.skipped_empty else ""
+        if entry.skipped_bad:
+            skipped += f", {entry.skipped_bad} rejected by the API skipped"
+        console.log(
+            f"{entry.table}: {entry.rows} rows ({entry.embedded} embedded, "
+            f"{entry.reused} reused{skipped}) in {entry.seconds:.1f}s"
+        )
+    _print_provider_stats(summary.provider_stats)
+    console.log(f"store: {summary.store} ({summary.format})")
 
 
 def _print_provider_stats(stats: dict[str, Any]) -> None:
@@ -103,7 +81,7 @@ def register(app: typer.Typer) -> None:
     def embed(
         source: Path = typer.Argument(..., help="A BEIR folder, or a .jsonl/.csv/.parquet file."),
         out: Path = typer.Option(..., "--out", "-o", help="The store directory to write."),
-        provider_name: str = typer.Option("local", "--provider", help="local, openai or vertex."),
+        provider_name: str = typer.Option("local", "--provider", help=f"{_PROVIDER_NAMES}."),
         model: str | None = typer.Option(
             None, "--model", "-m", help="Model name or path (default per provider)."
         ),
@@ -197,15 +175,15 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--format must be parquet or lance, not {store_format!r}")
         if role not in ("document", "query"):
             raise InputError(f"--role must be document or query, not {role!r}")
-        options = provider_options(
+        # every provider option of the command line: the provider takes its own
+        provider = build_provider(
             provider_name,
-            local={
+            model,
+            {
                 "batch_size": batch_size,
                 "device": device,
                 "query_prompt": query_prompt,
                 "document_prompt": document_prompt,
-            },
-            api={
                 "dimensions": dimensions,
                 "base_url": base_url,
                 "project": project,
@@ -220,9 +198,6 @@ def register(app: typer.Typer) -> None:
                 "retry_base_delay": retry_base_delay,
             },
         )
-        provider = get_provider(
-            provider_name, model or DEFAULT_MODELS.get(provider_name, ""), **options
-        )
         source_options = SourceOptions(
             table=table,
             role=role,  # type: ignore[arg-type]
@@ -235,41 +210,31 @@ def register(app: typer.Typer) -> None:
         )
         if dry_run:
             try:
-                summary = estimate_embedding(
+                estimate = estimate_embedding(
                     source, out, provider, source_options, store_format=store_format, limit=limit
                 )
             finally:
                 provider.close()
             if as_json:
-                console.print_json(summary)
+                console.print_json(estimate.to_dict())
             else:
-                _print_dry_run(summary)
+                _print_dry_run(estimate)
             return
         try:
-            summary = run_embed(
-                source,
-                out,
-                provider,
-                source_options,
-                store_format=store_format,
-                normalize=normalize,
-                dtype=dtype,
-                store_text=store_text,
-                limit=limit,
-                quiet=quiet or as_json,
-            )
+            with console.ProgressPrinter(quiet=quiet or as_json) as progress:
+                summary = run_embed(
+                    source,
+                    out,
+                    provider,
+                    source_options,
+                    store_format=store_format,
+                    vectors=VectorOptions(normalize, dtype, store_text),
+                    limit=limit,
+                    progress=progress,
+                )
         finally:
             provider.close()
         if as_json:
-            console.print_json(summary)
-            return
-        for entry in summary["tables"]:
-            skipped = f", {entry['skipped_empty']} empty skipped" if entry["skipped_empty"] else ""
-            if entry.get("skipped_bad"):
-                skipped += f", {entry['skipped_bad']} rejected by the API skipped"
-            console.log(
-                f"{entry['table']}: {entry['rows']} rows ({entry['embedded']} embedded, "
-                f"{entry['reused']} reused{skipped}) in {entry['seconds']:.1f}s"
-            )
-        _print_provider_stats(summary.get("provider_stats", {}))
-        console.log(f"store: {summary['store']} ({summary['format']})")
+            console.print_json(summary.to_dict())
+        else:
+            _print_run(summary)

@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
         from madapt_cli.reports import render_table
 
         started = time.perf_counter()
-        report = run_quickstart(out, data, device, log=console.log, quiet=as_json)
+        with console.ProgressPrinter(quiet=as_json) as progress:
+            report = run_quickstart(out, data, device, log=console.log, progress=progress)
         if as_json:
             console.print_json(report.to_json())
             return

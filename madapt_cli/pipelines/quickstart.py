@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from madapt_cli.errors import InputError
+from madapt_cli.util.progress import Progress
 
 QUICKSTART_DIMS = (32, 64, 128, 256)
 
@@ -54,9 +55,11 @@ def run_quickstart(
     data: Path | None = None,
     device: str = "auto",
     log: Callable[[str], None] = print,
-    quiet: bool = False,
+    progress: Progress | None = None,
 ):  # -> EvaluationReport
-    """Embed, fit (PCA, unsupervised, supervised), evaluate at 32-256 and full size, report."""
+    """Embed, fit (PCA, unsupervised, supervised), evaluate at 32-256 and full size, report.
+
+    ``log`` gets a line as each step starts; ``progress`` the embedding's events."""
     from madapt_cli.data import BeirDataset
     from madapt_cli.pipelines.embed import run_embed
     from madapt_cli.pipelines.evaluate import EvalOptions, run_evaluation
@@ -85,10 +88,10 @@ def run_quickstart(
 
     log(f"1/4 embedding {folder} with all-MiniLM-L6-v2 into {paths.store}")
     provider = LocalProvider("all-MiniLM-L6-v2", device=device)
-    summary = run_embed(folder, paths.store, provider, quiet=quiet)
+    summary = run_embed(folder, paths.store, provider, progress=progress)
     log(
-        f"    {summary['rows_embedded']} rows embedded, {summary['rows_reused']} reused "
-        f"in {summary['seconds']:.0f}s"
+        f"    {summary.rows_embedded} rows embedded, {summary.rows_reused} reused "
+        f"in {summary.seconds:.0f}s"
     )
 
     for step, (name, options) in enumerate(fits, start=1):

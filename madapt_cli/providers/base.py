@@ -1,9 +1,13 @@
 """The embedding-provider interface.
 
 A provider turns texts into vectors for one model. The embed pipeline
-(:mod:`madapt_cli.embedding`) owns batching, concurrency, caching and resume; a provider only
+(:mod:`madapt_cli.pipelines.embed`) owns batching, concurrency, caching and resume; a provider only
 says what one request may hold (:class:`BatchLimits`), how many requests may be in flight, and
 performs one request in :meth:`EmbeddingProvider.embed_batch`.
+
+A provider class declares what the command line needs to build it: its ``default_model``, the
+options it ``accepts`` and those it ``ignores`` (:func:`build_provider` refuses the rest);
+registering it is one line in :data:`PROVIDERS`.
 
 Roles: a corpus is embedded as ``"document"``, questions as ``"query"``. Providers map the role
 to what their model expects (a prompt prefix for local models, a task type for Vertex).
@@ -15,27 +19,17 @@ import hashlib
 import importlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from madapt_cli.data import TextItem
 from madapt_cli.errors import InputError, MadaptError
 from madapt_cli.util.vectors import check_vectors
 
 Role = Literal["document", "query"]
-
-
-ROLES: tuple[Role, ...] = ("document", "query")
-
-
-@dataclass(frozen=True)
-class TextItem:
-    """One text to embed. ``title`` is kept apart for providers that take it separately."""
-
-    id: str
-    text: str
-    title: str | None = None
 
 
 class BadVectors(InputError):
@@ -63,8 +57,16 @@ class BatchLimits:
 class EmbeddingProvider(ABC):
     """One embedding model behind one API (or a local library)."""
 
-    #: registry name: "local", "openai", "vertex"
-    name: str = ""
+    #: registry name (:data:`PROVIDERS`): "local", "openai", "vertex"
+    name: ClassVar[str] = ""
+    #: the model ``madapt embed`` uses without ``--model``
+    default_model: ClassVar[str] = ""
+    #: providers of one family share their options ("local", "api"); see :func:`_refusal`
+    family: ClassVar[str] = ""
+    #: the generic command-line options (constructor keywords) this provider takes
+    accepts: ClassVar[frozenset[str]] = frozenset()
+    #: options (with a command-line default) that this provider ignores rather than refuses
+    ignores: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -82,7 +84,7 @@ class EmbeddingProvider(ABC):
 
     def estimate_tokens(self, item: TextItem) -> int:
         """A conservative (over-)estimate of the tokens ``item`` costs."""
-        text = item.text if item.title is None else f"{item.title} {item.text}"
+        text = item.joined
         # ~4 characters a token for English; count bytes so non-ASCII text errs high.
         return len(text.encode("utf-8")) // 3 + 1
 
@@ -99,6 +101,16 @@ class EmbeddingProvider(ABC):
         A row of NaN marks an input the API rejected and the user chose to skip
         (``--skip-bad``); the pipeline does not store it.
         """
+
+    def embed_request(
+        self, items: list[TextItem], role: Role, on_rows: Callable[[int], None]
+    ) -> np.ndarray:
+        """:meth:`embed_batch`, calling ``on_rows(n)`` in this thread as parts of the request
+        finish (the parts add up to ``len(items)``), for progress. By default the request is
+        one part; a local model reports each model batch."""
+        vectors = self.embed_batch(items, role)
+        on_rows(len(items))
+        return vectors
 
     # --- identity: what makes two vectors interchangeable ------------------------------
     def settings(self, role: Role) -> dict[str, Any]:
@@ -139,7 +151,9 @@ class EmbeddingProvider(ABC):
         """Release clients and pools."""
 
 
-#: provider name -> "module:Class"
+#: provider name -> "module:Class". A new provider is one module in providers/ (a subclass of
+#: :class:`EmbeddingProvider` declaring ``name``, ``default_model``, ``family``, ``accepts`` and
+#: ``ignores``) plus one line here; ``madapt embed --provider NAME`` then builds it.
 PROVIDERS: dict[str, str] = {
     "local": "madapt_cli.providers.local:LocalProvider",
     "openai": "madapt_cli.providers.openai:OpenAIProvider",
@@ -147,8 +161,8 @@ PROVIDERS: dict[str, str] = {
 }
 
 
-def get_provider(name: str, model: str, **options: Any) -> EmbeddingProvider:
-    """Build the provider ``name`` for ``model``; options are the provider's own."""
+def provider_class(name: str) -> type[EmbeddingProvider]:
+    """The class registered as ``name`` in :data:`PROVIDERS`."""
     if name not in PROVIDERS:
         raise MadaptError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
     module_name, class_name = PROVIDERS[name].split(":")
@@ -158,5 +172,51 @@ def get_provider(name: str, model: str, **options: Any) -> EmbeddingProvider:
         if error.name == module_name:
             raise MadaptError(f"provider {name!r} is not available in this version") from None
         raise
-    provider_class = getattr(module, class_name)
-    return provider_class(model, **options)
+    return getattr(module, class_name)
+
+
+def build_provider(name: str, model: str | None, values: Mapping[str, Any]) -> EmbeddingProvider:
+    """The provider ``name`` for ``model`` (its ``default_model`` when None) from the generic
+    option values of the command line (:func:`provider_options`)."""
+    chosen = provider_class(name)
+    return chosen(model or chosen.default_model, **provider_options(chosen, values))
+
+
+def provider_options(chosen: type[EmbeddingProvider], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords ``chosen`` is built with: every option it ``accepts`` that has a value.
+
+    ``values`` maps each generic option (``rpm``, ``batch_size``...: a constructor keyword,
+    ``--rpm``, ``--batch-size`` on the command line) to its value; None or False (or an equal
+    0) is "not given". A given option that the provider neither accepts nor ``ignores`` is an
+    :class:`InputError` rather than silently dropped (:func:`_refusal` words it).
+    """
+    given = [k for k, v in values.items() if v not in (None, False)]
+    refused = [k for k in given if k not in chosen.accepts | chosen.ignores]
+    if refused:
+        raise InputError(_refusal(chosen, refused))
+    return {k: v for k, v in values.items() if k in chosen.accepts and v is not None}
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _refusal(chosen: type[EmbeddingProvider], refused: list[str]) -> str:
+    """An option that another provider of ``chosen``'s family takes names that provider
+    (``--project applies to --provider vertex``); options of another family name that whole
+    family (``--rpm: only for --provider openai or vertex, not local``)."""
+    classes: dict[str, type[EmbeddingProvider]] = {}
+    for name in PROVIDERS:
+        try:
+            classes[name] = provider_class(name)
+        except MadaptError:  # not in this version: it takes nothing
+            continue
+    siblings = [n for n, c in classes.items() if c.family == chosen.family and n != chosen.name]
+    for option in refused:
+        takers = [n for n in siblings if option in classes[n].accepts]
+        if takers:
+            return f"{_flag(option)} applies to --provider {' or '.join(takers)}"
+    families = {c.family for c in classes.values() if c.accepts.intersection(refused)}
+    takers = [n for n, c in classes.items() if c.family in families]
+    flags = ", ".join(sorted(_flag(o) for o in refused))
+    return f"{flags}: only for --provider {' or '.join(takers)}, not {chosen.name}"

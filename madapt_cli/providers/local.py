@@ -12,13 +12,15 @@ import importlib.metadata
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
-from madapt_cli.providers.base import BatchLimits, EmbeddingProvider, Role, TextItem
+from madapt_cli.providers.base import BatchLimits, EmbeddingProvider, Role
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
@@ -110,6 +112,11 @@ class LocalProvider(EmbeddingProvider):
     """A sentence-transformers model on this machine (CPU or GPU)."""
 
     name = "local"
+    default_model = "all-MiniLM-L6-v2"
+    family = "local"
+    accepts = frozenset({"batch_size", "device", "query_prompt", "document_prompt"})
+    #: the API providers' options that have a command-line default
+    ignores = frozenset({"max_retries", "timeout"})
 
     def __init__(
         self,
@@ -171,12 +178,9 @@ class LocalProvider(EmbeddingProvider):
         prompt = self.prompts[role]
         return {"prompt": prompt} if prompt else {}
 
-    def render(self, item: TextItem) -> str:
-        return item.text if item.title is None else f"{item.title} {item.text}"
-
     def embed_batch(self, items: list[TextItem], role: Role) -> np.ndarray:
         model = self._load()
-        texts = [self.render(item) for item in items]
+        texts = [item.joined for item in items]
         prompt = self.prompts[role]
         vectors = model.encode(
             texts,
@@ -187,3 +191,29 @@ class LocalProvider(EmbeddingProvider):
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def embed_request(
+        self, items: list[TextItem], role: Role, on_rows: Callable[[int], None]
+    ) -> np.ndarray:
+        """:meth:`embed_batch`, calling ``on_rows`` as each model batch of ``batch_size`` texts
+        finishes. The request still goes to the model whole (sentence-transformers sorts it by
+        length and then cuts it into batches), so the vectors are those of :meth:`embed_batch`:
+        a forward hook on the model's last module only counts the batches."""
+        model = self._load()
+        left = len(items)
+
+        def batch_done(*_: Any) -> None:
+            nonlocal left
+            rows = min(self.batch_size, left)
+            left -= rows
+            if rows:
+                on_rows(rows)
+
+        hook = model[len(model) - 1].register_forward_hook(batch_done)
+        try:
+            vectors = self.embed_batch(items, role)
+        finally:
+            hook.remove()
+        if left:  # a model whose batches the hook did not see: the request at once
+            on_rows(left)
+        return vectors

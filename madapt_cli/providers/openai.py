@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
-from madapt_cli.providers.base import BatchLimits, Role, TextItem
+from madapt_cli.providers.base import BatchLimits, Role
+from madapt_cli.providers.remote import RemoteProvider
 from madapt_cli.providers.resilience import (
     Failure,
     InvalidResponse,
-    RemoteProvider,
     UnusableResponse,
     parse_retry_after,
     sdk_failure,
@@ -81,6 +82,8 @@ class OpenAIProvider(RemoteProvider):
     lack base64) and the SDK's own retries off (``max_retries=0``): retries are ours."""
 
     name = "openai"
+    default_model = "text-embedding-3-small"
+    accepts = RemoteProvider.accepts | {"dimensions", "base_url"}
     default_concurrency = 4
 
     def __init__(

@@ -33,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
-from madapt_cli.providers.base import BatchLimits, Role, TextItem
+from madapt_cli.providers.base import BatchLimits, Role
+from madapt_cli.providers.remote import RemoteProvider
 from madapt_cli.providers.resilience import (
     Failure,
-    RemoteProvider,
     UnusableResponse,
     parse_retry_after,
     sdk_failure,
@@ -84,6 +85,8 @@ def _import_genai() -> tuple[Any, Any]:
 
 class VertexProvider(RemoteProvider):
     name = "vertex"
+    default_model = "text-embedding-005"
+    accepts = RemoteProvider.accepts | {"dimensions", "base_url", "project", "location"}
     default_concurrency = 4
 
     def __init__(

@@ -1,0 +1,235 @@
+"""Planning an embed run: which tables a SOURCE fills, what each will embed, what it may cost.
+
+Nothing here writes or calls a provider's API: :func:`plan_jobs` validates every input against
+the store (if there is one yet) before :func:`madapt_cli.pipelines.embed.run_embed` writes
+anything, and :func:`estimate_embedding` is ``madapt embed --dry-run``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from madapt_cli.data import BeirDataset, TextItem, TextSource
+from madapt_cli.errors import InputError
+from madapt_cli.providers.base import EmbeddingProvider, Role
+from madapt_cli.store.base import MARKER, Store, open_store, validate_table_name
+
+
+@dataclass
+class EmbedPlan:
+    """What a run will do, known after the validation pass."""
+
+    table: str
+    rows: int
+    to_embed: int
+    reused: int
+    skipped_empty: int
+    estimated_tokens: int
+
+
+def limited(source: Iterable[TextItem], limit: int | None) -> Iterator[TextItem]:
+    """The first ``limit`` items of ``source`` (all of them when None)."""
+    return iter(source) if limit is None else islice(source, limit)
+
+
+def plan_embedding(
+    source: TextSource,
+    provider: EmbeddingProvider,
+    store: Store | None,
+    table: str,
+    role: Role,
+    limit: int | None = None,
+) -> EmbedPlan:
+    """Validate ``source`` and count what is to embed (all of it if there is no store yet);
+    writes nothing."""
+    stored = store.read_keys(table) if store is not None else {}
+    counts = {"rows": 0, "to_embed": 0, "tokens": 0}
+
+    def count(item: TextItem) -> None:
+        if limit is not None and counts["rows"] >= limit:
+            return
+        counts["rows"] += 1
+        # with nothing stored every row is to embed: no content key needed (~6 us a row)
+        if not stored or stored.get(item.id) != provider.content_key(item, role):
+            counts["to_embed"] += 1
+            counts["tokens"] += provider.estimate_tokens(item)
+
+    source.validate(on_item=count)
+    return EmbedPlan(
+        table=table,
+        rows=counts["rows"],
+        to_embed=counts["to_embed"],
+        reused=counts["rows"] - counts["to_embed"],
+        skipped_empty=source.skipped_empty,
+        estimated_tokens=counts["tokens"],
+    )
+
+
+def plan_requests(
+    items: Iterable[TextItem], provider: EmbeddingProvider
+) -> Iterator[list[TextItem]]:
+    """Group items into requests within ``provider.limits`` (count and total tokens)."""
+    limits = provider.limits
+    batch: list[TextItem] = []
+    batch_tokens = 0
+    for item in items:
+        tokens = provider.estimate_tokens(item)
+        if limits.max_input_tokens is not None:
+            tokens = min(tokens, limits.max_input_tokens)  # the provider truncates longer ones
+        too_many = len(batch) >= limits.max_inputs
+        too_long = (
+            limits.max_total_tokens is not None
+            and batch
+            and batch_tokens + tokens > limits.max_total_tokens
+        )
+        if too_many or too_long:
+            yield batch
+            batch, batch_tokens = [], 0
+        batch.append(item)
+        batch_tokens += tokens
+    if batch:
+        yield batch
+
+
+# --- whole inputs: a BEIR folder or a file into a store ---------------------------------
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read a SOURCE: its fields, and the table and role a single file fills."""
+
+    table: str | None = None  # a single file only; default "corpus"
+    role: Role = "document"  # a single file only
+    id_field: str = "id"
+    text_field: str = "text"
+    title_field: str | None = "title"
+    file_format: str | None = None  # jsonl, csv, parquet; default: by the file's name
+    skip_empty: bool = False
+    use_titles: bool = True
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One table to fill, with the role its texts are embedded as, from one source."""
+
+    table: str
+    role: Role
+    source: TextSource
+
+
+def embed_jobs(source: Path, options: SourceOptions) -> list[EmbedJob]:
+    """The tables to fill: ``corpus`` and ``queries`` for a BEIR folder, one for a file."""
+    if source.is_dir():
+        if not BeirDataset.is_beir(source):
+            raise InputError(f"{source}: a folder must be a BEIR dataset (corpus.jsonl[.gz])")
+        if options.table is not None:
+            raise InputError(
+                "--table applies to a single file; a BEIR folder fills 'corpus' and 'queries'"
+            )
+        beir = BeirDataset(source)
+        jobs = [EmbedJob("corpus", "document", beir.corpus(options.skip_empty, options.use_titles))]
+        queries = beir.queries(options.skip_empty)
+        if queries is not None:
+            jobs.append(EmbedJob("queries", "query", queries))
+        return jobs
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    text_source = TextSource(
+        source,
+        options.id_field,
+        options.text_field,
+        options.title_field if options.use_titles else None,
+        options.file_format,
+        options.skip_empty,
+    )
+    return [EmbedJob(validate_table_name(options.table or "corpus"), options.role, text_source)]
+
+
+def plan_jobs(
+    source: Path,
+    out: Path,
+    provider: EmbeddingProvider,
+    options: SourceOptions,
+    store_format: str | None,
+    limit: int | None,
+) -> tuple[Store | None, list[EmbedJob], list[EmbedPlan]]:
+    """Validate every input against the store (if there is one yet); writes nothing."""
+    jobs = embed_jobs(source, options)
+    existing = None
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise InputError(
+                f"--out {out} exists, is not empty and is not a madapt store (no {MARKER}): "
+                "choose a new or empty directory"
+            )
+        existing = open_store(out, store_format)
+    plans = [
+        plan_embedding(job.source, provider, existing, job.table, job.role, limit) for job in jobs
+    ]
+    for job, plan in zip(jobs, plans, strict=True):
+        if plan.rows == 0:
+            skipped = f" ({plan.skipped_empty} empty ones skipped)" if plan.skipped_empty else ""
+            raise InputError(
+                f"{job.source.path}: no rows to embed into table '{job.table}'{skipped}"
+            )
+    return existing, jobs, plans
+
+
+# --- --dry-run ---------------------------------------------------------------------------
+@dataclass
+class EmbedEstimate:
+    """What a run would embed and cost (``--dry-run``)."""
+
+    provider: str
+    model: str
+    plans: list[EmbedPlan]
+    price_per_million_tokens: float | None
+    estimated_cost_usd: float | None
+
+    @property
+    def rows_to_embed(self) -> int:
+        return sum(p.to_embed for p in self.plans)
+
+    @property
+    def estimated_tokens(self) -> int:
+        return sum(p.estimated_tokens for p in self.plans)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--dry-run --json`` document."""
+        return {
+            "dry_run": True,
+            "provider": self.provider,
+            "model": self.model,
+            "rows": sum(p.rows for p in self.plans),
+            "rows_to_embed": self.rows_to_embed,
+            "rows_reused": sum(p.reused for p in self.plans),
+            "estimated_tokens": self.estimated_tokens,
+            "price_per_million_tokens": self.price_per_million_tokens,
+            "estimated_cost_usd": self.estimated_cost_usd,
+            "tables": [asdict(p) for p in self.plans],
+        }
+
+
+def estimate_embedding(
+    source: Path,
+    out: Path,
+    provider: EmbeddingProvider,
+    options: SourceOptions | None = None,
+    *,
+    store_format: str | None = None,
+    limit: int | None = None,
+) -> EmbedEstimate:
+    """What a run would embed and cost (``--dry-run``), without calling the API or writing."""
+    from madapt_cli.providers.pricing import estimate_cost, price_per_million
+
+    _, _, plans = plan_jobs(source, out, provider, options or SourceOptions(), store_format, limit)
+    cost = estimate_cost(provider.name, provider.model, sum(p.estimated_tokens for p in plans))
+    return EmbedEstimate(
+        provider=provider.name,
+        model=provider.model,
+        plans=plans,
+        price_per_million_tokens=price_per_million(provider.name, provider.model),
+        estimated_cost_usd=None if cost is None else round(cost, 6),
+    )
