@@ -100,6 +100,7 @@ class ProgressPrinter:
         self._bar = progress(RowsPerSecond(), quiet=quiet or not self.terminal)
         self._tasks: dict[str, Any] = {}
         self._printed: dict[str, float] = {}
+        self._last_done: dict[str, int] = {}
         self._started: dict[str, float] = {}
 
     def __enter__(self) -> ProgressPrinter:
@@ -131,8 +132,11 @@ class ProgressPrinter:
             )
             return
         last = self._printed.get(event.task)
+        if event.finished and self._last_done.get(event.task) == event.done:
+            return  # its figures were just printed
         if event.finished or last is None or now - last >= self.interval:
             self._printed[event.task] = now
+            self._last_done[event.task] = event.done
             log(_plain_line(event, now - self._started[event.task]))
 
 
