@@ -11,7 +11,7 @@ from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Method, TrainingData, get_method
-from madapt_cli.store.base import open_store
+from madapt_cli.store.base import open_store, require_raw_vectors
 from madapt_cli.training.config import EpochCallback, TrainConfig
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.util.dims import check_train_dims, default_train_dims
@@ -93,6 +93,7 @@ def _training_data(
     hyper-parameter is checked (``config.train_dims`` set to the sizes trained)."""
     store = open_store(store_path)
     store.require_table("corpus")
+    require_raw_vectors(store, "corpus", "`madapt fit`")
     metadata = store.metadata("corpus")
     dimension = store.schema("corpus").field("vector").type.list_size
     config.train_dims = check_train_dims(
