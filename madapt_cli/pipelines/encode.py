@@ -79,7 +79,7 @@ def provider_for_adaptor(
         )
     given = {k: v for k, v in (options or {}).items() if v not in (None, False)}
     built = build_provider(name, model or base_model, {**recorded_keywords(adaptor), **given})
-    if built.model != base_model:
+    if model is not None and built.model != build_provider(name, base_model, {}).model:
         built.close()
         raise InputError(
             f"adaptor '{adaptor.name}' was trained on vectors of model {base_model!r}, not "
