@@ -8,8 +8,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from madapt_cli.methods.adaptor import Adaptor
+    from madapt_cli.pipelines.encode import Encoder
 
-__all__ = ["Adaptor", "__version__"]
+__all__ = ["Adaptor", "Encoder", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from madapt_cli.methods.adaptor import Adaptor
 
         return Adaptor
+    if name == "Encoder":
+        from madapt_cli.pipelines.encode import Encoder
+
+        return Encoder
     raise AttributeError(name)

@@ -555,6 +555,79 @@ CASES = [
 ]
 
 
+# issue #13: encode, embed --adaptor and applied stores -------------------------------------------
+def applied_store(c: Ctx) -> str:
+    """The standard store through the PCA adaptor at size 8 (`madapt apply`)."""
+    args = ["apply", c.adaptor("ad0"), c.store("raw"), "--dims", "8", "--out", c.p("store")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    return c.p("store")
+
+
+def encode(c: Ctx, *extra: str) -> list:
+    return ["encode", "--adaptor", c.adaptor(), *extra]
+
+
+CASES += [
+    case("encode-unknown-adaptor", lambda c: ["encode", "--adaptor", c.p("nope"), "x"], r"/nope\b"),
+    case("encode-dim-above-adaptor", lambda c: encode(c, "--dim", "17", "x"), r"dimension 17"),
+    case("encode-empty-stdin", lambda c: encode(c), r"no texts to encode.*stdin"),
+    case(
+        "encode-malformed-jsonl",
+        lambda c: encode(c, "--input", c.jsonl("q.jsonl", '{"text": "a"}', '{"text": ')),
+        r"/q\.jsonl line 2: invalid JSON",
+    ),
+    case(
+        "encode-jsonl-without-text",
+        lambda c: encode(c, "--input", c.jsonl("q.jsonl", '{"id": "a", "body": "x"}')),
+        r"line 1: no text in field 'text'",
+    ),
+    case("encode-bad-role", lambda c: encode(c, "--role", "both", "x"), r"--role"),
+    case("encode-out-suffix", lambda c: encode(c, "--out", c.p("v.txt"), "x"), r"/v\.txt\b"),
+    case(
+        "encode-other-model",
+        lambda c: encode(c, "--model", "all-mpnet-base-v2", "x"),
+        r"not 'sentence-transformers/all-mpnet-base-v2'",
+    ),
+    case("embed-dims-without-adaptor", lambda c: embed_good(c, "--dims", "8"), r"--dims needs"),
+    case(
+        "embed-adaptor-without-dims",
+        lambda c: embed_good(c, "--adaptor", c.adaptor()),
+        r"--adaptor needs --dims",
+    ),
+    case(
+        "embed-adaptor-dims-too-large",
+        lambda c: embed_good(c, "--adaptor", c.adaptor(), "--dims", "64"),
+        r"64",
+    ),
+    case(
+        "embed-adaptor-other-prompt",
+        lambda c: embed_good(c, "--adaptor", c.adaptor(), "--dims", "8", "--query-prompt", "q: "),
+        r"query vectors made with",
+    ),
+    case(
+        "eval-vector-column-missing",
+        lambda c: evaluate(c, "--vector-column", "vector_64", store=applied_store(c)),
+        r"--vector-column vector_64: table 'corpus'.*vector_8",
+    ),
+    case(
+        "eval-applied-store-with-adaptor",
+        lambda c: evaluate(c, "--adaptor", c.adaptor(), store=applied_store(c)),
+        r"--adaptor: not with stored columns",
+    ),
+    case(
+        "fit-applied-store",
+        lambda c: fit(c, store=applied_store(c)),
+        r"/store holds adapted vectors \(vector_8\)",
+    ),
+    case(
+        "apply-applied-store",
+        lambda c: apply(c, store=applied_store(c)),
+        r"holds adapted vectors .*`madapt apply`",
+    ),
+    case("apply-bad-dtype", lambda c: apply(c, "--dtype", "int8"), r"--dtype"),
+]
+
+
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every path under ``root`` -> its bytes (None for a folder)."""
     return {

@@ -23,13 +23,16 @@ def register(app: typer.Typer) -> None:
             None, "--table", help="Only this table (repeatable; default: all)."
         ),
         chunk_rows: int = typer.Option(65_536, "--chunk-rows", help="Rows per streamed chunk."),
+        dtype: str = typer.Option(
+            "float32", "--dtype", help="float32 or float16 (half the bytes; computed in float32)."
+        ),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace an existing --out store that madapt wrote."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     ) -> None:
         """Write each table of STORE with adapted, truncated, re-normalised vectors:
-        one column vector_<d> per size, the same ids."""
+        one column vector_<d> per size, the same ids (and text, when STORE keeps it)."""
         from madapt_cli.pipelines.apply import apply_adaptor
 
         # a bar on a terminal only: in a log, a fast apply's lines would come before its
@@ -45,6 +48,7 @@ def register(app: typer.Typer) -> None:
                 chunk_rows=chunk_rows,
                 overwrite=overwrite,
                 progress=printer,
+                dtype=dtype,
             )
         if as_json:
             console.print_json(summary)

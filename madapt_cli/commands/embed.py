@@ -76,12 +76,29 @@ def _print_provider_stats(stats: dict[str, Any]) -> None:
         )
 
 
+def _adaptation(adaptor: Path | None, dims: str | None, no_raw: bool) -> dict[str, Any] | None:
+    """The VectorOptions of ``--adaptor``/``--dims``/``--no-raw`` (None without an adaptor)."""
+    if adaptor is None:
+        if dims is not None or no_raw:
+            raise InputError(f"{'--dims' if dims is not None else '--no-raw'} needs --adaptor")
+        return None
+    if dims is None:
+        raise InputError("--adaptor needs --dims, the sizes to write (e.g. 64,128)")
+    from madapt_cli.methods.adaptor import Adaptor
+    from madapt_cli.util.dims import parse_dims
+
+    loaded = Adaptor.load(adaptor)
+    return {"adaptor": loaded, "dims": tuple(parse_dims(dims, loaded.dimension)), "raw": not no_raw}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("embed")
     def embed(
         source: Path = typer.Argument(..., help="A BEIR folder, or a .jsonl/.csv/.parquet file."),
         out: Path = typer.Option(..., "--out", "-o", help="The store directory to write."),
-        provider_name: str = typer.Option("local", "--provider", help=f"{_PROVIDER_NAMES}."),
+        provider_name: str | None = typer.Option(
+            None, "--provider", help=f"{_PROVIDER_NAMES} [default: local, or the adaptor's]."
+        ),
         model: str | None = typer.Option(
             None, "--model", "-m", help="Model name or path (default per provider)."
         ),
@@ -167,6 +184,18 @@ def register(app: typer.Typer) -> None:
         retry_base_delay: float | None = typer.Option(
             None, "--retry-base-delay", hidden=True, min=0.0
         ),
+        adaptor: Path | None = typer.Option(
+            None,
+            "--adaptor",
+            help="Also write vector_<d> columns through this adaptor, with its recorded "
+            "provider, model and settings (needs --dims).",
+        ),
+        dims: str | None = typer.Option(
+            None, "--dims", help="With --adaptor: the sizes to write, e.g. 64,128."
+        ),
+        no_raw: bool = typer.Option(
+            False, "--no-raw", help="With --adaptor: do not keep the raw vector (no refits)."
+        ),
     ) -> None:
         """Embed a corpus (and its queries) into a store; reruns resume and reuse."""
         if dtype not in ("float32", "float16"):
@@ -176,28 +205,37 @@ def register(app: typer.Typer) -> None:
         if role not in ("document", "query"):
             raise InputError(f"--role must be document or query, not {role!r}")
         # every provider option of the command line: the provider takes its own
-        provider = build_provider(
-            provider_name,
-            model,
-            {
-                "batch_size": batch_size,
-                "device": device,
-                "query_prompt": query_prompt,
-                "document_prompt": document_prompt,
-                "dimensions": dimensions,
-                "base_url": base_url,
-                "project": project,
-                "location": location,
-                "concurrency": concurrency,
-                "rpm": rpm,
-                "tpm": tpm,
-                "max_retries": max_retries,
-                "timeout": timeout,
-                "strict": strict,
-                "skip_bad": skip_bad,
-                "retry_base_delay": retry_base_delay,
-            },
-        )
+        values = {
+            "batch_size": batch_size,
+            "device": device,
+            "query_prompt": query_prompt,
+            "document_prompt": document_prompt,
+            "dimensions": dimensions,
+            "base_url": base_url,
+            "project": project,
+            "location": location,
+            "concurrency": concurrency,
+            "rpm": rpm,
+            "tpm": tpm,
+            "max_retries": max_retries,
+            "timeout": timeout,
+            "strict": strict,
+            "skip_bad": skip_bad,
+            "retry_base_delay": retry_base_delay,
+        }
+        adaptation = _adaptation(adaptor, dims, no_raw)
+        if adaptation is None:
+            provider = build_provider(provider_name or "local", model, values)
+        else:
+            from madapt_cli.pipelines.encode import provider_for_adaptor
+
+            provider = provider_for_adaptor(
+                adaptation["adaptor"],
+                provider=provider_name,
+                model=model,
+                options=values,
+                on_warning=console.warn,
+            )
         source_options = SourceOptions(
             table=table,
             role=role,  # type: ignore[arg-type]
@@ -228,7 +266,7 @@ def register(app: typer.Typer) -> None:
                     provider,
                     source_options,
                     store_format=store_format,
-                    vectors=VectorOptions(normalize, dtype, store_text),
+                    vectors=VectorOptions(normalize, dtype, store_text, **(adaptation or {})),
                     limit=limit,
                     progress=progress,
                 )

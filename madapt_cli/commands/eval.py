@@ -40,6 +40,12 @@ def register(app: typer.Typer) -> None:
             "--ignore-identical-ids",
             help="Never return a document whose id equals the query's (e.g. ArguAna).",
         ),
+        vector_column: list[str] | None = typer.Option(
+            None,
+            "--vector-column",
+            help="A stored column to evaluate as it is, e.g. vector_64 of an applied store "
+            "(repeatable; default: 'vector', or every vector_<d> of an applied store).",
+        ),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         corpus_table: str = typer.Option("corpus", "--corpus-table", help="Documents table."),
         queries_table: str = typer.Option("queries", "--queries-table", help="Queries table."),
@@ -71,6 +77,7 @@ def register(app: typer.Typer) -> None:
             corpus_table=corpus_table,
             queries_table=queries_table,
             fingerprints=report is not None,
+            vector_columns=vector_column or None,
         )
         # a bar on a terminal only, as before: a log gets the warnings and the result
         with console.ProgressPrinter(quiet=not console.err.is_terminal) as progress:

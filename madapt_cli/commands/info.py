@@ -17,13 +17,16 @@ def register(app: typer.Typer) -> None:
         store_path: Path = typer.Argument(..., help="A store directory."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
     ) -> None:
-        """Show a store's tables: rows, dimension, model and metadata."""
+        """Show a store's tables: rows, vector columns (vector, or an applied store's
+        vector_<d>), model, adaptor and metadata."""
         described = open_store(store_path).describe()
         if as_json:
             console.print_json(described)
             return
         table = Table(title=f"{described['store']} ({described['format']})")
-        for column in ("table", "rows", "vectors", "provider", "model", "created"):
+        adapted = any(entry["metadata"].get("adaptor") for entry in described["tables"])
+        columns = ("table", "rows", "vectors", "provider", "model", "adaptor", "created")
+        for column in columns if adapted else [c for c in columns if c != "adaptor"]:
             table.add_column(column)
         for entry in described["tables"]:
             meta = entry["metadata"]
@@ -34,6 +37,7 @@ def register(app: typer.Typer) -> None:
                 vectors,
                 str(meta.get("provider", "")),
                 str(meta.get("model", "")),
+                *([str((meta.get("adaptor") or {}).get("name", ""))] if adapted else []),
                 str(meta.get("created_at", "")),
             )
         console.print_table(console.out, table)

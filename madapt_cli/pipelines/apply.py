@@ -27,6 +27,7 @@ from madapt_cli.store.base import (
     VECTOR_COLUMN,
     arrow_to_vectors,
     open_store,
+    require_raw_vectors,
     vector_type,
     vectors_to_arrow,
 )
@@ -34,6 +35,10 @@ from madapt_cli.util.dims import parse_dims
 from madapt_cli.util.files import check_output, staged_output
 from madapt_cli.util.progress import Progress, ProgressEvent, report
 from madapt_cli.util.vectors import check_vectors
+
+#: columns copied from the input as they are, when it has them
+KEPT_COLUMNS = ("text_sha256", "text")
+DTYPES = ("float32", "float16")
 
 
 def column_name(dim: int) -> str:
@@ -62,9 +67,11 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     chunk_rows: int = 65_536,
     overwrite: bool = False,
     progress: Progress | None = None,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Write every table (or ``tables``) of ``store_path`` into a new store ``out`` with
-    columns ``id``, ``text_sha256`` (when present) and ``vector_<d>`` for each size.
+    columns ``id``, ``text_sha256`` and ``text`` (when present) and ``vector_<d>`` for each
+    size, stored as ``dtype`` (float32 or float16; computed in float32 either way).
     ``progress`` gets ProgressEvent(task="apply <table>", unit="rows") per chunk."""
     out = Path(out)
     inputs = (adaptor_path, store_path)
@@ -76,13 +83,14 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
         raise InputError(f"unknown --format {format!r}: use {', '.join(FORMATS)}")
     if chunk_rows < 1:
         raise InputError(f"--chunk-rows {chunk_rows}: must be at least 1 row")
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype must be float32 or float16, not {dtype!r}")
     names = list(tables) if tables else source.tables()
     if not names:
         raise StoreError(f"store {store_path} has no tables")
     for name in names:  # check everything before writing anything
         source.require_table(name)
-        if VECTOR_COLUMN not in source.schema(name).names:
-            raise StoreError(f"table '{name}' of {store_path} has no '{VECTOR_COLUMN}' column")
+        require_raw_vectors(source, name, "`madapt apply`")
         adaptor.check_vectors_metadata(source.metadata(name), f"table '{name}' of {store_path}")
     summary: dict[str, Any] = {
         "out": str(out),
@@ -93,7 +101,9 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     with staged_output(out, "store", overwrite=overwrite, inputs=inputs) as staging:
         target = open_store(staging, format=format or source.format, create=True)
         for name in names:
-            schema = _output_schema(source.schema(name), source.metadata(name), adaptor, sizes)
+            schema = output_schema(
+                source.schema(name), source.metadata(name), adaptor, sizes, dtype
+            )
             where = f"table '{name}' of {store_path}"
             batches = _adapted_batches(source, name, adaptor, sizes, schema, chunk_rows, where)
             if progress is not None:
@@ -102,29 +112,44 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     return summary
 
 
-def _output_schema(
-    source: pa.Schema, metadata: dict[str, Any], adaptor: Adaptor, dims: list[int]
-) -> pa.Schema:
-    fields = [pa.field("id", pa.string(), nullable=False)]
-    if "text_sha256" in source.names:
-        fields.append(pa.field("text_sha256", pa.string()))
-    fields += [pa.field(column_name(d), vector_type(d)) for d in dims]
-    extended = {
+def adaptor_metadata(adaptor: Adaptor) -> dict[str, Any]:
+    """What a table of adapted vectors records about the adaptor that made them."""
+    return {
+        "name": adaptor.name,
+        "method": adaptor.method,
+        "fingerprint": adaptor.fingerprint,  # config + weights
+        "training_data_sha256": adaptor.training_data_sha256,
+        "madapt_version": adaptor.config.get("madapt_version"),
+    }
+
+
+def adapted_metadata(
+    metadata: dict[str, Any], adaptor: Adaptor, dims: list[int], dtype: str = "float32"
+) -> dict[str, Any]:
+    """A table's metadata once its vectors went through ``adaptor`` at sizes ``dims``."""
+    return {
         **metadata,
         "dimension": max(dims),
         "source_dimension": adaptor.dimension,
         "dims": dims,
         "normalized": True,
-        "dtype": "float32",
+        "dtype": dtype,
         "vector_columns": {column_name(d): d for d in dims},
-        "adaptor": {
-            "name": adaptor.name,
-            "method": adaptor.method,
-            "fingerprint": adaptor.fingerprint,  # config + weights
-            "training_data_sha256": adaptor.training_data_sha256,
-            "madapt_version": adaptor.config.get("madapt_version"),
-        },
+        "adaptor": adaptor_metadata(adaptor),
     }
+
+
+def output_schema(
+    source: pa.Schema,
+    metadata: dict[str, Any],
+    adaptor: Adaptor,
+    dims: list[int],
+    dtype: str = "float32",
+) -> pa.Schema:
+    fields = [pa.field("id", pa.string(), nullable=False)]
+    fields += [pa.field(name, pa.string()) for name in KEPT_COLUMNS if name in source.names]
+    fields += [pa.field(column_name(d), vector_type(d, dtype)) for d in dims]
+    extended = adapted_metadata(metadata, adaptor, dims, dtype)
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(extended, sort_keys=True).encode()})
 
 
@@ -137,15 +162,17 @@ def _adapted_batches(
     chunk_rows: int,
     where: str,
 ) -> Iterator[pa.RecordBatch]:
-    columns = ["id", *(["text_sha256"] if "text_sha256" in schema.names else []), VECTOR_COLUMN]
-    for batch in source.iter_batches(name, columns=columns, batch_rows=chunk_rows):
+    kept = [column for column in KEPT_COLUMNS if column in schema.names]
+    float16 = schema.field(column_name(dims[0])).type.value_type == pa.float16()
+    dtype = "float16" if float16 else "float32"
+    for batch in source.iter_batches(
+        name, columns=["id", *kept, VECTOR_COLUMN], batch_rows=chunk_rows
+    ):
         vectors = arrow_to_vectors(batch.column(VECTOR_COLUMN))
         check_vectors(vectors, _Ids(batch.column("id")), where)
         sized = transform_sizes(adaptor, vectors, dims)
-        arrays = [batch.column("id")]
-        if "text_sha256" in schema.names:
-            arrays.append(batch.column("text_sha256"))
-        arrays += [vectors_to_arrow(sized[d]) for d in dims]
+        arrays = [batch.column("id"), *(batch.column(k) for k in kept)]
+        arrays += [vectors_to_arrow(sized[d], dtype) for d in dims]
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 

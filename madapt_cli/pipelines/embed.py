@@ -33,19 +33,21 @@ leaves no store behind. ``--out`` must be new, empty or a madapt store.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from madapt_cli.data import TextItem
-from madapt_cli.errors import InputError
+from madapt_cli.errors import InputError, StoreError
 from madapt_cli.pipelines.embed_plan import (
     EmbedEstimate,
     EmbedJob,
@@ -57,21 +59,27 @@ from madapt_cli.pipelines.embed_plan import (
     plan_embedding,
     plan_jobs,
     plan_requests,
+    row_key,
 )
 from madapt_cli.providers.base import BadVectors, EmbeddingProvider, Role
 from madapt_cli.providers.remote import RemoteProvider
 from madapt_cli.store.base import (
     LOCK_FILE,
     MARKER,
+    VECTOR_COLUMN,
     Store,
     check_appendable,
     embedding_schema,
     new_table_metadata,
     open_store,
+    vector_type,
     vectors_to_arrow,
 )
 from madapt_cli.util.progress import Progress, ProgressEvent, report
 from madapt_cli.util.vectors import check_vectors, normalize_rows
+
+if TYPE_CHECKING:  # torch is imported only by a run with an adaptor
+    from madapt_cli.methods.adaptor import Adaptor
 
 __all__ = [
     "EVERY_REQUEST",
@@ -127,11 +135,27 @@ def flush_policy_for(provider: EmbeddingProvider) -> FlushPolicy:
 
 @dataclass(frozen=True)
 class VectorOptions:
-    """How the vectors of a run are stored."""
+    """How the vectors of a run are stored. With an ``adaptor`` (``embed --adaptor``), each
+    row also gets ``vector_<d>`` for each of ``dims`` (as `madapt apply` writes them), and
+    the raw ``vector`` only when ``raw``."""
 
     normalize: bool = True  # L2-normalise each vector
     dtype: str = "float32"  # or float16
     store_text: bool = False  # keep the embedded text in a column
+    adaptor: Adaptor | None = None
+    dims: tuple[int, ...] = ()
+    raw: bool = True
+
+    @cached_property
+    def adaptation(self) -> str:
+        """What the content keys cover besides the provider's: the adaptor's fingerprint,
+        the sizes and whether the raw vector is kept ("" without an adaptor)."""
+        if self.adaptor is None:
+            return ""
+        return json.dumps(
+            {"adaptor": self.adaptor.fingerprint, "dims": list(self.dims), "raw": self.raw},
+            sort_keys=True,
+        )
 
 
 @dataclass
@@ -176,13 +200,25 @@ class _TableWriter:
         self.last_flush = time.monotonic()
 
     def _metadata(self) -> dict[str, Any]:
-        metadata = self.provider.metadata(self.role, self.options.normalize)
-        return new_table_metadata(**metadata, dtype=self.options.dtype)
+        options = self.options
+        metadata = self.provider.metadata(self.role, options.normalize)
+        if options.adaptor is not None:
+            from madapt_cli.pipelines.apply import adapted_metadata
+
+            dims = list(options.dims)
+            metadata = adapted_metadata(metadata, options.adaptor, dims, options.dtype)
+            metadata["raw"] = options.raw
+            if options.raw:  # `vector` is the raw one, as in a store `madapt embed` wrote
+                metadata.update(dimension=options.adaptor.dimension, normalized=options.normalize)
+        return new_table_metadata(**{**metadata, "dtype": options.dtype})
 
     def check_table(self) -> None:
-        """Fail before any work if the table holds another model's vectors."""
+        """Fail before any work if the table holds another model's vectors, or other
+        adapted columns than this run writes."""
         if self.store.has_table(self.table):
-            check_appendable(self.table, self.store.metadata(self.table), self._metadata())
+            existing, incoming = self.store.metadata(self.table), self._metadata()
+            check_appendable(self.table, existing, incoming)
+            _check_same_adaptation(self.table, existing, incoming)
 
     def flush(self) -> None:
         if self.buffered:
@@ -229,21 +265,65 @@ class _TableWriter:
         return kept, vectors[~rejected]
 
     def _rows(self, items: list[TextItem], vectors: np.ndarray) -> pa.Table:
+        options = self.options
         if self.schema is None:
             metadata = self._metadata()
             if self.store.has_table(self.table):
                 check_appendable(self.table, self.store.metadata(self.table), metadata)
-            self.schema = embedding_schema(
-                self.provider.dimension, self.options.dtype, self.options.store_text, metadata
-            )
-        columns = [
-            pa.array([i.id for i in items], pa.string()),
-            vectors_to_arrow(vectors, self.options.dtype),
-            pa.array([self.pending_keys.pop(i.id) for i in items], pa.string()),
-        ]
-        if self.options.store_text:
-            columns.append(pa.array([i.joined for i in items], pa.string()))
-        return pa.Table.from_arrays(columns, schema=self.schema)
+                _check_same_adaptation(self.table, self.store.metadata(self.table), metadata)
+            self.schema = _table_schema(self.provider.dimension, options, metadata)
+        columns = {
+            "id": pa.array([i.id for i in items], pa.string()),
+            VECTOR_COLUMN: vectors_to_arrow(vectors, options.dtype),
+            "text_sha256": pa.array([self.pending_keys.pop(i.id) for i in items], pa.string()),
+        }
+        if options.store_text:
+            columns["text"] = pa.array([i.joined for i in items], pa.string())
+        if options.adaptor is not None:
+            from madapt_cli.pipelines.apply import column_name, transform_sizes
+
+            sized = transform_sizes(options.adaptor, vectors, options.dims)
+            for dim in options.dims:
+                columns[column_name(dim)] = vectors_to_arrow(sized[dim], options.dtype)
+        return pa.Table.from_arrays(
+            [columns[name] for name in self.schema.names], schema=self.schema
+        )
+
+
+def _table_schema(dimension: int, options: VectorOptions, metadata: dict[str, Any]) -> pa.Schema:
+    """The rows' schema: `madapt embed`'s, plus ``vector_<d>`` columns with an adaptor (and
+    without ``vector`` when the raw vector is not kept)."""
+    schema = embedding_schema(dimension, options.dtype, options.store_text, metadata)
+    if options.adaptor is None:
+        return schema
+    from madapt_cli.pipelines.apply import column_name
+
+    for dim in options.dims:
+        schema = schema.append(pa.field(column_name(dim), vector_type(dim, options.dtype)))
+    if not options.raw:
+        schema = schema.remove(schema.get_field_index(VECTOR_COLUMN))
+    return schema
+
+
+def _check_same_adaptation(table: str, existing: dict[str, Any], incoming: dict[str, Any]) -> None:
+    """Refuse rows adapted otherwise (another adaptor, other sizes, raw kept or not, or none)
+    than those the table holds: their columns would not line up."""
+
+    def adaptation(metadata: dict[str, Any]) -> tuple[Any, ...]:
+        adaptor = metadata.get("adaptor") or {}
+        return adaptor.get("fingerprint"), metadata.get("dims"), metadata.get("raw")
+
+    if adaptation(existing) != adaptation(incoming):
+        held = existing.get("adaptor") or {}
+        what = (
+            f"vectors adapted by '{held.get('name')}' at sizes {existing.get('dims')}"
+            if held
+            else "vectors without an adaptor"
+        )
+        raise StoreError(
+            f"table '{table}' holds {what}; this run would write other columns: write to "
+            "another --table or --out store"
+        )
 
 
 class _Tally:
@@ -280,7 +360,8 @@ def embed_source(
     """
     started = time.perf_counter()
     table = job.table
-    plan = plan or plan_embedding(job.source, provider, store, table, job.role, limit)
+    adaptation = vectors.adaptation
+    plan = plan or plan_embedding(job.source, provider, store, table, job.role, limit, adaptation)
     writer = _TableWriter(job, provider, store, vectors, flush_policy or flush_policy_for(provider))
     stored = store.read_keys(table)
     source_ids: set[str] = set()
@@ -288,7 +369,7 @@ def embed_source(
     def pending() -> Iterator[TextItem]:
         for item in limited(job.source, limit):
             source_ids.add(item.id)
-            key = provider.content_key(item, job.role)
+            key = row_key(provider, item, job.role, adaptation)
             if stored.get(item.id) != key:
                 writer.pending_keys[item.id] = key
                 yield item
@@ -419,7 +500,7 @@ def run_embed(
 ) -> EmbedRun:
     """Validate every input, then embed each into its table."""
     existing, jobs, plans = plan_jobs(
-        source, out, provider, options or SourceOptions(), store_format, limit
+        source, out, provider, options or SourceOptions(), store_format, limit, vectors.adaptation
     )
     new_folder = not out.exists()
     store = existing or open_store(out, store_format, create=True)

@@ -7,6 +7,7 @@ anything, and :func:`estimate_embedding` is ``madapt embed --dry-run``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -31,6 +32,16 @@ class EmbedPlan:
     estimated_tokens: int
 
 
+def row_key(provider: EmbeddingProvider, item: TextItem, role: Role, adaptation: str = "") -> str:
+    """The content key stored with a row: the provider's (:meth:`EmbeddingProvider.content_key`),
+    covering also ``adaptation`` (the adaptor's fingerprint and sizes of ``embed --adaptor``)
+    when there is one, so a row is embedded again when the adaptor changes."""
+    key = provider.content_key(item, role)
+    if not adaptation:
+        return key
+    return hashlib.sha256(f"{key}\0{adaptation}".encode()).hexdigest()
+
+
 def limited(source: Iterable[TextItem], limit: int | None) -> Iterator[TextItem]:
     """The first ``limit`` items of ``source`` (all of them when None)."""
     return iter(source) if limit is None else islice(source, limit)
@@ -43,6 +54,7 @@ def plan_embedding(
     table: str,
     role: Role,
     limit: int | None = None,
+    adaptation: str = "",
 ) -> EmbedPlan:
     """Validate ``source`` and count what is to embed (all of it if there is no store yet);
     writes nothing."""
@@ -54,7 +66,7 @@ def plan_embedding(
             return
         counts["rows"] += 1
         # with nothing stored every row is to embed: no content key needed (~6 us a row)
-        if not stored or stored.get(item.id) != provider.content_key(item, role):
+        if not stored or stored.get(item.id) != row_key(provider, item, role, adaptation):
             counts["to_embed"] += 1
             counts["tokens"] += provider.estimate_tokens(item)
 
@@ -154,6 +166,7 @@ def plan_jobs(
     options: SourceOptions,
     store_format: str | None,
     limit: int | None,
+    adaptation: str = "",
 ) -> tuple[Store | None, list[EmbedJob], list[EmbedPlan]]:
     """Validate every input against the store (if there is one yet); writes nothing."""
     jobs = embed_jobs(source, options)
@@ -166,7 +179,8 @@ def plan_jobs(
             )
         existing = open_store(out, store_format)
     plans = [
-        plan_embedding(job.source, provider, existing, job.table, job.role, limit) for job in jobs
+        plan_embedding(job.source, provider, existing, job.table, job.role, limit, adaptation)
+        for job in jobs
     ]
     for job, plan in zip(jobs, plans, strict=True):
         if plan.rows == 0:

@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,14 @@ from madapt_cli.retrieval.metrics import (
     trec_tie_order,
 )
 from madapt_cli.retrieval.search import ArrayLike, PrefixTopK, as_tensor, identical_id_exclusions
-from madapt_cli.store.base import check_tables_agree, open_store, table_fingerprint
+from madapt_cli.store.base import (
+    VECTOR_COLUMN,
+    Store,
+    check_tables_agree,
+    open_store,
+    table_fingerprint,
+    vector_columns,
+)
 from madapt_cli.util.device import resolve_device
 from madapt_cli.util.dims import parse_dims
 from madapt_cli.util.hashing import file_fingerprint
@@ -126,6 +133,9 @@ class EvalOptions:
     queries_table: str = "queries"
     fingerprints: bool = False
     pca_fit_rows: int | None = PCA_FIT_ROWS
+    #: stored columns to evaluate as they are (an applied store's ``vector_64``...); None:
+    #: ``vector`` when the corpus has it, else every vector column of the store
+    vector_columns: Sequence[str] | None = None
 
 
 def pca_baseline(corpus: ArrayLike, dimension: int, max_rows: int | None = PCA_FIT_ROWS) -> Any:
@@ -223,6 +233,8 @@ def run_evaluation(
     """
     run = _Evaluation(store_path, qrels_path, options or EvalOptions(), on_warning)
     run.open()
+    if run.stored:
+        return _evaluate_stored_columns(run, progress)
     run.read_queries()
     run.plan_methods()
     total = sum(len(method.sizes) for method in run.methods)
@@ -256,8 +268,12 @@ class _Evaluation:
         self.on_warning = on_warning
         self.warnings: list[str] = []
         self.prepare_seconds: dict[str, float] = {}
+        self.column = VECTOR_COLUMN  # the stored column searched
+        self.stored: dict[str, int] = {}  # stored columns evaluated as they are -> size
 
     def warn(self, message: str) -> None:
+        if message in self.warnings:  # the same for each stored column: once
+            return
         self.warnings.append(message)
         if self.on_warning is not None:
             self.on_warning(message)
@@ -278,8 +294,11 @@ class _Evaluation:
         check_tables_agree(store, options.queries_table, options.corpus_table)
         self.corpus_meta = store.metadata(options.corpus_table)
         query_meta = store.metadata(options.queries_table)
+        self.stored = stored_columns(store, options)
+        if self.stored:
+            return
         self.dimension = dimension = (
-            store.schema(options.corpus_table).field("vector").type.list_size
+            store.schema(options.corpus_table).field(VECTOR_COLUMN).type.list_size
         )
         self.sizes = parse_dims(
             options.dims
@@ -302,7 +321,7 @@ class _Evaluation:
         """The vectors of the qrels' queries (warning about the others), and the corpus size."""
         options, qrels = self.options, self.qrels
         self.read_started = time.perf_counter()
-        all_query_ids, all_queries = self.store.read_vectors(options.queries_table)
+        all_query_ids, all_queries = self.store.read_vectors(options.queries_table, self.column)
         position = {query_id: row for row, query_id in enumerate(all_query_ids)}
         self.query_ids = query_ids = [q for q in qrels if q in position]
         missing_queries = len(qrels) - len(query_ids)
@@ -398,7 +417,7 @@ class _Evaluation:
         table = self.options.corpus_table
         changed = f"table '{table}' of {self.store_path} changed while being read"
         self.corpus_ids = corpus_ids = []
-        for ids, vectors in read_ahead(self.store.iter_vectors(table)):
+        for ids, vectors in read_ahead(self.store.iter_vectors(table, self.column)):
             if len(corpus_ids) + len(ids) > self.num_docs:
                 raise StoreError(changed)
             chunk = as_tensor(vectors, self.device)
@@ -494,3 +513,68 @@ class _Evaluation:
                 "total": round(time.perf_counter() - self.started, 3),
             },
         )
+
+
+# --- stored columns: an applied store's vector_<d>, evaluated as they are -----------------
+def stored_columns(store: Store, options: EvalOptions) -> dict[str, int]:
+    """The columns to evaluate as stored (name -> size): ``options.vector_columns``, or
+    every vector column when the corpus has no raw ``vector`` (a store `madapt apply` or
+    ``embed --adaptor --no-raw`` wrote); {} for the usual evaluation of ``vector``."""
+    corpus, queries = options.corpus_table, options.queries_table
+    have = vector_columns(store.schema(corpus))
+    requested = list(dict.fromkeys(options.vector_columns or ()))
+    if not requested:
+        if VECTOR_COLUMN in have:
+            return {}
+        requested = sorted(have, key=have.__getitem__)
+        if not requested:
+            raise StoreError(f"table '{corpus}' of {store.path} has no vector column")
+    query_have = vector_columns(store.schema(queries))
+    for column in requested:
+        for table, columns in ((corpus, have), (queries, query_have)):
+            if column not in columns:
+                raise InputError(
+                    f"--vector-column {column}: table '{table}' of {store.path} has no such "
+                    f"column (vector columns: {', '.join(columns) or 'none'})"
+                )
+    if requested == [VECTOR_COLUMN]:
+        return {}
+    refused = [
+        flag
+        for flag, given in (
+            ("--adaptor", options.adaptors),
+            ("--baseline", options.baselines),
+            ("--dims", options.dims),
+        )
+        if given
+    ]
+    if refused:
+        raise InputError(
+            f"{', '.join(refused)}: not with stored columns ({', '.join(requested)}), which "
+            "are evaluated as they are; evaluate the raw store (column 'vector') for those"
+        )
+    return {column: have[column] for column in requested}
+
+
+def _evaluate_stored_columns(run: _Evaluation, progress: Progress | None) -> EvaluationReport:
+    """Each stored column searched at its own size, as a database would search it: the
+    method is named after the column (its size is the column's)."""
+    total = len(run.stored)
+    report(progress, ProgressEvent("eval", 0, total, unit="sizes"))
+    adaptor = run.corpus_meta.get("adaptor") or {}
+    run.baselines, results, methods = [], [], []
+    for column, dim in run.stored.items():
+        run.column, run.dimension, run.sizes = column, dim, [dim]
+        run.read_queries()
+        entry = {"name": column, "kind": "stored", "column": column}
+        if adaptor.get("name"):
+            entry["adaptor"] = adaptor["name"]
+        run.methods = [_Method(column, entry, "truncate", [dim])]
+        methods.extend(run.methods)
+        run.search()
+        results.extend(run.score(None, 1))
+        event = ProgressEvent("eval", len(results), total, "sizes", column)
+        report(progress, event if len(results) < total else replace(event, finished=True))
+    run.methods, run.sizes = methods, sorted(run.stored.values())
+    run.dimension = max(run.sizes)
+    return run.build_report(results)

@@ -11,7 +11,7 @@ from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Method, TrainingData, get_method
-from madapt_cli.store.base import open_store
+from madapt_cli.store.base import open_store, require_raw_vectors
 from madapt_cli.training.config import EpochCallback, TrainConfig
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.util.dims import check_train_dims, default_train_dims
@@ -66,6 +66,7 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
         "base_provider": data.metadata.get("provider"),
         "base_model": data.metadata.get("model"),
         "base_normalized": data.metadata.get("normalized"),
+        "base_settings": base_settings(data.store),
         "source_store": str(Path(store_path).resolve()),
         **fitted.record,
         "seed": config.seed,
@@ -93,6 +94,7 @@ def _training_data(
     hyper-parameter is checked (``config.train_dims`` set to the sizes trained)."""
     store = open_store(store_path)
     store.require_table("corpus")
+    require_raw_vectors(store, "corpus", "`madapt fit`")
     metadata = store.metadata("corpus")
     dimension = store.schema("corpus").field("vector").type.list_size
     config.train_dims = check_train_dims(
@@ -108,3 +110,22 @@ def _training_data(
     dev_qrels = read_qrels(dev_qrels_path) if dev_qrels_path is not None else None
     data = TrainingData(store, store_path, metadata, dimension, mode, qrels, dev_qrels)
     return data, options
+
+
+#: store metadata fields that are not the provider's settings (see EmbeddingProvider.metadata)
+_NOT_SETTINGS = frozenset(
+    {"provider", "model", "dimension", "normalized", "role", "dtype", "created_at"}
+    | {"madapt_version"}
+)
+
+
+def base_settings(store: Any) -> dict[str, dict[str, Any]]:
+    """role -> the provider settings (prompt, task type, dimensions...) the store's corpus
+    (document) and queries (query) were embedded with, so that `madapt encode` makes the
+    same upstream call for new texts."""
+    settings: dict[str, dict[str, Any]] = {}
+    for table, role in (("corpus", "document"), ("queries", "query")):
+        if store.has_table(table):
+            metadata = store.metadata(table)
+            settings[role] = {k: v for k, v in metadata.items() if k not in _NOT_SETTINGS}
+    return settings

@@ -117,6 +117,27 @@ def arrow_to_vectors(column: pa.Array | pa.ChunkedArray, dtype: Any = np.float32
     return out if dtype is None else out.astype(dtype, copy=False)
 
 
+def vector_columns(schema: pa.Schema) -> dict[str, int]:
+    """The schema's vector columns (FixedSizeList fields) -> their size, in schema order:
+    ``vector`` in a store `madapt embed` wrote, ``vector_64``... in one `madapt apply` wrote."""
+    return {f.name: f.type.list_size for f in schema if pa.types.is_fixed_size_list(f.type)}
+
+
+def require_raw_vectors(store: Store, table: str, command: str) -> None:
+    """Refuse (one line, exit 2) a table without the raw ``vector`` column, such as an
+    applied store's: its vectors are already adapted and cut, ``command`` needs the raw ones."""
+    schema = store.schema(table)
+    if VECTOR_COLUMN in schema.names:
+        return
+    columns = ", ".join(vector_columns(schema)) or "none"
+    adaptor = (decode_metadata(schema).get("adaptor") or {}).get("name")
+    by = f" by adaptor '{adaptor}'" if adaptor else ""
+    raise InputError(
+        f"table '{table}' of {store.path} holds adapted vectors ({columns}){by}, not the raw "
+        f"'{VECTOR_COLUMN}' column that {command} needs: use the store `madapt embed` wrote"
+    )
+
+
 def _encode_metadata(metadata: dict) -> dict[bytes, bytes]:
     return {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode("utf-8")}
 
@@ -334,13 +355,11 @@ class Store(ABC):
         """A JSON-able summary: every table with rows, dimension and metadata."""
         tables = []
         for name in self.tables():
-            schema = self.schema(name)
-            vector_columns = [f.name for f in schema if pa.types.is_fixed_size_list(f.type)]
             tables.append(
                 {
                     "name": name,
                     "rows": self.num_rows(name),
-                    "vector_columns": {c: schema.field(c).type.list_size for c in vector_columns},
+                    "vector_columns": vector_columns(self.schema(name)),
                     "metadata": self.metadata(name),
                 }
             )
