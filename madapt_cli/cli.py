@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - older typer parses with click itself
 #: a malformed option of a command (wrong type, out of range, unknown): one line, exit 2
 USAGE_ERRORS = (click.UsageError, _TyperUsageError)
 
-COMMAND_MODULES = ("embed", "info", "fit", "apply", "eval", "quickstart")
+COMMAND_MODULES = ("embed", "import_vectors", "info", "fit", "apply", "eval", "quickstart")
 
 
 class MadaptGroup(TyperGroup):
