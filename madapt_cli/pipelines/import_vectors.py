@@ -236,8 +236,11 @@ def _unit_rows(chunk: VectorChunk, vectors: np.ndarray) -> tuple[np.ndarray, np.
 class _Importer:
     """Checks and converts chunks into store batches; remembers the id digests."""
 
-    def __init__(self, identity: _Identity, schema: pa.Schema, normalize: bool) -> None:
+    def __init__(
+        self, identity: _Identity, schema: pa.Schema, normalize: bool, batch_rows: int
+    ) -> None:
         self.identity, self.schema, self.normalize = identity, schema, normalize
+        self.batch_rows = batch_rows
         self.width = identity.width
         self.digests: list[np.ndarray] = []
         self.rows = 0
@@ -344,32 +347,22 @@ def import_vectors(  # noqa: PLR0913 - the SOURCE, its fields and the declaratio
     schema = embedding_schema(width, "float32", with_text, metadata)
     new_folder = not out.exists()
     store = existing or open_store(out, store_format, create=True)
-    importer = _Importer(identity, schema, declared.normalize)
+    importer = _Importer(identity, schema, declared.normalize, batch_rows)
     task = f"import {table}"
-    counts = {"kept": 0, "superseded": 0}
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        report(progress, ProgressEvent(task, 0, reader.rows))
-        for chunk in _chained(first, chunks):
-            yield importer.batch(chunk)
-            report(progress, ProgressEvent(task, importer.rows, reader.rows))
-        digests = importer.sorted_digests()
-        repeated = digests[1:][digests[1:] == digests[:-1]]
-        if repeated.size:
-            message = _first_duplicate(reader, set(repeated.tolist()), batch_rows)
-            if message:
-                raise InputError(message)
-        if merge:
-            yield from _kept_rows(store, table, schema, digests, counts)
-
+    batches = _Stream(importer, reader, first, chunks, task, progress)
+    if merge:
+        batches.merge_from = (store, table)
     try:
         with store.locked():  # one writer: the old rows read above stay those replaced
-            written = store.write_table(table, schema, batches())
-    except BaseException:
+            written = store.write_table(table, schema, batches)
+    except BaseException as error:
         if existing is None:
             _remove_new_store(out, new_folder)
         elif store.format == "lance" and not has_table:
             _remove_lance_leftover(store, table)
+        if batches.failure is not None and batches.failure is not error:
+            raise batches.failure from None  # LanceDB wraps it in an Arrow error
         raise
     report(progress, ProgressEvent(task, importer.rows, reader.rows, finished=True))
     return ImportSummary(
@@ -380,12 +373,60 @@ def import_vectors(  # noqa: PLR0913 - the SOURCE, its fields and the declaratio
         rows=importer.rows,
         dimension=width,
         kept=written - importer.rows,
-        superseded=counts["superseded"],
+        superseded=batches.superseded,
         rescaled=importer.rescaled,
         content_keys=identity.provider is not None and fields.text is not None,
         seconds=round(time.perf_counter() - started, 3),
         metadata=metadata,
     )
+
+
+class _Stream:
+    """The batches :meth:`Store.write_table` writes: the checked chunks, then (merging) the
+    existing rows the import does not supersede. The duplicate check runs after the last
+    chunk, before the store publishes anything. ``failure`` keeps the exception raised here."""
+
+    def __init__(
+        self,
+        importer: _Importer,
+        reader: VectorSource,
+        first: VectorChunk,
+        rest: Iterator[VectorChunk],
+        task: str,
+        progress: Progress | None,
+    ) -> None:
+        self.importer, self.reader, self.first, self.rest = importer, reader, first, rest
+        self.task, self.progress = task, progress
+        self.merge_from: tuple[Store, str] | None = None
+        self.failure: BaseException | None = None
+        self.superseded = 0
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from self._batches()
+        except BaseException as error:
+            self.failure = error
+            raise
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        importer, total = self.importer, self.reader.rows
+        report(self.progress, ProgressEvent(self.task, 0, total))
+        for chunk in _chained(self.first, self.rest):
+            yield importer.batch(chunk)
+            report(self.progress, ProgressEvent(self.task, importer.rows, total))
+        digests = importer.sorted_digests()
+        repeated = digests[1:][digests[1:] == digests[:-1]]
+        if repeated.size:
+            message = _first_duplicate(
+                self.reader, set(repeated.tolist()), self.importer.batch_rows
+            )
+            if message:
+                raise InputError(message)
+        if self.merge_from is not None:
+            store, table = self.merge_from
+            counts = {"superseded": 0}
+            yield from _kept_rows(store, table, importer.schema, digests, counts)
+            self.superseded = counts["superseded"]
 
 
 def _chained(first: VectorChunk, rest: Iterator[VectorChunk]) -> Iterator[VectorChunk]:
@@ -413,7 +454,6 @@ def _kept_rows(
                 columns.append(values if values.type == column.type else values.cast(column.type))
             else:
                 columns.append(pa.nulls(batch.num_rows, column.type))
-        counts["kept"] += batch.num_rows
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -433,7 +473,6 @@ def _remove_new_store(out: Path, new_folder: bool) -> None:
 
 
 def _remove_lance_leftover(store: Store, table: str) -> None:
-    """A LanceDB table that a failed first write left behind (files, no committed version)."""
+    """The folder a failed first write of a LanceDB table leaves (data files, no version)."""
     with store.locked():
-        if not store.has_table(table):
-            shutil.rmtree(store.path / f"{table}.lance", ignore_errors=True)
+        shutil.rmtree(store.path / f"{table}.lance", ignore_errors=True)
