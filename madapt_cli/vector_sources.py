@@ -247,7 +247,8 @@ class LanceVectors(VectorSource):
         import lancedb  # slow to import; only this reader needs it
 
         db = lancedb.connect(str(database))
-        names = list(db.table_names())
+        response = db.list_tables()
+        names = list(response.tables if hasattr(response, "tables") else response)
         if table not in names:
             raise InputError(
                 f"{self.where}: no table {table!r} in {database} (tables: "

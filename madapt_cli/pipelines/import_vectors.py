@@ -20,7 +20,9 @@ old rows instead. Either way the identity (provider, model, dimension, normalisa
 must agree unless ``replace``.
 
 Memory is bounded by ``batch_rows`` rows plus 8 bytes an id. Nothing here prints: progress
-goes to a :class:`~madapt_cli.util.progress.Progress` callback as the task ``"import TABLE"``.
+goes to a :class:`~madapt_cli.util.progress.Progress` callback as the task ``"import TABLE"``:
+cumulative rows after each chunk from the second on (so a one-chunk source that fails shows
+only its error), and a last event with ``finished=True``.
 """
 
 from __future__ import annotations
@@ -410,10 +412,11 @@ class _Stream:
 
     def _batches(self) -> Iterator[pa.RecordBatch]:
         importer, total = self.importer, self.reader.rows
-        report(self.progress, ProgressEvent(self.task, 0, total))
-        for chunk in _chained(self.first, self.rest):
+        # from the second chunk on: a small source that fails prints its one error line only
+        for index, chunk in enumerate(_chained(self.first, self.rest)):
             yield importer.batch(chunk)
-            report(self.progress, ProgressEvent(self.task, importer.rows, total))
+            if index:
+                report(self.progress, ProgressEvent(self.task, importer.rows, total))
         digests = importer.sorted_digests()
         repeated = digests[1:][digests[1:] == digests[:-1]]
         if repeated.size:
