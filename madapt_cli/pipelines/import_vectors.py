@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from madapt_cli.data import TextItem
-from madapt_cli.errors import InputError, MadaptError
+from madapt_cli.errors import InputError, MadaptError, StoreError
 from madapt_cli.providers.base import PROVIDERS, EmbeddingProvider, Role, build_provider
 from madapt_cli.store.base import (
     LOCK_FILE,
@@ -344,7 +344,12 @@ def import_vectors(  # noqa: PLR0913 - the SOURCE, its fields and the declaratio
     with_text = False
     if merge:
         assert existing is not None
-        check_appendable(table, existing.metadata(table), metadata)
+        try:
+            check_appendable(table, existing.metadata(table), metadata)
+        except StoreError as error:
+            raise StoreError(
+                f"{error}, declare what made them (--provider, --model) or --replace"
+            ) from None
         with_text = "text" in existing.schema(table).names
     schema = embedding_schema(width, "float32", with_text, metadata)
     new_folder = not out.exists()
