@@ -348,7 +348,7 @@ def import_vectors(  # noqa: PLR0913 - the SOURCE, its fields and the declaratio
             check_appendable(table, existing.metadata(table), metadata)
         except StoreError as error:
             raise StoreError(
-                f"{error}, declare what made them (--provider, --model) or --replace"
+                f"{error}; or declare what made them (--provider, --model), or --replace"
             ) from None
         with_text = "text" in existing.schema(table).names
     schema = embedding_schema(width, "float32", with_text, metadata)
