@@ -389,3 +389,28 @@ def test_embed_after_import_reuses_exactly_the_keyed_rows(tmp_path, small_scifac
     summary = json.loads(result.stdout)
     assert (summary["rows_reused"], summary["rows_embedded"]) == (0, 25)
     assert open_store(tmp_path / "bare").num_rows("corpus") == 25
+
+
+def test_declaration_and_npy_mismatches_are_refused(tmp_path):
+    vectors = unit()
+    source = write_parquet(tmp_path / "v.parquet", vectors)
+    fields = ["--id-field", "_id", "--vector-field", "emb"]
+    npy = tmp_path / "v.npy"
+    np.save(npy, vectors)
+    (tmp_path / "ids.txt").write_text("\n".join(ids(N - 1)) + "\n")
+    cases = {
+        "dimensions": ([source, *fields, "--dimensions", "8"], r"have 12 dimensions, not 8"),
+        "no-model": ([source, *fields, "--provider", "openai"], r"--provider openai needs --model"),
+        "ada-002": (
+            [source, *fields, "--provider", "openai", "--model", "text-embedding-ada-002"],
+            r"12-dimensional vectors.*ada-002 does not accept --dimensions",
+        ),
+        "npy-ids": ([npy, "--ids", tmp_path / "ids.txt"], r"ids\.txt: 29 ids for the 30 rows"),
+        "npy-no-ids": ([npy], r"v\.npy: a \.npy SOURCE needs --ids FILE"),
+    }
+    for name, (args, pattern) in cases.items():
+        result = run(*args, "--out", tmp_path / "out")
+        assert result.exit_code == 2, (name, result.output)
+        assert re.search(pattern, result.stderr.strip()), (name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
+        assert not (tmp_path / "out").exists(), name
