@@ -27,7 +27,16 @@ except ImportError:  # pragma: no cover - older typer parses with click itself
 #: a malformed option of a command (wrong type, out of range, unknown): one line, exit 2
 USAGE_ERRORS = (click.UsageError, _TyperUsageError)
 
-COMMAND_MODULES = ("embed", "info", "fit", "apply", "eval", "encode", "quickstart")
+COMMAND_MODULES = (
+    "embed",
+    "import_vectors",
+    "info",
+    "fit",
+    "apply",
+    "eval",
+    "encode",
+    "quickstart",
+)
 
 
 class MadaptGroup(TyperGroup):

@@ -259,6 +259,30 @@ def set_key(key: str, value) -> Callable[[dict], None]:
     return lambda config: config.__setitem__(key, value)
 
 
+def import_parquet(c: Ctx, ids: list, vectors, *extra: str, column=None) -> list:
+    """``madapt import`` of a Parquet file of ``ids`` and ``vectors`` (column ``emb``) into
+    ``out``, or into the existing store ``store`` with ``--out store`` in ``extra``."""
+    import pyarrow.parquet as pq
+
+    array = np.asarray(vectors, dtype=np.float32)
+    if column is None:
+        column = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
+    path = c.root / "vectors.parquet"
+    pq.write_table(pa.table({"_id": ids, "emb": column}), path)
+    out = [] if "--out" in extra else ["--out", c.p("out")]
+    return ["import", str(path), "--id-field", "_id", "--vector-field", "emb", *out, *extra]
+
+
+def import_rows(value: float | None = None, row: int = 2, dim: int = 4) -> np.ndarray:
+    vectors = np.eye(6, dim, dtype=np.float32) + 0.5
+    if value is not None:
+        vectors[row] = value
+    return vectors
+
+
+IMPORT_IDS = ["a", "b", "c", "d", "e", "f"]
+
+
 CASES = [
     # embed ---------------------------------------------------------------------------------------
     case(
@@ -552,6 +576,84 @@ CASES = [
         absent=("qs",),
     ),
     case("quickstart-out-is-file", lambda c: ["quickstart", "--out", c.file("qs", "x")], r"/qs\b"),
+    # import --------------------------------------------------------------------------------------
+    case(
+        "import-nan-vector",
+        lambda c: import_parquet(c, IMPORT_IDS, import_rows(NAN)),
+        r"vectors\.parquet: row 3 \(id 'c'\) has a non-finite value",
+        absent=("out",),
+    ),
+    case(
+        "import-inf-vector-into-existing-store",
+        lambda c: import_parquet(
+            c, IMPORT_IDS, import_rows(INF), "--out", c.store(), "--table", "mine"
+        ),
+        r"vectors\.parquet: row 3 \(id 'c'\) has a non-finite value",
+    ),
+    case(
+        "import-zero-vector",
+        lambda c: import_parquet(c, IMPORT_IDS, import_rows(0.0, row=4)),
+        r"row 5 \(id 'e'\) is an all-zero vector",
+        absent=("out",),
+    ),
+    case(
+        "import-ragged-vectors",
+        lambda c: import_parquet(
+            c,
+            IMPORT_IDS[:3],
+            None,
+            column=pa.array([[1.0, 2.0], [1.0, 2.0], [1.0]], pa.list_(pa.float32())),
+        ),
+        r"row 3 \(id 'c'\) has 1 values, not 2 .*\(ragged vectors\)",
+        absent=("out",),
+    ),
+    case(
+        "import-duplicate-id",
+        lambda c: import_parquet(c, ["a", "b", "c", "d", "b", "f"], import_rows()),
+        r"vectors\.parquet: row 5: duplicate id 'b' \(first at .*row 2\)",
+        absent=("out",),
+    ),
+    case(
+        "import-missing-id",
+        lambda c: import_parquet(c, ["a", "b", None, "d", "e", "f"], import_rows()),
+        r"vectors\.parquet: row 3 has no id",
+        absent=("out",),
+    ),
+    case(
+        "import-wrong-vector-field",
+        lambda c: [*import_parquet(c, IMPORT_IDS, import_rows()), "--vector-field", "embedding"],
+        r"vectors\.parquet: no column 'embedding' \(--vector-field\)",
+        absent=("out",),
+    ),
+    case(
+        "import-unreadable-file",
+        lambda c: ["import", c.file("v.parquet", b"PAR1 torn"), "--out", c.p("out")],
+        r"/v\.parquet: not a readable Parquet file",
+        absent=("out",),
+    ),
+    case(
+        "import-bad-db-table",
+        lambda c: ["import", f"{c.p('nodb')}::corpus", "--out", c.p("out")],
+        r"/nodb::corpus: no LanceDB database",
+        absent=("out",),
+    ),
+    case(
+        "import-other-model-into-existing-table",
+        lambda c: import_parquet(
+            c,
+            IMPORT_IDS,
+            import_rows(),
+            "--out",
+            c.store(),
+            "--table",
+            "corpus",
+            "--provider",
+            "openai",
+            "--model",
+            "text-embedding-3-small",
+        ),
+        r"table 'corpus' holds vectors with provider='local', not 'openai'",
+    ),
 ]
 
 

@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, int]] = [
     ("madapt_cli.store", 1),
     ("madapt_cli.losses", 1),
     ("madapt_cli.retrieval", 1),
+    ("madapt_cli.vector_sources", 1),
     ("madapt_cli.training", 2),
     ("madapt_cli.methods", 3),
     ("madapt_cli.pipelines", 4),
