@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_bad_inputs import QRELS, write_store
 from typer.testing import CliRunner
 
 from madapt_cli.cli import app
 from madapt_cli.store.base import open_store
-from tests.test_bad_inputs import QRELS, write_store
 
 
 def run(*args: object, code: int = 0):

