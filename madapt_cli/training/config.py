@@ -59,13 +59,19 @@ def _group(
 
 #: (field, valid, what it must be), checked in this order by TrainConfig.validate
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
-    *_group("epochs supervised_epochs hard_negatives", _count(0), "a whole number >= 0"),
+    *_group(
+        "epochs supervised_epochs hard_negatives distill_epochs distill_random",
+        _count(0),
+        "a whole number >= 0",
+    ),
+    *_group("distill_topk distill_max_anchors", _count(1), "a whole number >= 1"),
+    *_group("distill_temperature distill_lr", _positive, "a positive finite number"),
     *_group("batch_size query_batch_size topk patience depth", _count(1), "a whole number >= 1"),
     *_group("hidden positives_per_query", _optional(_count(1)), "a whole number >= 1"),
     *_group("lr supervised_lr temperature", _positive, "a positive finite number"),
     *_group("weight_decay alpha beta gamma", _optional(_non_negative), "a finite number >= 0"),
     *_group(
-        "validation_fraction",
+        "validation_fraction proxy_fraction",
         lambda value: is_number(value) and 0 < value < 1,
         "a fraction strictly between 0 and 1",
     ),
@@ -75,6 +81,11 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "a whole number in 0..4294967295",
     ),
     *_group("train_dims validation_dims", _sizes, "whole numbers >= 1"),
+    *_group(
+        "objective",
+        lambda value: value in ("auto", "distill", "paper"),
+        "'auto', 'distill' or 'paper'",
+    ),
     *_group("dim_weighting", lambda value: value in ("equal", "small"), "'equal' or 'small'"),
     *_group("activation", lambda value: value in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
 ]
@@ -109,6 +120,17 @@ class TrainConfig:
     dim_weighting: str = "equal"  # or "small": weight 1 + log2(D / m) on size m
     seed: int = 0
     device: str = "auto"
+    # --- unsupervised objective (--objective): "auto" = distill when unlabelled queries are
+    # given or found, else distill on corpus rows with checkpoint choice by the proxy;
+    # "paper" = L_topk + L_pair + L_rec (the paper's, exactly as before)
+    objective: str = "auto"
+    distill_topk: int = 100  # full-size neighbours per anchor (teacher candidates)
+    distill_random: int = 64  # random corpus rows added to every anchor's candidates per step
+    distill_temperature: float = 0.05
+    distill_lr: float = 1e-3
+    distill_epochs: int = 16
+    distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
+    proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in
