@@ -111,12 +111,14 @@ def main() -> None:
     def report(record: dict) -> None:
         scores = record.get("ndcg@10") or record.get("monitor ndcg@10") or {}
         proxy = record.get("overlap@10") or {}
+        kl = record.get("held-out kl") or {}
         loss = record["loss"]
         print(
             f"  {record['stage']:>12} epoch {record['epoch']:3d} "
             f"loss {'-' if loss is None else f'{loss:.4f}'} val "
             + " ".join(f"{d}:{v:.4f}" for d, v in scores.items())
-            + (" proxy " + " ".join(f"{d}:{v:.3f}" for d, v in proxy.items()) if proxy else ""),
+            + (" overlap " + " ".join(f"{d}:{v:.3f}" for d, v in proxy.items()) if proxy else "")
+            + (" kl " + " ".join(f"{d}:{v:.3f}" for d, v in kl.items()) if kl else ""),
             flush=True,
         )
 

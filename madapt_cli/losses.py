@@ -250,6 +250,17 @@ class ListwiseDistillationLoss(nn.Module):
         teacher_similarity: torch.Tensor,  # (B, C): full-size cosines of the originals
         valid: torch.Tensor | None = None,  # (B, C) bool
     ) -> torch.Tensor:
+        per_size = self.per_size(adapted_anchors, adapted_candidates, teacher_similarity, valid)
+        return (per_size * self.size_weights).sum()
+
+    def per_size(
+        self,
+        adapted_anchors: torch.Tensor,
+        adapted_candidates: torch.Tensor,
+        teacher_similarity: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """mean over anchors of KL(p_i || q_i^m), one value per size m: (|M|,)."""
         student = prefix_cosine_pairs(
             adapted_anchors.unsqueeze(1).expand_as(adapted_candidates),
             adapted_candidates,
@@ -262,5 +273,4 @@ class ListwiseDistillationLoss(nn.Module):
             student = student.masked_fill(~valid, -1e4)
         log_p = F.log_softmax(teacher, dim=-1)  # (B, C)
         log_q = F.log_softmax(student, dim=-1)  # (|M|, B, C)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)  # (|M|,)
-        return (kl * self.size_weights).sum()
+        return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)  # (|M|,)

@@ -92,6 +92,13 @@ def train_unsupervised(
     return TrainResult(module.cpu().eval(), history, best, mined)
 
 
+def distill_train_dims(dimension: int) -> list[int]:
+    """``--objective distill``'s default sizes: powers of two from 32, plus the full size
+    (16 is left out: training it too costs 0.005-0.01 nDCG@10 at 64 and 128 on SciFact)."""
+    dims = default_train_dims(dimension)
+    return [d for d in dims if d >= 32] or dims
+
+
 def train_distill(
     corpus: np.ndarray,
     anchors: np.ndarray | None,
@@ -114,7 +121,7 @@ def train_distill(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     dimension = corpus.shape[1]
-    dims = check_train_dims(config.train_dims or default_train_dims(dimension), dimension)
+    dims = check_train_dims(config.train_dims or distill_train_dims(dimension), dimension)
     vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
     module = new_adaptor_module(vectors, config)
     rng = np.random.default_rng(config.seed)
@@ -153,6 +160,15 @@ def train_distill(
             selection,
             None if rows is None else rows[proxy_index],
             build_validation(vectors, monitor_data, dims, config, device),
+            held_out_kl=DistillationObjective(
+                vectors,
+                anchor_vectors[torch.from_numpy(proxy_index).to(device)],
+                dims,
+                config,
+                None,
+                None if rows is None else torch.from_numpy(rows[proxy_index]).to(device),
+            ).held_out_kl,
+            select_by_kl=config.proxy == "kl",
         )
     batch_size = min(config.batch_size, len(train_index))
     steps = math.ceil(len(train_index) / batch_size)

@@ -11,6 +11,7 @@ from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Method, TrainingData, get_method
+from madapt_cli.methods.matryoshka import distill_train_dims
 from madapt_cli.store.base import open_store
 from madapt_cli.training.anchors import read_query_ids
 from madapt_cli.training.config import EpochCallback, TrainConfig
@@ -63,10 +64,13 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     # OUT may not touch any of them
     inputs = (store_path, qrels_path, dev_qrels_path, resume, query_ids_path)
     check_output(out, "adaptor", overwrite=overwrite, inputs=inputs)
+    default_sizes = config.train_dims is None
     data, options = _training_data(
         store_path, fitter, mode, config, options, qrels_path, dev_qrels_path
     )
     _choose_objective(data, fitter, config, queries_table, query_ids_path)
+    if default_sizes and data.objective == "distill":
+        config.train_dims = distill_train_dims(data.dimension)
     epochs = EpochProgress(on_epoch, progress)
     fitted = fitter.fit(data, config, options, epochs, resume)
     epochs.finish()

@@ -81,6 +81,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "a whole number in 0..4294967295",
     ),
     *_group("train_dims validation_dims", _sizes, "whole numbers >= 1"),
+    *_group("proxy", lambda value: value in ("kl", "overlap"), "'kl' or 'overlap'"),
     *_group(
         "objective",
         lambda value: value in ("auto", "distill", "paper"),
@@ -131,6 +132,7 @@ class TrainConfig:
     distill_epochs: int = 16
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
+    proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in

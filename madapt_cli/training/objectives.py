@@ -201,3 +201,15 @@ class DistillationObjective:
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
         documents = module(self.corpus[unique])[inverse].view(*rows.shape, -1)
         return self.loss(module(self.anchors[batch]), documents, teacher, valid)
+
+    @torch.no_grad()
+    def held_out_kl(self, module: torch.nn.Module, seed: int = 0) -> dict[str, float]:
+        """The label-free distillation proxy: L_distill per size on all of this objective's
+        anchors (held out from training), with one fixed draw of random candidates."""
+        generator = torch.Generator(device=self.corpus.device).manual_seed(seed)
+        batch = torch.arange(len(self.anchors), device=self.corpus.device)
+        rows, teacher, valid = self.candidates(batch, generator)
+        unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
+        documents = module(self.corpus[unique])[inverse].view(*rows.shape, -1)
+        per_size = self.loss.per_size(module(self.anchors), documents, teacher, valid)
+        return {str(d): float(v) for d, v in zip(self.loss.dims, per_size, strict=True)}

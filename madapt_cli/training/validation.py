@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,7 +94,7 @@ class RankingProxy:
     selection sizes. ``monitor`` (optional, a :class:`Validation`) adds its nDCG@10 to each
     record without steering the choice (bench/quality.py measures the proxy against it)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - data, sizes, the report-only monitor, the KL proxy
         self,
         corpus: torch.Tensor,
         anchors: torch.Tensor,
@@ -103,6 +103,8 @@ class RankingProxy:
         anchor_rows: np.ndarray | None = None,
         monitor: Validation | None = None,
         k: int = 10,
+        held_out_kl: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        select_by_kl: bool = False,
     ) -> None:
         self.corpus, self.anchors, self.k = corpus, anchors, k
         self.dims, self.selection_dims = list(dims), list(selection_dims)
@@ -114,6 +116,8 @@ class RankingProxy:
             anchors, corpus, k, device=corpus.device, exclude=self.exclude
         )
         self.monitor = monitor
+        self.held_out_kl = held_out_kl
+        self.select_by_kl = select_by_kl and held_out_kl is not None
 
     def keeps_full_size(self, record: dict[str, Any]) -> bool:
         return True
@@ -124,6 +128,7 @@ class RankingProxy:
         module.eval()
         corpus = torch.cat([module(c) for c in self.corpus.split(65_536)])
         anchors = torch.cat([module(q) for q in self.anchors.split(65_536)])
+        kl = self.held_out_kl(module) if self.held_out_kl is not None else None
         module.train(was_training)
         found = search_topk_prefixes(
             anchors, corpus, self.dims, self.k, device=self.corpus.device, exclude=self.exclude
@@ -131,6 +136,10 @@ class RankingProxy:
         scores = {str(d): topk_overlap(self.reference, found[d][1]) for d in self.dims}
         selected = float(np.mean([scores[str(d)] for d in self.selection_dims]))
         record: dict[str, Any] = {PROXY_METRIC: scores, "score": selected}
+        if kl is not None:
+            record["held-out kl"] = kl
+            if self.select_by_kl:  # lower is better: the score is minus the mean KL
+                record["score"] = -float(np.mean([kl[str(d)] for d in self.selection_dims]))
         if self.monitor is not None:
             record["monitor ndcg@10"] = self.monitor(module)["ndcg@10"]
         return record
