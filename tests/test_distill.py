@@ -198,18 +198,21 @@ def test_fit_distill_with_query_ids_then_eval_warns_only_on_leaked_queries(tmp_p
     assert "learned from" not in err + out
 
     code, out, err = run_cli(
-        capsys, "eval", store, "--qrels", qrels_path, "--adaptor", tmp_path / "ad", "--json"
-    )
+        capsys, "eval", store, "--qrels", qrels_path, "--adaptor", tmp_path / "ad", "--json",
+        "--report", tmp_path / "report",
+    )  # fmt: skip
     assert code == 0, err
-    report = json.loads(out)
+    assert "learned from 20 of the 30 evaluated queries" in " ".join(err.split())
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert any("learned from 20 of the 30 evaluated queries" in w for w in report["warnings"])
+    assert "learned from 20 of the 30" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_fit_query_ids_errors_are_one_line_exit_2(tmp_path, capsys):
     store, _, _ = make_store(tmp_path)
     bad = tmp_path / "bad.tsv"
     bad.write_text("q1\td1\t1\nq2\td1\n")
-    code, out, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", "--query-ids", bad)
+    code, _, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", "--query-ids", bad)
     assert code == 2
     assert f"{bad}:2: 2 columns" in err and len(err.strip().splitlines()) == 1
     unknown = tmp_path / "unknown.txt"

@@ -169,6 +169,9 @@ def train_distill(
                 None if rows is None else torch.from_numpy(rows[proxy_index]).to(device),
             ).held_out_kl,
             select_by_kl=config.proxy == "kl",
+            # corpus rows as anchors did not reliably beat the start (docs/benchmarks.md):
+            # a checkpoint must match the start's overlap@10 at every size to replace it
+            no_size_below_start=rows is not None,
         )
     batch_size = min(config.batch_size, len(train_index))
     steps = math.ceil(len(train_index) / batch_size)

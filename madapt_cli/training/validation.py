@@ -105,6 +105,7 @@ class RankingProxy:
         k: int = 10,
         held_out_kl: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         select_by_kl: bool = False,
+        no_size_below_start: bool = False,
     ) -> None:
         self.corpus, self.anchors, self.k = corpus, anchors, k
         self.dims, self.selection_dims = list(dims), list(selection_dims)
@@ -118,9 +119,16 @@ class RankingProxy:
         self.monitor = monitor
         self.held_out_kl = held_out_kl
         self.select_by_kl = select_by_kl and held_out_kl is not None
+        self.no_size_below_start = no_size_below_start
+        self.start: dict[str, Any] | None = None
 
     def keeps_full_size(self, record: dict[str, Any]) -> bool:
-        return True
+        """With ``no_size_below_start``, a checkpoint is eligible only if its overlap@10 is
+        at least the start's (the first record) at every selection size."""
+        if not self.no_size_below_start or self.start is None:
+            return True
+        start, now = self.start[PROXY_METRIC], record[PROXY_METRIC]
+        return all(now[str(d)] >= start[str(d)] - 1e-9 for d in self.selection_dims)
 
     @torch.no_grad()
     def __call__(self, module: torch.nn.Module) -> dict[str, Any]:
@@ -142,6 +150,8 @@ class RankingProxy:
                 record["score"] = -float(np.mean([kl[str(d)] for d in self.selection_dims]))
         if self.monitor is not None:
             record["monitor ndcg@10"] = self.monitor(module)["ndcg@10"]
+        if self.start is None:
+            self.start = record
         return record
 
 
