@@ -69,7 +69,11 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group("batch_size query_batch_size topk patience depth", _count(1), "a whole number >= 1"),
     *_group("hidden positives_per_query", _optional(_count(1)), "a whole number >= 1"),
     *_group("lr supervised_lr temperature", _positive, "a positive finite number"),
-    *_group("weight_decay alpha beta gamma", _optional(_non_negative), "a finite number >= 0"),
+    *_group(
+        "weight_decay alpha beta gamma distill_rec_weight",
+        _optional(_non_negative),
+        "a finite number >= 0",
+    ),
     *_group(
         "validation_fraction proxy_fraction",
         lambda value: is_number(value) and 0 < value < 1,
@@ -87,7 +91,11 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         lambda value: value in ("auto", "distill", "paper"),
         "'auto', 'distill' or 'paper'",
     ),
-    *_group("dim_weighting", lambda value: value in ("equal", "small"), "'equal' or 'small'"),
+    *_group(
+        "dim_weighting",
+        lambda value: value in ("equal", "small", "full"),
+        "'equal', 'small' or 'full'",
+    ),
     *_group("activation", lambda value: value in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
 ]
 
@@ -129,6 +137,7 @@ class TrainConfig:
     distill_random: int = 64  # random corpus rows added to every anchor's candidates per step
     distill_temperature: float = 0.05
     distill_lr: float = 1e-3
+    distill_rec_weight: float = 0.0  # weight of L_rec (stay near the start) beside L_distill
     distill_epochs: int = 16
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
@@ -181,6 +190,8 @@ class TrainConfig:
             return [1.0] * len(dims)
         if self.dim_weighting == "small":
             return [1.0 + math.log2(max(dims) / m) for m in dims]
+        if self.dim_weighting == "full":  # the largest size weighs as much as all the others
+            return [1.0] * (len(dims) - 1) + [float(max(1, len(dims) - 1))]
         raise InputError(f"unknown dim weighting {self.dim_weighting!r}: use equal or small")
 
     def weights(self, mode: str) -> dict[str, float]:

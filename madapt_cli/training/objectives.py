@@ -169,6 +169,7 @@ class DistillationObjective:
         self.teacher = torch.from_numpy(scores).to(corpus.device)
         self.neighbours = torch.from_numpy(index).to(corpus.device)
         self.random = config.distill_random
+        self.rec_weight, self.rec_loss = config.distill_rec_weight, ReconstructionLoss()
         self.loss = ListwiseDistillationLoss(dims, config.distill_temperature, dim_weights).to(
             corpus.device
         )
@@ -199,8 +200,13 @@ class DistillationObjective:
     ) -> torch.Tensor:
         rows, teacher, valid = self.candidates(batch, generator)
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
-        documents = module(self.corpus[unique])[inverse].view(*rows.shape, -1)
-        return self.loss(module(self.anchors[batch]), documents, teacher, valid)
+        adapted = module(self.corpus[unique])
+        documents = adapted[inverse].view(*rows.shape, -1)
+        loss = self.loss(module(self.anchors[batch]), documents, teacher, valid)
+        if self.rec_weight > 0:
+            original = self.corpus[unique]
+            loss = loss + self.rec_weight * self.rec_loss(module.start(original), adapted)
+        return loss
 
     @torch.no_grad()
     def held_out_kl(self, module: torch.nn.Module, seed: int = 0) -> dict[str, float]:
