@@ -114,7 +114,10 @@ def train_distill(
 
     ``config.proxy_fraction`` of the anchors are held out (not trained on) for the label-free
     proxy (:class:`RankingProxy`), which chooses the checkpoint, the untrained start (epoch 0)
-    included, with early stopping after ``config.patience`` epochs without gain. With
+    included, with early stopping after ``config.patience`` epochs without gain: the lowest
+    held-out L_distill averaged over the sizes below the full one (``config.proxy`` "kl"),
+    or the highest overlap@10 ("overlap"). With corpus rows as anchors a checkpoint must also
+    reach the start's overlap@10 at every size, else the start is kept. With
     ``validation_data`` (judged queries, ``--qrels``) their nDCG@10 chooses instead, as for
     ``--objective paper``. ``monitor_data`` (bench only): judged queries whose nDCG@10 is
     recorded at each epoch without steering anything."""
@@ -138,6 +141,8 @@ def train_distill(
         raise InputError("no anchors to learn from: the queries table has no selected query")
     order_all = rng.permutation(len(anchor_vectors))
     held = round(len(anchor_vectors) * config.proxy_fraction) if len(anchor_vectors) >= 10 else 0
+    if validation_data:  # judged queries choose: every anchor trains
+        held = 0
     proxy_index, train_index = np.sort(order_all[:held]), np.sort(order_all[held:])
     started = time.perf_counter()
     train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
