@@ -236,3 +236,23 @@ def test_fit_without_query_ids_says_it_used_all_queries(tmp_path, capsys):
     text = " ".join(out.split())
     assert "learned from 30 unlabelled queries (all of the 'queries' table)" in text
     assert "label-free proxy" in text
+
+
+def test_distill_divergence_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from madapt_cli.training import objectives
+
+    def nan_loss(self, module, batch, generator):
+        return module(self.anchors[batch]).sum() * float("nan")
+
+    monkeypatch.setattr(objectives.DistillationObjective, "__call__", nan_loss)
+    store, _, _ = make_store(tmp_path)
+    code, _, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", *FIT)
+    assert code == 2 and "training diverged" in err and "stage 'distill'" in " ".join(err.split())
+    assert not (tmp_path / "ad").exists()
+
+
+def test_bad_distill_options_name_the_flag(tmp_path, capsys):
+    store, _, _ = make_store(tmp_path)
+    for flag, value in (("--lr", "0"), ("--tau", "nan"), ("--objective", "best")):
+        code, _, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", flag, value)
+        assert code == 2 and flag.lstrip("-") in err, err
