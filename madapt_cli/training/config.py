@@ -165,15 +165,8 @@ class TrainConfig:
             "seed": "--seed",
             "device": "--device",
         }
-        if mode != "supervised" and self.objective != "paper":  # distill: its own settings
-            cli.update(
-                epochs="TrainConfig.epochs",
-                lr="TrainConfig.lr",
-                temperature="TrainConfig.temperature",
-                distill_epochs="--epochs",
-                distill_lr="--lr",
-                distill_temperature="--tau",
-            )
+        if mode != "supervised":  # distill (--objective auto/distill) has its own settings
+            cli.update(distill_epochs="--epochs", distill_lr="--lr", distill_temperature="--tau")
         if mode == "supervised":
             cli.update(epochs="--stage1-epochs", supervised_epochs="--epochs")
             if one_learning_rate:
