@@ -254,9 +254,12 @@ def _print_summary(result: dict[str, Any], out: Path, as_json: bool) -> None:
     extra = ""
     if best and "overlap@10" in best:
         sizes = " ".join(f"{d}:{v:.3f}" for d, v in best["overlap@10"].items())
+        kl = best.get("held-out kl")
+        chosen = "distillation loss" if kl and best["score"] <= 0 else "overlap@10"
+        losses = " ".join(f"{d}:{v:.3f}" for d, v in (kl or {}).items())
         extra = (
-            f", checkpoint epoch {best['epoch']} chosen by the label-free proxy overlap@10 "
-            f"(held-out unlabelled queries; {sizes})"
+            f", checkpoint epoch {best['epoch']} chosen without labels by the {chosen} of "
+            f"held-out anchors (overlap@10 {sizes}" + (f"; loss {losses})" if kl else ")")
         )
     elif best:
         extra = f", best validation nDCG@10 {best['score']:.4f} (epoch {best['epoch']})"
