@@ -235,7 +235,7 @@ def test_fit_without_query_ids_says_it_used_all_queries(tmp_path, capsys):
     assert code == 0, err
     text = " ".join(out.split())
     assert "learned from 30 unlabelled queries (all of the 'queries' table)" in text
-    assert "label-free proxy" in text
+    assert "chosen without labels by the distillation loss of held-out anchors" in text
 
 
 def test_distill_divergence_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
