@@ -7,6 +7,13 @@ queries and corpus both adapted, truncated and re-normalised.
 
     python bench/quality.py --npz /work/cache/scifact_minilm.npz \
         --beir /work/shared/datasets/scifact --methods truncate,pca,unsupervised,supervised
+
+Methods: truncate, pca, rotation (the untrained start, `--epochs 0`), unsupervised
+(`--objective paper`), distill (`--objective distill`: the unlabelled queries of
+``--query-ids``, default the train qrels' queries, judgements ignored), distill-corpus
+(corpus rows as anchors, no queries), supervised. For distill and distill-corpus the test
+nDCG@10 of every epoch is recorded beside the label-free proxy (never used to choose), so
+``--json`` holds what the proxy/test correlation needs.
 """
 
 from __future__ import annotations
@@ -21,9 +28,15 @@ import torch
 
 from madapt_cli.data import read_qrels
 from madapt_cli.methods.adaptor import Adaptor
-from madapt_cli.methods.matryoshka import train_supervised, train_unsupervised
+from madapt_cli.methods.matryoshka import (
+    new_adaptor_module,
+    train_distill,
+    train_supervised,
+    train_unsupervised,
+)
 from madapt_cli.methods.pca import fit_pca
 from madapt_cli.retrieval.evaluate import ndcg_at_10
+from madapt_cli.training.anchors import read_query_ids
 from madapt_cli.training.config import TrainConfig
 
 
@@ -56,6 +69,11 @@ def main() -> None:
         action="append",
         default=[],
         help="TrainConfig override, e.g. --set lr=5e-4 (repeatable)",
+    )
+    parser.add_argument(
+        "--query-ids",
+        help="distill: the unlabelled queries to learn from (qrels TSV or one id a line; "
+        "default the train qrels' queries)",
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -91,15 +109,32 @@ def main() -> None:
     }
 
     def report(record: dict) -> None:
-        scores = record.get("ndcg@10", {})
+        scores = record.get("ndcg@10") or record.get("monitor ndcg@10") or {}
+        proxy = record.get("overlap@10") or {}
+        kl = record.get("held-out kl") or {}
         loss = record["loss"]
         print(
             f"  {record['stage']:>12} epoch {record['epoch']:3d} "
             f"loss {'-' if loss is None else f'{loss:.4f}'} val "
-            + " ".join(f"{d}:{v:.4f}" for d, v in scores.items()),
+            + " ".join(f"{d}:{v:.4f}" for d, v in scores.items())
+            + (" overlap " + " ".join(f"{d}:{v:.3f}" for d, v in proxy.items()) if proxy else "")
+            + (" kl " + " ".join(f"{d}:{v:.3f}" for d, v in kl.items()) if kl else ""),
             flush=True,
         )
 
+    anchor_ids = read_query_ids(args.query_ids) if args.query_ids else train_ids
+    anchor_ids = [q for q in data["query_ids"] if q in set(anchor_ids)]
+    leaked = set(anchor_ids) & set(test_qrels)
+    if leaked:
+        raise SystemExit(f"{len(leaked)} of the --query-ids are test queries")
+    test_ids = [q for q in data["query_ids"] if q in test_qrels]
+    test_monitor = {
+        "corpus_ids": data["doc_ids"],
+        "query_ids": test_ids,
+        "queries": data["query_vectors"][[row[q] for q in test_ids]],
+        "qrels": {q: test_qrels[q] for q in test_ids},
+    }
+    curves: dict[str, list] = {}
     table: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
     for method in args.methods.split(","):
@@ -109,6 +144,19 @@ def main() -> None:
         elif method == "pca":
             module = fit_pca([data["doc_vectors"]], data["doc_vectors"].shape[1])
             adaptor = Adaptor(module, {"method": "pca", "dimension": module.mean.shape[0]})
+        elif method == "rotation":
+            vectors = torch.nn.functional.normalize(torch.from_numpy(data["doc_vectors"]), dim=-1)
+            adaptor = _wrap(new_adaptor_module(vectors, config).eval(), data)
+        elif method in ("distill", "distill-corpus"):
+            anchors = None
+            if method == "distill":
+                anchors = data["query_vectors"][[row[q] for q in anchor_ids]]
+                print(f"  {len(anchors)} unlabelled queries as anchors", flush=True)
+            result = train_distill(
+                data["doc_vectors"], anchors, config, None, report, monitor_data=test_monitor
+            )
+            curves[method] = result.history
+            adaptor = _wrap(result.module, data)
         elif method == "unsupervised":
             result = train_unsupervised(
                 data["doc_vectors"], config, unsupervised_validation, report
@@ -137,7 +185,17 @@ def main() -> None:
         )
     print(json.dumps({"npz": args.npz, "results": table, "seconds": timings}, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": table, "seconds": timings}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "results": table,
+                    "seconds": timings,
+                    "config": vars(args),
+                    "curves": curves,
+                },
+                indent=2,
+            )
+        )
 
 
 def _wrap(module: torch.nn.Module, data: dict) -> Adaptor:

@@ -208,3 +208,69 @@ class MemorySimilarityLoss(nn.Module):
         return torch.stack(
             [self.topk_loss(anchors * mask, neighbours * mask, similarity) for mask in masks]
         ).mean()
+
+
+class ListwiseDistillationLoss(nn.Module):
+    """Teach every prefix the full-size ranking of each anchor's candidate documents.
+
+    L_distill = sum over m in M of w_m * mean over anchors i of KL(p_i || q_i^m)
+
+        p_i(j)   = softmax over j in C_i of sim(e_i, e_j) / tau          (teacher, full size)
+        q_i^m(j) = softmax over j in C_i of sim_m(f(e_i), f(e_j)) / tau  (student, prefix m)
+
+    C_i are anchor i's candidates (its top-K corpus neighbours in the original space plus
+    random corpus documents); anchors (unlabelled queries, or corpus rows) and documents go
+    through the same f. This is listwise ranking distillation with the full-size embedding as
+    the teacher and each prefix of the adapted one as a student: the softmax-over-candidates
+    KL of RankDistil-style listwise distillation (Reddi et al., "RankDistil: Knowledge
+    Distillation for Ranking", AISTATS 2021) and of the dense-retrieval distillation of
+    Lin, Yang and Lin, "Distilling Dense Representations for Ranking using Tightly-Coupled
+    Teachers" (2020). Unlike L_topk it asks only for the *order* (the relative scores) of a
+    query's documents, not for their absolute cosines.
+
+    ``valid`` (B, C) marks real candidates (False: padding, duplicates, the anchor itself);
+    a masked candidate has zero teacher and student probability.
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        temperature: float = 0.05,
+        dim_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.dims = list(dims)
+        self.temperature = temperature
+        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
+
+    def forward(
+        self,
+        adapted_anchors: torch.Tensor,  # (B, D)
+        adapted_candidates: torch.Tensor,  # (B, C, D)
+        teacher_similarity: torch.Tensor,  # (B, C): full-size cosines of the originals
+        valid: torch.Tensor | None = None,  # (B, C) bool
+    ) -> torch.Tensor:
+        per_size = self.per_size(adapted_anchors, adapted_candidates, teacher_similarity, valid)
+        return (per_size * self.size_weights).sum()
+
+    def per_size(
+        self,
+        adapted_anchors: torch.Tensor,
+        adapted_candidates: torch.Tensor,
+        teacher_similarity: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """mean over anchors of KL(p_i || q_i^m), one value per size m: (|M|,)."""
+        student = prefix_cosine_pairs(
+            adapted_anchors.unsqueeze(1).expand_as(adapted_candidates),
+            adapted_candidates,
+            self.dims,
+        ).movedim(-1, 0)  # (|M|, B, C)
+        teacher = teacher_similarity / self.temperature
+        student = student / self.temperature
+        if valid is not None:
+            teacher = teacher.masked_fill(~valid, -1e4)
+            student = student.masked_fill(~valid, -1e4)
+        log_p = F.log_softmax(teacher, dim=-1)  # (B, C)
+        log_q = F.log_softmax(student, dim=-1)  # (|M|, B, C)
+        return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)  # (|M|,)

@@ -59,6 +59,8 @@ def test_fit_unsupervised_then_apply(tmp_path, store, madapt):
         "32",
         "--topk",
         "3",
+        "--objective",  # the store has queries: distill would be the default
+        "paper",
         "--json",
     )
     assert result.returncode == 0, result.stderr
@@ -167,6 +169,8 @@ def test_fit_unsupervised_validates_on_qrels_queries_without_training_on_them(
         "2",
         "--topk",
         "3",
+        "--objective",  # the store has queries: distill would be the default
+        "paper",
     )
     assert result.returncode == 0, result.stderr
     config = Adaptor.load(tmp_path / "ad").config
@@ -186,6 +190,8 @@ def test_fit_unsupervised_validates_on_qrels_queries_without_training_on_them(
         "1",
         "--topk",
         "3",
+        "--objective",
+        "paper",
     )
     assert plain.returncode == 0, plain.stderr
     plain, validated = Adaptor.load(tmp_path / "plain"), Adaptor.load(tmp_path / "ad")
@@ -198,7 +204,9 @@ def test_fit_store_reports_epochs_of_the_known_total(tmp_path, store):
     from madapt_cli.training.config import TrainConfig
 
     events = []
-    config = TrainConfig(epochs=2, batch_size=32, topk=3, device="cpu", train_dims=[8, 16])
+    config = TrainConfig(
+        epochs=2, batch_size=32, topk=3, device="cpu", train_dims=[8, 16], objective="paper"
+    )
     fit_store(store, tmp_path / "ad", config=config, progress=events.append)
     assert [(e.done, e.total) for e in events] == [(1, 2), (2, 2), (2, 2)]
     assert events[-1].finished and "unsupervised epoch 2 loss" in events[-1].message

@@ -181,7 +181,7 @@ def test_fit_with_a_diverging_loss_exits_2_and_writes_nothing(tmp_path, monkeypa
     loss, _ = _nan_from_call(2, training.UnsupervisedObjective.__call__)
     monkeypatch.setattr(training.UnsupervisedObjective, "__call__", loss)
     store, _ = make_store(tmp_path)
-    result = madapt("fit", store, "--out", tmp_path / "ad", *FIT)
+    result = madapt("fit", store, "--out", tmp_path / "ad", *FIT, "--objective", "paper")
     line = one_line_error(result)
     assert "training diverged" in line and "nothing was written" in line
     assert not (tmp_path / "ad").exists()

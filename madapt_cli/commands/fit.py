@@ -25,6 +25,28 @@ def register(app: typer.Typer) -> None:
             help="Train qrels (query-id, corpus-id, score): supervised "
             "training data; for unsupervised, validation queries for early stopping.",
         ),
+        objective: str = typer.Option(
+            "auto",
+            "--objective",
+            help="Unsupervised objective: distill (learn each prefix's ranking from the "
+            "full-size one of unlabelled queries, or of corpus rows without queries, keeping "
+            "the untrained start unless a label-free proxy says training beats it), paper "
+            "(L_topk + L_pair + L_rec on the corpus, the paper's), or auto (distill).",
+        ),
+        queries_table: str | None = typer.Option(
+            None,
+            "--queries-table",
+            help="Unsupervised distill: the table of unlabelled queries to learn from "
+            "(default 'queries' when the store has it: ALL its queries are used, except "
+            "those of --qrels/--dev-qrels, unless --query-ids says which). Never include the "
+            "queries you will evaluate on.",
+        ),
+        query_ids: Path | None = typer.Option(
+            None,
+            "--query-ids",
+            help="Unsupervised distill: learn only from these queries: a qrels file "
+            "(judgements ignored, e.g. qrels/train.tsv) or one query id a line.",
+        ),
         dev_qrels: Path | None = typer.Option(
             None, "--dev-qrels", help="Validation qrels (default: 20% of the train queries)."
         ),
@@ -136,6 +158,7 @@ def register(app: typer.Typer) -> None:
             temperature=tau,
             hard_negatives=hard_negatives,
             patience=patience,
+            objective=objective,
         )
         fitter = get_method(method, "--method")
         if lr is not None and fitter.one_learning_rate:
@@ -163,6 +186,8 @@ def register(app: typer.Typer) -> None:
                 options=options,
                 resume=resume,
                 overwrite=overwrite,
+                queries_table=queries_table,
+                query_ids_path=query_ids,
             )
         _print_summary(result, out, as_json)
 
@@ -180,16 +205,23 @@ def _train_config(mode: str, *, lr: float | None, **settings: Any) -> Any:
         seed=settings.pop("seed"),
         train_dims=settings.pop("train_dims"),
         rotation=settings.pop("rotation"),
+        objective=settings.pop("objective"),
     )
+    # unsupervised distill (--objective auto/distill): --epochs, --lr, --tau set its own
+    distill = not supervised and config.objective != "paper"
     settings["supervised_epochs" if supervised else "epochs"] = epochs
     if supervised:
         settings["epochs"] = stage1_epochs
     settings["supervised_lr" if supervised else "lr"] = lr
+    if distill:
+        settings["distill_epochs"] = settings.pop("epochs")
+        settings["distill_lr"] = settings.pop("lr")
+        settings["distill_temperature"] = settings.pop("temperature")
     for key, value in settings.items():
         if value is not None:
             setattr(config, key, value)
     # --epochs 0 keeps the untrained start (the principal rotation, or the identity)
-    for key in ("epochs", "supervised_epochs"):
+    for key in ("epochs", "supervised_epochs", "distill_epochs"):
         if getattr(config, key) < 0:
             raise InputError("--epochs must not be negative")
     for key in ("batch_size", "topk", "patience"):
@@ -211,11 +243,42 @@ def _print_summary(result: dict[str, Any], out: Path, as_json: bool) -> None:
                 "dimension": result["dimension"],
                 "train_dims": result.get("train_dims"),
                 "best_validation": result.get("best_validation"),
+                "objective": result.get("objective"),
+                "learned_from_queries": _learned(result),
                 "epochs_run": len(result.get("validation_curve") or []),
                 "training_data_sha256": result["training_data_sha256"],
             }
         )
         return
     best = result.get("best_validation")
-    extra = f", best validation nDCG@10 {best['score']:.4f}" if best else ""
+    extra = ""
+    if best and "overlap@10" in best:
+        sizes = " ".join(f"{d}:{v:.3f}" for d, v in best["overlap@10"].items())
+        kl = best.get("held-out kl")
+        chosen = "distillation loss" if kl and best["score"] <= 0 else "overlap@10"
+        losses = " ".join(f"{d}:{v:.3f}" for d, v in (kl or {}).items())
+        extra = (
+            f", checkpoint epoch {best['epoch']} chosen without labels by the {chosen} of "
+            f"held-out anchors (overlap@10 {sizes}" + (f"; loss {losses})" if kl else ")")
+        )
+    elif best:
+        extra = f", best validation nDCG@10 {best['score']:.4f} (epoch {best['epoch']})"
     console.out.print(f"wrote {result['method']} adaptor '{result['name']}' to {out}{extra}")
+    if result.get("objective") == "distill":
+        learned = _learned(result)
+        if learned is None:
+            console.out.print(
+                "objective distill on corpus rows (no queries table): no unlabelled queries used"
+            )
+        else:
+            console.out.print(
+                f"objective distill: learned from {learned['count']} unlabelled queries "
+                f"({learned['selected_by']}); do not evaluate on them"
+            )
+
+
+def _learned(result: dict[str, Any]) -> dict[str, Any] | None:
+    learned = result.get("learned_from_queries")
+    if not isinstance(learned, dict):
+        return None
+    return {k: learned.get(k) for k in ("table", "selected_by", "count", "sha256")}

@@ -53,6 +53,15 @@ class TrainingData:
     mode: str = "unsupervised"
     qrels: Qrels | None = None
     dev_qrels: Qrels | None = None
+    #: unsupervised objective: "paper" (corpus only), or "distill" (unlabelled queries as
+    #: anchors when ``queries_table`` is set, else corpus rows)
+    objective: str = "paper"
+    #: the table of unlabelled queries to learn from (None: none, corpus only)
+    queries_table: str | None = None
+    #: which of its queries (None: all of them, less the --qrels/--dev-qrels queries)
+    anchor_ids: list[str] | None = None
+    #: how they were chosen, for config.json and the summary ("--query-ids FILE")
+    anchor_source: str | None = None
 
     @property
     def supervised(self) -> bool:
@@ -80,6 +89,34 @@ class TrainingData:
         only when there are qrels (else none); at least 2 corpus rows."""
         return self._vectors
 
+    @cached_property
+    def anchors(self) -> tuple[list[str], np.ndarray] | None:
+        """(ids, vectors) of the unlabelled queries to learn from; None when there are none
+        (corpus only). Without ``anchor_ids``: every query of the table except those judged
+        in --qrels / --dev-qrels (they validate). :class:`InputError` when none is left."""
+        if self.queries_table is None:
+            return None
+        self.store.require_table(self.queries_table)
+        check_tables_agree(self.store, self.queries_table, "corpus")
+        ids, vectors = self.store.read_vectors(self.queries_table)
+        row = {query_id: i for i, query_id in enumerate(ids)}
+        if self.anchor_ids is not None:
+            wanted = [q for q in self.anchor_ids if q in row]
+            if not wanted:
+                raise InputError(
+                    f"none of the {len(self.anchor_ids)} ids of {self.anchor_source} is a "
+                    f"query of table '{self.queries_table}'"
+                )
+        else:
+            judged = set(self.qrels or {}) | set(self.dev_qrels or {})
+            wanted = [q for q in ids if q not in judged]
+            if not wanted:
+                raise InputError(
+                    f"table '{self.queries_table}' has no query outside the --qrels/--dev-qrels "
+                    "queries to learn from"
+                )
+        return wanted, vectors[[row[q] for q in wanted]]
+
     def validation(self) -> dict[str, Any] | None:
         """Unsupervised training's validation data: the dev qrels (else the train qrels)
         queries that have a vector; None without qrels."""
@@ -97,7 +134,9 @@ class TrainingData:
         queries and the train qrels (the only data the weights depend on)."""
         corpus_ids, corpus, query_ids, queries = self.read()
         labelled = (query_ids, queries, self.qrels) if self.supervised else ()
-        return training_fingerprint(corpus_ids, corpus, *labelled)
+        anchors = self.anchors if not self.supervised and self.objective == "distill" else None
+        unlabelled = anchors if anchors is not None else ()
+        return training_fingerprint(corpus_ids, corpus, *labelled, *unlabelled)
 
 
 @dataclass
@@ -124,6 +163,9 @@ class Method(ABC):
     one_learning_rate: ClassVar[bool] = False
     #: ``--mode supervised`` needs ``--qrels``
     supervised_needs_qrels: ClassVar[bool] = True
+    #: ``--mode unsupervised`` takes ``--objective`` and learns from unlabelled queries
+    #: (``--queries-table``, ``--query-ids``)
+    learns_from_queries: ClassVar[bool] = False
 
     # --- options --------------------------------------------------------------------------
     def cli_options(self, values: dict[str, Any]) -> Any:

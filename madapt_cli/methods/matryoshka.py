@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from madapt_cli.data import Qrels
+from madapt_cli.errors import InputError
 from madapt_cli.methods.base import Fitted, Method, TrainingData
+from madapt_cli.training.anchors import anchor_record
 from madapt_cli.training.config import EpochCallback, TrainConfig, TrainResult, seed_everything
 from madapt_cli.training.loop import EpochOrder, Stage, fit_loop
 from madapt_cli.training.modules import (
@@ -28,9 +30,14 @@ from madapt_cli.training.modules import (
     check_architecture,
     principal_rotation,
 )
-from madapt_cli.training.objectives import SupervisedObjective, UnsupervisedObjective
+from madapt_cli.training.objectives import (
+    DistillationObjective,
+    SupervisedObjective,
+    UnsupervisedObjective,
+)
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.training.validation import (
+    RankingProxy,
     build_validation,
     split_training_queries,
     training_queries,
@@ -81,6 +88,105 @@ def train_unsupervised(
         return objective(module, order.next(gen))
 
     stage = Stage("unsupervised", config.epochs, steps, config.lr)
+    history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
+    return TrainResult(module.cpu().eval(), history, best, mined)
+
+
+def distill_train_dims(dimension: int) -> list[int]:
+    """``--objective distill``'s default sizes: powers of two from 32, plus the full size
+    (16 is left out: training it too costs 0.005-0.01 nDCG@10 at 64 and 128 on SciFact)."""
+    dims = default_train_dims(dimension)
+    return [d for d in dims if d >= 32] or dims
+
+
+def train_distill(
+    corpus: np.ndarray,
+    anchors: np.ndarray | None,
+    config: TrainConfig,
+    validation_data: dict[str, Any] | None = None,
+    on_epoch: EpochCallback | None = None,
+    monitor_data: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Unsupervised listwise distillation (``--objective distill``): each trained prefix
+    learns the full-size ranking of the top ``config.distill_topk`` corpus rows (plus random
+    ones) of each anchor. ``anchors``: unlabelled query vectors; None: corpus rows (at most
+    ``config.distill_max_anchors``, drawn with the seed).
+
+    ``config.proxy_fraction`` of the anchors are held out (not trained on) for the label-free
+    proxy (:class:`RankingProxy`), which chooses the checkpoint, the untrained start (epoch 0)
+    included, with early stopping after ``config.patience`` epochs without gain: the lowest
+    held-out L_distill averaged over the sizes below the full one (``config.proxy`` "kl"),
+    or the highest overlap@10 ("overlap"). With corpus rows as anchors a checkpoint must also
+    reach the start's overlap@10 at every size, else the start is kept. With
+    ``validation_data`` (judged queries, ``--qrels``) their nDCG@10 chooses instead, as for
+    ``--objective paper``. ``monitor_data`` (bench only): judged queries whose nDCG@10 is
+    recorded at each epoch without steering anything."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    dimension = corpus.shape[1]
+    dims = check_train_dims(config.train_dims or distill_train_dims(dimension), dimension)
+    vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
+    module = new_adaptor_module(vectors, config)
+    rng = np.random.default_rng(config.seed)
+    if anchors is None:
+        count = min(len(vectors), config.distill_max_anchors)
+        rows = np.sort(rng.permutation(len(vectors))[:count])
+        anchor_vectors = vectors[torch.from_numpy(rows).to(device)]
+    else:
+        rows = None
+        anchor_vectors = F.normalize(
+            torch.tensor(np.asarray(anchors, np.float32)).to(device), dim=-1
+        )
+    if len(anchor_vectors) == 0:
+        raise InputError("no anchors to learn from: the queries table has no selected query")
+    order_all = rng.permutation(len(anchor_vectors))
+    held = round(len(anchor_vectors) * config.proxy_fraction) if len(anchor_vectors) >= 10 else 0
+    if validation_data:  # judged queries choose: every anchor trains
+        held = 0
+    proxy_index, train_index = np.sort(order_all[:held]), np.sort(order_all[held:])
+    started = time.perf_counter()
+    train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
+    objective = DistillationObjective(
+        vectors,
+        anchor_vectors[torch.from_numpy(train_index).to(device)],
+        dims,
+        config,
+        config.dim_weights(dims),
+        train_rows,
+    )
+    mined = time.perf_counter() - started
+    validation = build_validation(vectors, validation_data, dims, config, device)
+    if validation is None and held > 0:
+        selection = config.validation_dims or [d for d in dims if d < dimension] or [dimension]
+        validation = RankingProxy(
+            vectors,
+            anchor_vectors[torch.from_numpy(proxy_index).to(device)],
+            sorted(set(dims) | set(selection)),
+            selection,
+            None if rows is None else rows[proxy_index],
+            build_validation(vectors, monitor_data, dims, config, device),
+            held_out_kl=DistillationObjective(
+                vectors,
+                anchor_vectors[torch.from_numpy(proxy_index).to(device)],
+                dims,
+                config,
+                None,
+                None if rows is None else torch.from_numpy(rows[proxy_index]).to(device),
+            ).held_out_kl,
+            select_by_kl=config.proxy == "kl",
+            # corpus rows as anchors did not reliably beat the start (docs/benchmarks.md):
+            # a checkpoint must match the start's overlap@10 at every size to replace it
+            no_size_below_start=rows is not None,
+        )
+    batch_size = min(config.batch_size, len(train_index))
+    steps = math.ceil(len(train_index) / batch_size)
+    generator = device_generator(device, config.seed)
+    order = EpochOrder(len(train_index), batch_size, device)
+
+    def step(gen: torch.Generator) -> torch.Tensor:
+        return objective(module, order.next(gen), gen)
+
+    stage = Stage("distill", config.distill_epochs, steps, config.distill_lr)
     history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
     return TrainResult(module.cpu().eval(), history, best, mined)
 
@@ -147,6 +253,7 @@ class Matryoshka(Method):
     unsupervised then supervised (``--stage1-epochs 0`` skips the first stage)."""
 
     name = "matryoshka"
+    learns_from_queries = True
 
     def check_config(self, config: dict[str, Any], config_path: Path) -> None:
         check_architecture(config.get("architecture"), "'architecture'", config_path)
@@ -181,13 +288,25 @@ class Matryoshka(Method):
                 progress,
                 two_stage=two_stage,
             )
+        elif data.objective == "distill":
+            validation = data.validation()
+            anchors = data.anchors
+            progress.plan([config.distill_epochs])
+            result = train_distill(
+                corpus, None if anchors is None else anchors[1], config, validation, progress
+            )
         else:
             validation = data.validation()
             progress.plan([config.epochs])
             result = train_unsupervised(corpus, config, validation, progress)
+        learned = None
+        if not data.supervised and data.anchors is not None and data.objective == "distill":
+            learned = anchor_record(str(data.queries_table), data.anchors[0], data.anchor_source)
         record = {
             "architecture": {"type": "residual_mlp", **architecture(config, data.dimension)},
             "mode": data.mode,
+            **({} if data.supervised else {"objective": data.objective}),
+            **({} if learned is None else {"learned_from_queries": learned}),
             "train_dims": config.train_dims,
             "training_rows": len(corpus_ids),
             "training_data_sha256": data.sha256(),

@@ -38,6 +38,7 @@ from madapt_cli.store.base import (
     table_fingerprint,
     vector_columns,
 )
+from madapt_cli.training.anchors import learned_overlap
 from madapt_cli.util.device import resolve_device
 from madapt_cli.util.dims import parse_dims
 from madapt_cli.util.hashing import file_fingerprint
@@ -343,6 +344,15 @@ class _Evaluation:
                 f"judgement of relevance >= {RELEVANCE_LEVEL}: they score 0 on every metric and "
                 "count in the means, as in trec_eval"
             )
+        for path, adaptor in self.adaptors:  # leakage: queries an adaptor learned from
+            learned = learned_overlap(adaptor.config.get("learned_from_queries"), query_ids)
+            if learned:
+                self.warn(
+                    f"adaptor {adaptor.name!r} ({path}) learned from {learned:,} of the "
+                    f"{len(query_ids):,} evaluated queries (unlabelled, as distillation "
+                    "anchors): its figures on them are optimistic; evaluate on queries it did "
+                    "not learn from (fit with --query-ids of the train split)"
+                )
         self.queries = all_queries[[position[q] for q in query_ids]]
         self.num_docs = self.store.num_rows(options.corpus_table)
         if not self.num_docs:

@@ -11,7 +11,9 @@ from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Method, TrainingData, get_method
+from madapt_cli.methods.matryoshka import distill_train_dims
 from madapt_cli.store.base import open_store, require_raw_vectors
+from madapt_cli.training.anchors import read_query_ids
 from madapt_cli.training.config import EpochCallback, TrainConfig
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.util.dims import check_train_dims, default_train_dims
@@ -36,6 +38,8 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     options: Any = None,
     resume: str | Path | None = None,
     overwrite: bool = False,
+    queries_table: str | None = None,
+    query_ids_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit an adaptor on the ``corpus`` (and ``queries``) tables of a store and write the
     artifact directory ``out`` (atomically: a failed fit leaves no partial artifact).
@@ -44,18 +48,29 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     and only an adaptor madapt wrote is replaced, with ``overwrite``. ``options``: the
     method's own (e.g. :class:`madapt_cli.methods.smec.SMECOptions`; None: its defaults);
     ``resume``: an adaptor to continue (SMEC). ``on_epoch`` gets each epoch record,
-    ``progress`` a ProgressEvent(task="fit", unit="epochs") per epoch. Returns the
-    artifact's config."""
+    ``progress`` a ProgressEvent(task="fit", unit="epochs") per epoch.
+
+    Unsupervised with a method that learns from queries (matryoshka): ``config.objective``
+    "auto" (default) and "distill" learn the full-size ranking from the unlabelled queries
+    of ``queries_table`` (None: the ``queries`` table when the store has one), all of them
+    but the --qrels/--dev-qrels ones, or those listed in ``query_ids_path`` (a qrels file,
+    judgements ignored, or one id a line); without queries from the corpus rows. "paper":
+    the paper's losses, as before. Returns the artifact's config."""
     config = config or TrainConfig()
     fitter = get_method(method, "--method")
     if mode not in MODES:
         raise InputError(f"unknown --mode {mode!r}: use unsupervised or supervised")
     out = Path(out)
-    inputs = (store_path, qrels_path, dev_qrels_path, resume)  # OUT may not touch any of them
+    # OUT may not touch any of them
+    inputs = (store_path, qrels_path, dev_qrels_path, resume, query_ids_path)
     check_output(out, "adaptor", overwrite=overwrite, inputs=inputs)
+    default_sizes = config.train_dims is None
     data, options = _training_data(
         store_path, fitter, mode, config, options, qrels_path, dev_qrels_path
     )
+    _choose_objective(data, fitter, config, queries_table, query_ids_path)
+    if default_sizes and data.objective == "distill":
+        config.train_dims = distill_train_dims(data.dimension)
     epochs = EpochProgress(on_epoch, progress)
     fitted = fitter.fit(data, config, options, epochs, resume)
     epochs.finish()
@@ -79,6 +94,42 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     with staged_output(out, "adaptor", overwrite=overwrite, inputs=inputs) as staging:
         adaptor.save(staging)
     return adaptor.config
+
+
+def _choose_objective(
+    data: TrainingData,
+    method: Method,
+    config: TrainConfig,
+    queries_table: str | None,
+    query_ids_path: str | Path | None,
+) -> None:
+    """Set ``data``'s objective and unlabelled queries from the options (see fit_store)."""
+    learns = not data.supervised and method.learns_from_queries
+    asked = config.objective != "auto" or queries_table is not None or query_ids_path is not None
+    if not learns:
+        if asked:
+            raise InputError(
+                "--objective, --queries-table and --query-ids apply to --mode unsupervised "
+                f"with --method matryoshka, not --mode {data.mode} --method {method.name}"
+            )
+        return
+    data.objective = "paper" if config.objective == "paper" else "distill"
+    if data.objective == "paper":
+        if queries_table is not None or query_ids_path is not None:
+            raise InputError(
+                "--objective paper learns from the corpus only: drop --queries-table/--query-ids"
+            )
+        return
+    table = queries_table or "queries"
+    if queries_table is None and query_ids_path is None and not data.store.has_table(table):
+        return  # corpus only: distill on corpus rows, the start kept unless it is beaten
+    data.store.require_table(table)
+    data.queries_table = table
+    if query_ids_path is not None:
+        data.anchor_ids = read_query_ids(query_ids_path)
+        data.anchor_source = f"--query-ids {query_ids_path}"
+    elif data.qrels is not None or data.dev_qrels is not None:
+        data.anchor_source = f"all of the '{table}' table but the --qrels/--dev-qrels queries"
 
 
 def _training_data(

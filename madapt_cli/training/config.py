@@ -59,13 +59,23 @@ def _group(
 
 #: (field, valid, what it must be), checked in this order by TrainConfig.validate
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
-    *_group("epochs supervised_epochs hard_negatives", _count(0), "a whole number >= 0"),
+    *_group(
+        "epochs supervised_epochs hard_negatives distill_epochs distill_random",
+        _count(0),
+        "a whole number >= 0",
+    ),
+    *_group("distill_topk distill_max_anchors", _count(1), "a whole number >= 1"),
+    *_group("distill_temperature distill_lr", _positive, "a positive finite number"),
     *_group("batch_size query_batch_size topk patience depth", _count(1), "a whole number >= 1"),
     *_group("hidden positives_per_query", _optional(_count(1)), "a whole number >= 1"),
     *_group("lr supervised_lr temperature", _positive, "a positive finite number"),
-    *_group("weight_decay alpha beta gamma", _optional(_non_negative), "a finite number >= 0"),
     *_group(
-        "validation_fraction",
+        "weight_decay alpha beta gamma distill_rec_weight",
+        _optional(_non_negative),
+        "a finite number >= 0",
+    ),
+    *_group(
+        "validation_fraction proxy_fraction",
         lambda value: is_number(value) and 0 < value < 1,
         "a fraction strictly between 0 and 1",
     ),
@@ -75,7 +85,17 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "a whole number in 0..4294967295",
     ),
     *_group("train_dims validation_dims", _sizes, "whole numbers >= 1"),
-    *_group("dim_weighting", lambda value: value in ("equal", "small"), "'equal' or 'small'"),
+    *_group("proxy", lambda value: value in ("kl", "overlap"), "'kl' or 'overlap'"),
+    *_group(
+        "objective",
+        lambda value: value in ("auto", "distill", "paper"),
+        "'auto', 'distill' or 'paper'",
+    ),
+    *_group(
+        "dim_weighting",
+        lambda value: value in ("equal", "small", "full"),
+        "'equal', 'small' or 'full'",
+    ),
     *_group("activation", lambda value: value in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
 ]
 
@@ -109,6 +129,19 @@ class TrainConfig:
     dim_weighting: str = "equal"  # or "small": weight 1 + log2(D / m) on size m
     seed: int = 0
     device: str = "auto"
+    # --- unsupervised objective (--objective): "auto" = distill when unlabelled queries are
+    # given or found, else distill on corpus rows with checkpoint choice by the proxy;
+    # "paper" = L_topk + L_pair + L_rec (the paper's, exactly as before)
+    objective: str = "auto"
+    distill_topk: int = 100  # full-size neighbours per anchor (teacher candidates)
+    distill_random: int = 64  # random corpus rows added to every anchor's candidates per step
+    distill_temperature: float = 0.05
+    distill_lr: float = 1e-3
+    distill_rec_weight: float = 0.0  # weight of L_rec (stay near the start) beside L_distill
+    distill_epochs: int = 16
+    distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
+    proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
+    proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in
@@ -132,6 +165,8 @@ class TrainConfig:
             "seed": "--seed",
             "device": "--device",
         }
+        if mode != "supervised":  # distill (--objective auto/distill) has its own settings
+            cli.update(distill_epochs="--epochs", distill_lr="--lr", distill_temperature="--tau")
         if mode == "supervised":
             cli.update(epochs="--stage1-epochs", supervised_epochs="--epochs")
             if one_learning_rate:
@@ -157,6 +192,8 @@ class TrainConfig:
             return [1.0] * len(dims)
         if self.dim_weighting == "small":
             return [1.0 + math.log2(max(dims) / m) for m in dims]
+        if self.dim_weighting == "full":  # the largest size weighs as much as all the others
+            return [1.0] * (len(dims) - 1) + [float(max(1, len(dims) - 1))]
         raise InputError(f"unknown dim weighting {self.dim_weighting!r}: use equal or small")
 
     def weights(self, mode: str) -> dict[str, float]:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from madapt_cli.losses import (
+    ListwiseDistillationLoss,
     PairwiseSimilarityLoss,
     RankingLoss,
     ReconstructionLoss,
     TopKSimilarityLoss,
 )
-from madapt_cli.retrieval.search import mine_topk
+from madapt_cli.retrieval.search import mine_topk, search_topk
 from madapt_cli.training.config import TrainConfig
 
 
@@ -129,3 +131,91 @@ class SupervisedObjective:
         documents = module(self.corpus[candidates])
         loss = self.weights["rank"] * self.rank_loss(queries, documents, relevance)
         return loss + self.unsupervised.terms(module, corpus_batch, self.weights)
+
+
+def self_exclusions(anchor_rows: torch.Tensor | None) -> np.ndarray | None:
+    """(anchor, corpus row) pairs that a search must skip: each anchor that is a corpus row
+    (corpus-only anchors) is not its own neighbour. None when anchors are queries."""
+    if anchor_rows is None:
+        return None
+    rows = anchor_rows.cpu().numpy().astype(np.int64)
+    return np.stack([np.arange(len(rows), dtype=np.int64), rows], axis=1)
+
+
+class DistillationObjective:
+    """L_distill (:class:`~madapt_cli.losses.ListwiseDistillationLoss`) of a batch of anchors.
+
+    Each anchor's candidates are its ``config.distill_topk`` nearest corpus rows in the
+    original full-size space (mined exactly, once) plus ``config.distill_random`` random
+    corpus rows drawn per step (shared by the batch). ``anchors`` are unit vectors:
+    unlabelled queries, or corpus rows (``anchor_rows``: their rows, never their own
+    candidates).
+    """
+
+    def __init__(
+        self,
+        corpus: torch.Tensor,
+        anchors: torch.Tensor,
+        dims: Sequence[int],
+        config: TrainConfig,
+        dim_weights: Sequence[float] | None = None,
+        anchor_rows: torch.Tensor | None = None,
+    ) -> None:
+        self.corpus, self.anchors, self.anchor_rows = corpus, anchors, anchor_rows
+        depth = min(config.distill_topk, corpus.shape[0])
+        scores, index = search_topk(
+            anchors, corpus, depth, device=corpus.device, exclude=self_exclusions(anchor_rows)
+        )
+        self.teacher = torch.from_numpy(scores).to(corpus.device)
+        self.neighbours = torch.from_numpy(index).to(corpus.device)
+        self.random = config.distill_random
+        self.rec_weight, self.rec_loss = config.distill_rec_weight, ReconstructionLoss()
+        self.loss = ListwiseDistillationLoss(dims, config.distill_temperature, dim_weights).to(
+            corpus.device
+        )
+
+    def candidates(
+        self, batch: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate corpus rows (B, C), their full-size cosines to the anchors (B, C) and
+        which are real (B, C): padding, duplicates and the anchor itself are not."""
+        rows = self.neighbours[batch]
+        valid = rows >= 0
+        teacher = torch.where(valid, self.teacher[batch], 0.0)
+        if self.random > 0:
+            count = self.corpus.shape[0]
+            extra = torch.randint(count, (self.random,), generator=generator, device=batch.device)
+            extra_rows = extra.expand(len(batch), -1)
+            extra_valid = ~(extra_rows.unsqueeze(-1) == rows.unsqueeze(1)).any(-1)
+            if self.anchor_rows is not None:
+                extra_valid &= extra_rows != self.anchor_rows[batch].unsqueeze(1)
+            extra_teacher = self.anchors[batch] @ self.corpus[extra].T
+            rows = torch.cat([rows, extra_rows], dim=1)
+            valid = torch.cat([valid, extra_valid], dim=1)
+            teacher = torch.cat([teacher, extra_teacher], dim=1)
+        return rows, teacher, valid
+
+    def __call__(
+        self, module: torch.nn.Module, batch: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        rows, teacher, valid = self.candidates(batch, generator)
+        unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
+        adapted = module(self.corpus[unique])
+        documents = adapted[inverse].view(*rows.shape, -1)
+        loss = self.loss(module(self.anchors[batch]), documents, teacher, valid)
+        if self.rec_weight > 0:
+            original = self.corpus[unique]
+            loss = loss + self.rec_weight * self.rec_loss(module.start(original), adapted)
+        return loss
+
+    @torch.no_grad()
+    def held_out_kl(self, module: torch.nn.Module, seed: int = 0) -> dict[str, float]:
+        """The label-free distillation proxy: L_distill per size on all of this objective's
+        anchors (held out from training), with one fixed draw of random candidates."""
+        generator = torch.Generator(device=self.corpus.device).manual_seed(seed)
+        batch = torch.arange(len(self.anchors), device=self.corpus.device)
+        rows, teacher, valid = self.candidates(batch, generator)
+        unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
+        documents = module(self.corpus[unique])[inverse].view(*rows.shape, -1)
+        per_size = self.loss.per_size(module(self.anchors), documents, teacher, valid)
+        return {str(d): float(v) for d, v in zip(self.loss.dims, per_size, strict=True)}

@@ -18,6 +18,12 @@ def describe_epoch(record: dict[str, Any]) -> str:
         text += f" loss {loss:.4f}"
     if scores:
         text += " val " + " ".join(f"{d}:{v:.3f}" for d, v in scores.items())
+    proxy = record.get("overlap@10") or {}
+    if proxy:
+        text += " proxy overlap@10 " + " ".join(f"{d}:{v:.3f}" for d, v in proxy.items())
+    held_out = record.get("held-out kl") or {}
+    if held_out:
+        text += " held-out loss " + " ".join(f"{d}:{v:.3f}" for d, v in held_out.items())
     return text
 
 

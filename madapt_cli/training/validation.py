@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
 from madapt_cli.retrieval.evaluate import ndcg_at_10
+from madapt_cli.retrieval.search import search_topk, search_topk_prefixes
 from madapt_cli.training.config import TrainConfig
 
 
@@ -70,6 +71,88 @@ class Validation:
         }
         selected = float(np.mean([scores[str(d)] for d in self.selection_dims]))
         return {"ndcg@10": scores, "score": selected}
+
+
+PROXY_METRIC = "overlap@10"
+
+
+def topk_overlap(reference: np.ndarray, found: np.ndarray) -> float:
+    """Mean over rows of |reference_i & found_i| / k: how much of each full-size top-k
+    (``reference``, (A, k) corpus rows; -1 pads) a prefix top-k (``found``) reproduces."""
+    if reference.size == 0:
+        return 0.0
+    hits = (reference[:, :, None] == found[:, None, :]) & (reference[:, :, None] >= 0)
+    wanted = np.maximum((reference >= 0).sum(axis=1), 1)
+    return float((hits.any(axis=2).sum(axis=1) / wanted).mean())
+
+
+class RankingProxy:
+    """The label-free proxy: overlap@10 of held-out unlabelled anchors (queries, or corpus
+    rows when ``anchor_rows`` says which), i.e. how much of each anchor's full-size top-10
+    over the original corpus the top-10 of the adapted vectors truncated to m reproduces,
+    at each size m. Its ``score`` (what checkpoint choice maximises) is the mean over the
+    selection sizes. ``monitor`` (optional, a :class:`Validation`) adds its nDCG@10 to each
+    record without steering the choice (bench/quality.py measures the proxy against it)."""
+
+    def __init__(  # noqa: PLR0913 - data, sizes, the report-only monitor, the KL proxy
+        self,
+        corpus: torch.Tensor,
+        anchors: torch.Tensor,
+        dims: Sequence[int],
+        selection_dims: Sequence[int],
+        anchor_rows: np.ndarray | None = None,
+        monitor: Validation | None = None,
+        k: int = 10,
+        held_out_kl: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        select_by_kl: bool = False,
+        no_size_below_start: bool = False,
+    ) -> None:
+        self.corpus, self.anchors, self.k = corpus, anchors, k
+        self.dims, self.selection_dims = list(dims), list(selection_dims)
+        self.exclude = None
+        if anchor_rows is not None:
+            rows = np.asarray(anchor_rows, np.int64)
+            self.exclude = np.stack([np.arange(len(rows), dtype=np.int64), rows], axis=1)
+        _, self.reference = search_topk(
+            anchors, corpus, k, device=corpus.device, exclude=self.exclude
+        )
+        self.monitor = monitor
+        self.held_out_kl = held_out_kl
+        self.select_by_kl = select_by_kl and held_out_kl is not None
+        self.no_size_below_start = no_size_below_start
+        self.start: dict[str, Any] | None = None
+
+    def keeps_full_size(self, record: dict[str, Any]) -> bool:
+        """With ``no_size_below_start``, a checkpoint is eligible only if its overlap@10 is
+        at least the start's (the first record) at every selection size."""
+        if not self.no_size_below_start or self.start is None:
+            return True
+        start, now = self.start[PROXY_METRIC], record[PROXY_METRIC]
+        return all(now[str(d)] >= start[str(d)] - 1e-9 for d in self.selection_dims)
+
+    @torch.no_grad()
+    def __call__(self, module: torch.nn.Module) -> dict[str, Any]:
+        was_training = module.training
+        module.eval()
+        corpus = torch.cat([module(c) for c in self.corpus.split(65_536)])
+        anchors = torch.cat([module(q) for q in self.anchors.split(65_536)])
+        kl = self.held_out_kl(module) if self.held_out_kl is not None else None
+        module.train(was_training)
+        found = search_topk_prefixes(
+            anchors, corpus, self.dims, self.k, device=self.corpus.device, exclude=self.exclude
+        )
+        scores = {str(d): topk_overlap(self.reference, found[d][1]) for d in self.dims}
+        selected = float(np.mean([scores[str(d)] for d in self.selection_dims]))
+        record: dict[str, Any] = {PROXY_METRIC: scores, "score": selected}
+        if kl is not None:
+            record["held-out kl"] = kl
+            if self.select_by_kl:  # lower is better: the score is minus the mean KL
+                record["score"] = -float(np.mean([kl[str(d)] for d in self.selection_dims]))
+        if self.monitor is not None:
+            record["monitor ndcg@10"] = self.monitor(module)["ndcg@10"]
+        if self.start is None:
+            self.start = record
+        return record
 
 
 def split_training_queries(
