@@ -75,7 +75,8 @@ def run_quickstart(
     paths = QuickstartPaths(out)
     fits = [
         ("pca", dict(method="pca")),
-        ("unsupervised", dict(mode="unsupervised")),
+        # learns from the unlabelled train-split queries only: never from the test queries
+        ("unsupervised", dict(mode="unsupervised", query_ids_path=train_qrels)),
         ("supervised", dict(mode="supervised", qrels_path=train_qrels)),
     ]
     adaptors = [paths.adaptor(name) for name, _ in fits]
