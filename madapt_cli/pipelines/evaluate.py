@@ -295,6 +295,7 @@ class _Evaluation:
         check_tables_agree(store, options.queries_table, options.corpus_table)
         self.corpus_meta = store.metadata(options.corpus_table)
         query_meta = store.metadata(options.queries_table)
+        self.adaptors: list[tuple[Path, Adaptor]] = []
         self.stored = stored_columns(store, options)
         if self.stored:
             return
@@ -307,7 +308,6 @@ class _Evaluation:
             else [d for d in DEFAULT_DIMS if d < dimension] or [dimension],
             dimension,
         )
-        self.adaptors: list[tuple[Path, Adaptor]] = []
         for path in options.adaptors:
             adaptor = Adaptor.load(path)
             adaptor.check_vectors_metadata(
