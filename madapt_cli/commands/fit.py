@@ -189,7 +189,7 @@ def register(app: typer.Typer) -> None:
                 queries_table=queries_table,
                 query_ids_path=query_ids,
             )
-        _print_summary(result, out, as_json)
+        _print_summary(result.config, out, as_json)
 
 
 def _train_config(mode: str, *, lr: float | None, **settings: Any) -> Any:

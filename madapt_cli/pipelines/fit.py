@@ -40,7 +40,7 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     overwrite: bool = False,
     queries_table: str | None = None,
     query_ids_path: str | Path | None = None,
-) -> dict[str, Any]:
+) -> Adaptor:
     """Fit an adaptor on the ``corpus`` (and ``queries``) tables of a store and write the
     artifact directory ``out`` (atomically: a failed fit leaves no partial artifact).
 
@@ -55,7 +55,8 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     of ``queries_table`` (None: the ``queries`` table when the store has one), all of them
     but the --qrels/--dev-qrels ones, or those listed in ``query_ids_path`` (a qrels file,
     judgements ignored, or one id a line); without queries from the corpus rows. "paper":
-    the paper's losses, as before. Returns the artifact's config."""
+    the paper's losses, as before. Returns the written :class:`Adaptor` (its ``config`` is
+    config.json)."""
     config = config or TrainConfig()
     fitter = get_method(method, "--method")
     if mode not in MODES:
@@ -93,7 +94,7 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     adaptor = Adaptor(fitted.module.cpu(), record)
     with staged_output(out, "adaptor", overwrite=overwrite, inputs=inputs) as staging:
         adaptor.save(staging)
-    return adaptor.config
+    return adaptor
 
 
 def _choose_objective(
