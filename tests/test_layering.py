@@ -5,6 +5,8 @@ count as much as those at the top of a module."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "madapt_cli"
@@ -113,3 +115,10 @@ def test_no_import_cycle() -> None:
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+def test_the_cli_starts_without_torch() -> None:
+    # `madapt --help` and every one-line input error stay fast: torch loads only for work
+    code = "import sys, madapt_cli.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

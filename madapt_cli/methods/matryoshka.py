@@ -127,6 +127,46 @@ def train_distill(
     dims = check_train_dims(config.train_dims or distill_train_dims(dimension), dimension)
     vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
     module = new_adaptor_module(vectors, config)
+    anchor_vectors, rows, proxy_index, train_index = _split_anchors(
+        vectors, anchors, config, judged=bool(validation_data)
+    )
+    started = time.perf_counter()
+    train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
+    objective = DistillationObjective(
+        vectors,
+        anchor_vectors[torch.from_numpy(train_index).to(device)],
+        dims,
+        config,
+        config.dim_weights(dims),
+        train_rows,
+    )
+    mined = time.perf_counter() - started
+    validation = build_validation(vectors, validation_data, dims, config, device)
+    if validation is None and len(proxy_index) > 0:
+        monitor = build_validation(vectors, monitor_data, dims, config, device)
+        validation = _ranking_proxy(
+            vectors, anchor_vectors, rows, proxy_index, dims, config, monitor
+        )
+    batch_size = min(config.batch_size, len(train_index))
+    steps = math.ceil(len(train_index) / batch_size)
+    generator = device_generator(device, config.seed)
+    order = EpochOrder(len(train_index), batch_size, device)
+
+    def step(gen: torch.Generator) -> torch.Tensor:
+        return objective(module, order.next(gen), gen)
+
+    stage = Stage("distill", config.distill_epochs, steps, config.distill_lr)
+    history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
+    return TrainResult(module.cpu().eval(), history, best, mined)
+
+
+def _split_anchors(
+    vectors: torch.Tensor, anchors: np.ndarray | None, config: TrainConfig, judged: bool
+) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray, np.ndarray]:
+    """The anchors (unlabelled queries, or corpus rows drawn with the seed when None), their
+    corpus rows (None for queries), and which anchors the proxy holds out and which train
+    (none held out when ``judged`` queries choose the checkpoint)."""
+    device = vectors.device
     rng = np.random.default_rng(config.seed)
     if anchors is None:
         count = min(len(vectors), config.distill_max_anchors)
@@ -141,54 +181,46 @@ def train_distill(
         raise InputError("no anchors to learn from: the queries table has no selected query")
     order_all = rng.permutation(len(anchor_vectors))
     held = round(len(anchor_vectors) * config.proxy_fraction) if len(anchor_vectors) >= 10 else 0
-    if validation_data:  # judged queries choose: every anchor trains
+    if judged:
         held = 0
-    proxy_index, train_index = np.sort(order_all[:held]), np.sort(order_all[held:])
-    started = time.perf_counter()
-    train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
-    objective = DistillationObjective(
+    return anchor_vectors, rows, np.sort(order_all[:held]), np.sort(order_all[held:])
+
+
+def _ranking_proxy(
+    vectors: torch.Tensor,
+    anchor_vectors: torch.Tensor,
+    rows: np.ndarray | None,
+    proxy_index: np.ndarray,
+    dims: list[int],
+    config: TrainConfig,
+    monitor: Any,
+) -> RankingProxy:
+    """The label-free proxy over the held-out anchors (:class:`RankingProxy`)."""
+    device = vectors.device
+    dimension = vectors.shape[1]
+    held_out = anchor_vectors[torch.from_numpy(proxy_index).to(device)]
+    held_rows = None if rows is None else rows[proxy_index]
+    selection = config.validation_dims or [d for d in dims if d < dimension] or [dimension]
+    return RankingProxy(
         vectors,
-        anchor_vectors[torch.from_numpy(train_index).to(device)],
-        dims,
-        config,
-        config.dim_weights(dims),
-        train_rows,
-    )
-    mined = time.perf_counter() - started
-    validation = build_validation(vectors, validation_data, dims, config, device)
-    if validation is None and held > 0:
-        selection = config.validation_dims or [d for d in dims if d < dimension] or [dimension]
-        validation = RankingProxy(
+        held_out,
+        sorted(set(dims) | set(selection)),
+        selection,
+        held_rows,
+        monitor,
+        held_out_kl=DistillationObjective(
             vectors,
-            anchor_vectors[torch.from_numpy(proxy_index).to(device)],
-            sorted(set(dims) | set(selection)),
-            selection,
-            None if rows is None else rows[proxy_index],
-            build_validation(vectors, monitor_data, dims, config, device),
-            held_out_kl=DistillationObjective(
-                vectors,
-                anchor_vectors[torch.from_numpy(proxy_index).to(device)],
-                dims,
-                config,
-                None,
-                None if rows is None else torch.from_numpy(rows[proxy_index]).to(device),
-            ).held_out_kl,
-            select_by_kl=config.proxy == "kl",
-            # corpus rows as anchors did not reliably beat the start (docs/benchmarks.md):
-            # a checkpoint must match the start's overlap@10 at every size to replace it
-            no_size_below_start=rows is not None,
-        )
-    batch_size = min(config.batch_size, len(train_index))
-    steps = math.ceil(len(train_index) / batch_size)
-    generator = device_generator(device, config.seed)
-    order = EpochOrder(len(train_index), batch_size, device)
-
-    def step(gen: torch.Generator) -> torch.Tensor:
-        return objective(module, order.next(gen), gen)
-
-    stage = Stage("distill", config.distill_epochs, steps, config.distill_lr)
-    history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
-    return TrainResult(module.cpu().eval(), history, best, mined)
+            held_out,
+            dims,
+            config,
+            None,
+            None if held_rows is None else torch.from_numpy(held_rows).to(device),
+        ).held_out_kl,
+        select_by_kl=config.proxy == "kl",
+        # corpus rows as anchors did not reliably beat the start (docs/benchmarks.md):
+        # a checkpoint must match the start's overlap@10 at every size to replace it
+        no_size_below_start=rows is not None,
+    )
 
 
 def train_supervised(  # noqa: PLR0913 - the public training API (bench/, tests) takes arrays

@@ -33,13 +33,11 @@ leaves no store behind. ``--out`` must be new, empty or a madapt store.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,12 +47,16 @@ import pyarrow as pa
 from madapt_cli.data import TextItem
 from madapt_cli.errors import InputError, StoreError
 from madapt_cli.pipelines.embed_plan import (
+    EVERY_REQUEST,
     EmbedEstimate,
     EmbedJob,
     EmbedPlan,
+    FlushPolicy,
     SourceOptions,
+    VectorOptions,
     embed_jobs,
     estimate_embedding,
+    flush_policy_for,
     limited,
     plan_embedding,
     plan_jobs,
@@ -62,7 +64,6 @@ from madapt_cli.pipelines.embed_plan import (
     row_key,
 )
 from madapt_cli.providers.base import BadVectors, EmbeddingProvider, Role
-from madapt_cli.providers.remote import RemoteProvider
 from madapt_cli.store.base import (
     LOCK_FILE,
     MARKER,
@@ -79,7 +80,7 @@ from madapt_cli.util.progress import Progress, ProgressEvent, report
 from madapt_cli.util.vectors import check_vectors, normalize_rows
 
 if TYPE_CHECKING:  # torch is imported only by a run with an adaptor
-    from madapt_cli.methods.adaptor import Adaptor
+    pass
 
 __all__ = [
     "EVERY_REQUEST",
@@ -102,60 +103,6 @@ __all__ = [
 
 #: a finished request: its items and their vectors, in the main thread
 Write = Callable[[list[TextItem], np.ndarray], None]
-
-
-@dataclass(frozen=True)
-class FlushPolicy:
-    """When finished rows are written to the store: one append (one Parquet part file, one
-    Lance version) once ``max_rows`` rows are waiting or ``max_seconds`` have passed since
-    the last append (checked as each request finishes), and always at the end of a run, on
-    an error and on Ctrl-C.
-
-    Each append costs a file, an fsync and a directory listing on the main thread; an API
-    run at thousands of texts a second would spend its time there instead of keeping
-    requests in flight. A SIGKILL loses the unflushed rows only: they are not in the store,
-    so a rerun requests them again (never twice in the store, never lost once stored).
-    """
-
-    max_rows: int = 4096
-    max_seconds: float = 2.0
-
-    def due(self, rows: int, seconds_since_flush: float) -> bool:
-        return rows >= self.max_rows or seconds_since_flush >= self.max_seconds
-
-
-#: store every finished request at once (a local model: its batches cost more than a write)
-EVERY_REQUEST = FlushPolicy(max_rows=1, max_seconds=0.0)
-
-
-def flush_policy_for(provider: EmbeddingProvider) -> FlushPolicy:
-    """API providers coalesce their many cheap requests; a local model stores each batch."""
-    return FlushPolicy() if isinstance(provider, RemoteProvider) else EVERY_REQUEST
-
-
-@dataclass(frozen=True)
-class VectorOptions:
-    """How the vectors of a run are stored. With an ``adaptor`` (``embed --adaptor``), each
-    row also gets ``vector_<d>`` for each of ``dims`` (as `madapt apply` writes them), and
-    the raw ``vector`` only when ``raw``."""
-
-    normalize: bool = True  # L2-normalise each vector
-    dtype: str = "float32"  # or float16
-    store_text: bool = False  # keep the embedded text in a column
-    adaptor: Adaptor | None = None
-    dims: tuple[int, ...] = ()
-    raw: bool = True
-
-    @cached_property
-    def adaptation(self) -> str:
-        """What the content keys cover besides the provider's: the adaptor's fingerprint,
-        the sizes and whether the raw vector is kept ("" without an adaptor)."""
-        if self.adaptor is None:
-            return ""
-        return json.dumps(
-            {"adaptor": self.adaptor.fingerprint, "dims": list(self.dims), "raw": self.raw},
-            sort_keys=True,
-        )
 
 
 @dataclass

@@ -7,10 +7,8 @@ scored) and hands each warning to ``on_warning`` (warnings are also kept in the 
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError, StoreError
 from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.pipelines.eval_results import EvaluationReport, ResultRow
 from madapt_cli.retrieval.metrics import (
     DEFAULT_METRICS,
     RELEVANCE_LEVEL,
@@ -43,6 +42,19 @@ from madapt_cli.util.device import resolve_device
 from madapt_cli.util.dims import parse_dims
 from madapt_cli.util.hashing import file_fingerprint
 from madapt_cli.util.progress import Progress, ProgressEvent, report
+from madapt_cli.util.read_ahead import read_ahead
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_DIMS",
+    "PCA_FIT_ROWS",
+    "EvalOptions",
+    "EvaluationReport",
+    "ResultRow",
+    "pca_baseline",
+    "read_ahead",
+    "run_evaluation",
+]
 
 BASELINES = ("truncate", "pca")
 
@@ -51,66 +63,6 @@ DEFAULT_DIMS = (64, 128, 256)
 
 
 PCA_FIT_ROWS = 200_000
-
-
-@dataclass
-class ResultRow:
-    """One method at one size."""
-
-    method: str
-    dim: int
-    metrics: dict[str, float]
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "dim": self.dim, "metrics": self.metrics}
-
-
-@dataclass
-class EvaluationReport:
-    """What `madapt eval` measured, and with what (for reports)."""
-
-    store: str
-    qrels: str
-    num_queries: int
-    dimension: int
-    dims: list[int]
-    metrics: list[str]
-    results: list[ResultRow]
-    methods: list[dict[str, Any]]  # name, kind (baseline|adaptor), path, fingerprint
-    settings: dict[str, Any]
-    fingerprints: dict[str, str]
-    warnings: list[str]
-    seconds: dict[str, float]
-
-    def summary(self) -> dict[str, Any]:
-        """The ``--json`` document (a stable shape scripts rely on)."""
-        return {
-            "store": self.store,
-            "qrels": self.qrels,
-            "num_queries": self.num_queries,
-            "results": [row.to_json() for row in self.results],
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        """:meth:`summary` plus settings, methods, fingerprints, warnings and timings."""
-        return {
-            **self.summary(),
-            "dimension": self.dimension,
-            "dims": self.dims,
-            "metrics": self.metrics,
-            "methods": self.methods,
-            "settings": self.settings,
-            "fingerprints": self.fingerprints,
-            "warnings": self.warnings,
-            "seconds": self.seconds,
-        }
-
-    def value(self, method: str, dim: int, metric: str) -> float | None:
-        for row in self.results:
-            if row.method == method and row.dim == dim:
-                return row.metrics.get(metric)
-        return None
 
 
 @dataclass
@@ -161,50 +113,6 @@ def pca_baseline(corpus: ArrayLike, dimension: int, max_rows: int | None = PCA_F
 
 def _has_relevant(judged: dict[str, int]) -> bool:
     return any(grade >= RELEVANCE_LEVEL for grade in judged.values())
-
-
-def read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """``items``, produced by a thread that runs up to ``depth`` items ahead of the consumer.
-
-    Decoding Parquet releases the GIL, so the reading overlaps the searches of the batches
-    already read. The producer's exception is raised in the consumer; if the consumer stops
-    early, the producer stops at its next item.
-    """
-    done = object()
-    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def hand_over(item: Any) -> bool:
-        """Wait for room, unless the consumer has stopped; False if it has."""
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not hand_over(item):
-                    return
-        except BaseException as error:  # handed to the consumer, raised there
-            failure.append(error)
-        finally:
-            hand_over(done)
-
-    producer = threading.Thread(target=produce, name="madapt-read-ahead", daemon=True)
-    producer.start()
-    try:
-        while (item := buffer.get()) is not done:
-            yield item
-        if failure:
-            raise failure[0]
-    finally:
-        stop.set()
-        producer.join(timeout=5)
 
 
 def run_evaluation(
