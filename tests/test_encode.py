@@ -90,6 +90,9 @@ def test_embed_with_adaptor_matches_and_appends_only_new_rows(scifact, tmp_path:
     first = json.loads(run(*args, "--device", "cpu").stdout)
     assert first["rows_embedded"] == 30
     source.write_text("".join(json.dumps(q) + "\n" for q in queries))
+    # the dry run's keys cover the adaptor too: the 30 adapted rows count as stored
+    dry = json.loads(run(*args, "--dry-run").stdout)
+    assert (dry["rows_to_embed"], dry["tables"][0]["reused"]) == (QUERIES - 30, 30)
     second = json.loads(run(*args, "--device", "cpu").stdout)
     assert (second["rows_embedded"], second["rows_reused"]) == (QUERIES - 30, 30)
     store = open_store(tmp_path / "s")

@@ -249,7 +249,13 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             try:
                 estimate = estimate_embedding(
-                    source, out, provider, source_options, store_format=store_format, limit=limit
+                    source,
+                    out,
+                    provider,
+                    source_options,
+                    store_format=store_format,
+                    limit=limit,
+                    adaptation=VectorOptions(**(adaptation or {})).adaptation,
                 )
             finally:
                 provider.close()

@@ -39,6 +39,7 @@ from madapt_cli.training.progress import EpochProgress
 from madapt_cli.training.validation import (
     RankingProxy,
     build_validation,
+    selection_dims,
     split_training_queries,
     training_queries,
 )
@@ -200,7 +201,7 @@ def _ranking_proxy(
     dimension = vectors.shape[1]
     held_out = anchor_vectors[torch.from_numpy(proxy_index).to(device)]
     held_rows = None if rows is None else rows[proxy_index]
-    selection = config.validation_dims or [d for d in dims if d < dimension] or [dimension]
+    selection = selection_dims(config, dims, dimension)
     return RankingProxy(
         vectors,
         held_out,

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -78,9 +78,6 @@ from madapt_cli.store.base import (
 )
 from madapt_cli.util.progress import Progress, ProgressEvent, report
 from madapt_cli.util.vectors import check_vectors, normalize_rows
-
-if TYPE_CHECKING:  # torch is imported only by a run with an adaptor
-    pass
 
 __all__ = [
     "EVERY_REQUEST",

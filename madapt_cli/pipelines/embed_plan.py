@@ -240,18 +240,24 @@ def estimate_embedding(
     *,
     store_format: str | None = None,
     limit: int | None = None,
+    adaptation: str = "",
 ) -> EmbedEstimate:
-    """What a run would embed and cost (``--dry-run``), without calling the API or writing."""
-    from madapt_cli.providers.pricing import estimate_cost, price_per_million
+    """What a run would embed and cost (``--dry-run``), without calling the API or writing.
+    ``adaptation``: :attr:`VectorOptions.adaptation` of an ``--adaptor`` run (its content
+    keys cover the adaptor, so rows stored by it count as stored)."""
+    from madapt_cli.providers.pricing import price_per_million
 
-    _, _, plans = plan_jobs(source, out, provider, options or SourceOptions(), store_format, limit)
-    cost = estimate_cost(provider.name, provider.model, sum(p.estimated_tokens for p in plans))
+    _, _, plans = plan_jobs(
+        source, out, provider, options or SourceOptions(), store_format, limit, adaptation
+    )
+    price = price_per_million(provider.name, provider.model)
+    tokens = sum(p.estimated_tokens for p in plans)
     return EmbedEstimate(
         provider=provider.name,
         model=provider.model,
         plans=plans,
-        price_per_million_tokens=price_per_million(provider.name, provider.model),
-        estimated_cost_usd=None if cost is None else round(cost, 6),
+        price_per_million_tokens=price,
+        estimated_cost_usd=None if price is None else round(tokens / 1_000_000 * price, 6),
     )
 
 

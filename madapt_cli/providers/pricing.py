@@ -60,9 +60,3 @@ def price_per_million(provider: str, model: str) -> float | None:
     if not isinstance(price, int | float) or isinstance(price, bool) or price < 0:
         raise InputError(f"price for {provider}/{model} must be a non-negative number: {price!r}")
     return float(price)
-
-
-def estimate_cost(provider: str, model: str, tokens: int) -> float | None:
-    """Estimated USD for ``tokens`` input tokens, or ``None`` when the price is unknown."""
-    price = price_per_million(provider, model)
-    return None if price is None else tokens / 1_000_000 * price

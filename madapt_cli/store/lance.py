@@ -82,7 +82,7 @@ class LanceStore(Store):
 
     def _retain(self, name: str, keep_ids: set[str]) -> int:
         table = self._open(name)
-        stale = [i for i in self.read_keys(name) if i not in keep_ids]
+        stale = [i for i in self.read_ids(name) if i not in keep_ids]
         if stale:
             quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in stale)
             table.delete(f"id IN ({quoted})")

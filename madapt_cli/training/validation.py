@@ -208,6 +208,12 @@ def validation_set(
     }
 
 
+def selection_dims(config: TrainConfig, dims: Sequence[int], dimension: int) -> list[int]:
+    """The sizes whose mean score chooses a checkpoint: ``config.validation_dims``, else the
+    trained sizes below the full one (the full one alone when there is none)."""
+    return list(config.validation_dims or [d for d in dims if d < dimension] or [dimension])
+
+
 def build_validation(
     vectors: torch.Tensor,
     data: dict[str, Any] | None,
@@ -220,8 +226,7 @@ def build_validation(
     selection sizes (``config.validation_dims``, default the ``dims`` below D)."""
     if not data:
         return None
-    dimension = vectors.shape[1]
-    selection = config.validation_dims or [d for d in dims if d < dimension] or [dimension]
+    selection = selection_dims(config, dims, vectors.shape[1])
     queries = F.normalize(torch.tensor(np.asarray(data["queries"], np.float32)).to(device), dim=-1)
     report_dims = sorted(set(dims) | set(selection))
     return Validation(
