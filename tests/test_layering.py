@@ -27,6 +27,9 @@ LAYERS: list[tuple[str, int]] = [
     ("madapt_cli.pipelines", 4),
     ("madapt_cli.reports", 4),
     ("madapt_cli.console", 5),
+    # application-facing adapters over the pipelines: the HTTP server, third-party registries
+    ("madapt_cli.serve", 5),
+    ("madapt_cli.integrations", 5),
     ("madapt_cli.commands", 5),
     ("madapt_cli.cli", 5),
     ("madapt_cli.__main__", 5),
