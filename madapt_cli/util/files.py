@@ -24,7 +24,8 @@ from madapt_cli.errors import EnvironmentFailure, InputError
 MARKER = "madapt.json"
 
 
-KINDS = ("store", "adaptor", "report")
+#: "export": a model folder `madapt export` wrote
+KINDS = ("store", "adaptor", "report", "export")
 
 
 # What releases before the marker wrote, so their outputs can still be replaced.
