@@ -179,6 +179,10 @@ def test_folder_is_self_contained_safetensors(exported):
     assert "model.safetensors" in names and "3_MadaptAdaptor/model.safetensors" in names
     assert "madapt_adaptor.py" in names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {oct(p.stat().st_mode & 0o777) for p in folder.rglob("*") if p.is_file()}
+    assert modes == {oct(0o666 & ~umask)}  # copyable and servable by another user
     modules = json.loads((folder / "modules.json").read_text())
     assert modules[-1]["type"] == "madapt_adaptor.MadaptAdaptor"
     tree = ast.parse((folder / "madapt_adaptor.py").read_text())

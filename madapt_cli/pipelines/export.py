@@ -236,6 +236,7 @@ def export_sentence_transformers(
         _append_module(staging, module)
         _set_prompts(staging, _prompts(adaptor, dict(base.prompts or {})))
         _write_readme(staging, adaptor, dim)
+        _umask_modes(staging)
     return ExportResult(
         "sentence-transformers",
         out,
@@ -264,6 +265,16 @@ def _append_module(folder: Path, module: export_module.MadaptAdaptor) -> None:
     )
     (folder / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(export_module.__file__, folder / MODULE_FILE)
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give every file the mode a new file gets here: safetensors writes its files 0600, and
+    a model folder is meant to be copied and served, often by another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
 
 
 def _set_prompts(folder: Path, prompts: dict[str, str]) -> None:
