@@ -96,7 +96,9 @@ class MadaptAdaptor(_BaseModule):
         self.core = AdaptorCore(spec)
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        features["sentence_embedding"] = self.core(features["sentence_embedding"])
+        # the first D coordinates: what madapt embedded from a base saved with a truncate_dim
+        pooled = features["sentence_embedding"][:, : int(self.spec["dimension"])]
+        features["sentence_embedding"] = self.core(pooled)
         return features
 
     def get_embedding_dimension(self) -> int:
