@@ -8,6 +8,7 @@ import ast
 import gzip
 import json
 import os
+import site
 import subprocess
 import sys
 import sysconfig
@@ -105,7 +106,9 @@ def exported(tmp_path_factory) -> dict:
         128,
     )
     run("export", adaptors["pca"], "--to", "sentence-transformers", "--out", root / "pca")
-    paths = json.dumps(sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}))
+    found = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    found.add(site.getusersitepackages())  # a `pip install --user` environment
+    paths = json.dumps(sorted(p for p in found if Path(p).is_dir()))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(root / "hf-modules"))
     child = subprocess.run(
