@@ -220,7 +220,11 @@ def export_sentence_transformers(
 
     transformers_logging.disable_progress_bar()
 
-    base = SentenceTransformer(base_path, device="cpu")
+    try:
+        base = SentenceTransformer(base_path, device="cpu")
+    except Exception as error:  # a folder that is no sentence-transformers model: say so
+        reason = " ".join(str(error).split())
+        raise InputError(f"cannot load the base model from {base_path}: {reason}") from None
     getter = getattr(base, "get_embedding_dimension", None) or base.get_sentence_embedding_dimension
     if getter() != adaptor.dimension:
         raise InputError(
