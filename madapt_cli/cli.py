@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "eval",
     "encode",
     "quickstart",
+    "serve",
 )
 
 
