@@ -9,7 +9,9 @@ that many concurrent keep-alive HTTP clients (threads in this process, base64 an
 openai SDK asks by default), and measures texts/s and per-request p50/p99 latency. The
 in-process baseline encodes the same texts with one `Encoder.encode` call whose local model
 uses the server's batch size (``--max-batch``). Runs alternate (server, in-process) and the
-best of ``--repeats`` is kept for each. Only loopback connections, bounded request loops.
+best of ``--repeats`` is kept for each. On a shared machine wall-clock ratios follow the
+scheduler, so CPU time per text is printed too (server process + client threads, against
+the in-process encode). Only loopback connections, bounded request loops.
 """
 
 from __future__ import annotations
@@ -110,6 +112,12 @@ def run_clients(
     return seconds, latencies, stats(port)["batches"] - before["batches"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stats(port: int) -> dict[str, int]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     connection.request("GET", "/healthz")
@@ -140,33 +148,45 @@ def main() -> None:
     process, port = start_server(args, Path(args.log))
     try:
         run_clients(port, model, texts[:64], 4, args.per_request)  # warm up
-        baseline = float("inf")
+        baseline = baseline_cpu = float("inf")
+        cpu_used: dict[int, float] = {}
         rows = []
         for clients in [int(c) for c in args.clients.split(",")]:
             best: tuple[float, list[float], int] | None = None
             for _ in range(args.repeats):
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 encoder.encode(texts)
                 baseline = min(baseline, time.perf_counter() - started)
+                baseline_cpu = min(baseline_cpu, time.process_time() - cpu)
+                # CPU of the server and of the clients (this process): robust to a busy machine
+                cpu = cpu_seconds(process.pid) + time.process_time()
                 result = run_clients(port, model, texts, clients, args.per_request)
+                used = cpu_seconds(process.pid) + time.process_time() - cpu
                 if best is None or result[0] < best[0]:
                     best = result
+                cpu_used[clients] = min(cpu_used.get(clients, float("inf")), used)
             assert best is not None
             rows.append((clients, *best))
         in_process = args.texts / baseline
+        per_text = baseline_cpu / args.texts * 1000
         print(
-            f"in-process Encoder.encode: {in_process:8.1f} texts/s "
+            f"in-process Encoder.encode: {in_process:8.1f} texts/s, {per_text:.2f} CPU ms/text "
             f"(batch size {args.max_batch}, {args.texts} texts, best of all runs)"
         )
         print(f"per request: {args.per_request} text(s); --max-wait-ms {args.max_wait_ms}")
-        print("clients  texts/s  vs in-process  p50 ms  p99 ms  model batches")
+        print("clients  texts/s  vs in-process  p50 ms  p99 ms  batches  CPU ms/text  CPU ratio")
         for clients, seconds, latencies, batches in rows:
             rate = args.texts / seconds
             p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+            cpu_text = cpu_used[clients] / args.texts * 1000
             print(
                 f"{clients:7d} {rate:8.1f} {rate / in_process:13.1%} {p50:7.1f} {p99:7.1f}"
-                f" {batches:14d}"
+                f" {batches:8d} {cpu_text:12.2f} {per_text / cpu_text:10.1%}"
             )
+        print(
+            "CPU ratio: in-process CPU per text / (server + clients) CPU per text; "
+            f"load average at the end: {os.getloadavg()[0]:.1f}"
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)

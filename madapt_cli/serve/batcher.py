@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from madapt_cli.errors import ProviderError
+
 #: (texts, role) -> (len(texts), D) float32 unit rows
 EncodeFn = Callable[[Sequence[str], Any], np.ndarray]
 
@@ -161,9 +163,10 @@ class MicroBatcher:
             vectors = self._encode(texts, batch[0].role)
         except BaseException as error:
             self._count(batch, failed=True)
-            if len(batch) > 1:
+            if len(batch) > 1 and not isinstance(error, ProviderError):
                 # one request's text may be what the upstream refuses: isolate, so the
-                # others still get their vectors and only that request its error
+                # others still get their vectors and only that request its error (a provider
+                # that failed after its retries fails them all: no point in asking again)
                 for job in batch:
                     self._run([job])
                 return
