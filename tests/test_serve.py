@@ -156,6 +156,7 @@ def test_wrong_or_missing_key_is_401(server):
         ({"model": NAME, "input": "x", "dimensions": 0}, "from 1 to 384"),
         ({"model": NAME, "input": "x", "dimensions": "64"}, "from 1 to 384"),
         ({"model": NAME, "input": "x", "encoding_format": "int8"}, "'float' or 'base64'"),
+        ({"model": NAME, "input": "x", "role": "passage"}, "'role' must be"),
         ({"input": "x"}, "'model' is required"),
         ({"model": NAME}, "'input' is required"),
         (b"{not json", "not valid JSON"),
