@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "encode",
     "quickstart",
     "export",
+    "serve",
 )
 
 
