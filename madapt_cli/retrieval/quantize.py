@@ -21,6 +21,10 @@ PRECISIONS = ("float32", "float16", "int8", "binary")
 
 _BYTES_PER_VALUE = {"float32": 4, "float16": 2, "int8": 1}
 
+#: the int8 ranges `madapt eval` (and apply) fit by default, chosen by measurement against
+#: min/max on SciFact, original and adapted vectors (docs/benchmarks.md)
+DEFAULT_INT8_CALIBRATION = "percentile:0.1"
+
 
 def check_precision(precision: str) -> str:
     """``precision`` if madapt knows it, else an :class:`InputError` naming the choices."""
