@@ -170,19 +170,37 @@ def _brute_force(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple:
     return np.take_along_axis(distances, order, axis=1), order
 
 
+BACKENDS = ["numpy", pytest.param("faiss", marks=pytest.mark.skipif(
+    quantize._faiss() is None, reason="faiss-cpu is not installed"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dim", [7, 64, 100, 256])
 @pytest.mark.parametrize("chunk_rows", [1, 37, 10_000])
-def test_hamming_topk_is_exact_with_ties_by_index(dim: int, chunk_rows: int) -> None:
+def test_hamming_topk_is_exact_with_ties_by_index(dim: int, chunk_rows: int, backend) -> None:
     rng = np.random.default_rng(dim)
     corpus = pack_binary(rng.standard_normal((300, dim)))
     corpus[100:140] = corpus[5]  # many exact duplicates: ties across every cut
     queries = np.concatenate([corpus[[5, 17]], pack_binary(rng.standard_normal((6, dim)))])
     expected_d, expected_i = _brute_force(queries, corpus, 10)
-    distances, indices = hamming_topk(queries, corpus, 10, chunk_rows=chunk_rows)
+    distances, indices = hamming_topk(queries, corpus, 10, chunk_rows, backend)
     np.testing.assert_array_equal(distances, expected_d)
     np.testing.assert_array_equal(indices, expected_i)
     assert list(indices[0][:10]) == [5, *range(100, 109)]
     assert distances[0][0] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hamming_backends_agree_on_a_corpus_of_duplicates(backend) -> None:
+    """Few distinct codes among many rows: nearly every distance is a tie, across the cut."""
+    rng = np.random.default_rng(1)
+    distinct = pack_binary(rng.standard_normal((40, 16)))
+    corpus = distinct[rng.integers(0, 40, 5_000)]
+    queries = pack_binary(rng.standard_normal((30, 16)))
+    expected_d, expected_i = _brute_force(queries, corpus, 25)
+    distances, indices = hamming_topk(queries, corpus, 25, backend=backend)
+    np.testing.assert_array_equal(distances, expected_d)
+    np.testing.assert_array_equal(indices, expected_i)
 
 
 def test_hamming_topk_small_corpus_and_bad_shapes() -> None:
@@ -194,6 +212,10 @@ def test_hamming_topk_small_corpus_and_bad_shapes() -> None:
         hamming_topk(corpus[:, :1], corpus, 1)
     with pytest.raises(ValueError, match="uint8"):
         hamming_topk(corpus.astype(np.int8), corpus, 1)
+    with pytest.raises(ValueError, match="backend"):
+        hamming_topk(corpus, corpus, 1, backend="gpu")
+    distances, indices = hamming_topk(corpus[:0], corpus, 5)
+    assert distances.shape == indices.shape == (0, 3)
 
 
 def test_popcount_fallback_matches(monkeypatch: pytest.MonkeyPatch) -> None:
