@@ -162,8 +162,8 @@ def test_every_cell_with_its_bytes(planted) -> None:
         )
     # the int8 calibration of each size is in the report, fitted on the stored corpus
     saved = report.to_json()["calibrations"]["truncate"]["16"]
-    assert Int8Calibration.from_dict(saved) == fit_int8_calibration(prefix, "percentile:0.1")
-    assert report.settings["int8_calibration"] == "percentile:0.1"
+    assert Int8Calibration.from_dict(saved) == fit_int8_calibration(prefix, "minmax")
+    assert report.settings["int8_calibration"] == "minmax"
 
 
 def test_json_report_and_frontier(capsys, planted, tmp_path) -> None:
@@ -171,7 +171,8 @@ def test_json_report_and_frontier(capsys, planted, tmp_path) -> None:
     target = tmp_path / "report"
     code, out, err = run_cli(
         capsys, "eval", store, "--qrels", qrels_path, "--dims", "8", "--precision", "int8,binary",
-        "--scoring", "asymmetric", "--int8-calibration", "minmax", "--report", target, "--json",
+        "--scoring", "asymmetric", "--int8-calibration", "percentile:1", "--report", target,
+        "--json",
     )  # fmt: skip
     assert code == 0, err
     summary = json.loads(out)
@@ -183,7 +184,7 @@ def test_json_report_and_frontier(capsys, planted, tmp_path) -> None:
     assert not any(r["scoring"] == "symmetric" for r in rows)
     written = json.loads((target / "report.json").read_text())
     assert written["precisions"] == ["float32", "int8", "binary"]
-    assert written["calibrations"]["pca"]["8"]["method"] == "minmax"
+    assert written["calibrations"]["pca"]["8"]["method"] == "percentile:1"
     assert (target / "ndcg_at_10_by_bytes.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (target / "report.md").read_text()
     assert "## Frontier: ndcg@10 against bytes per vector" in markdown
