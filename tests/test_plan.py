@@ -62,11 +62,16 @@ def test_budget_and_retention_pick_frontier_cells() -> None:
         "--precision int8 --calibration percentile:0.1"
     ]
     assert shlex.split(plan.commands[0])[2] == "ads/my sup"
-    assert "float32" in plan.queries
+    assert (
+        plan.queries == "queries: float32 vectors (madapt encode --adaptor 'ads/my sup' --dim 64)"
+    )
     small = make_plan(report, PlanGoal(max_bytes=32))
     assert small.recommended.label == "sup@256/binary/symmetric+rescore4"
     assert "--precision binary" in small.commands[0] and "--calibration" not in small.commands[0]
-    assert "fetch 4 x k" in small.queries
+    assert small.queries == (
+        "queries: binary codes (madapt encode --adaptor 'ads/my sup' --dim 256 --precision "
+        "binary); fetch 4 x k with them, re-rank with the float32 query"
+    )
     assert make_plan(report, PlanGoal(max_bytes=4)).recommended is None
     # the cheapest cell keeping 99% of 0.645 (0.63855)
     retained = make_plan(report, PlanGoal(min_retention=0.99))

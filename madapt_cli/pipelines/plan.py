@@ -146,23 +146,26 @@ def apply_commands(report: EvaluationReport, row: ResultRow) -> tuple[list[str],
             if method:
                 argv += ["--calibration", str(method)]
         commands.append(shlex.join(argv))
-    return commands, _queries_note(row, precision)
+    return commands, _queries_note(row, precision, adaptor, out)
 
 
-def _queries_note(row: ResultRow, precision: str) -> str:
+def _queries_note(row: ResultRow, precision: str, adaptor: str | None, out: str) -> str:
+    """How queries are encoded for ``row``'s scoring (`madapt encode`'s flags)."""
+    lead = ""
     if row.method == "truncate":
         lead = f"store the original vectors' first {row.dim} coordinates, re-normalised, as "
         lead += f"{precision}; "
-    else:
-        lead = ""
+    encode = f"madapt encode --adaptor {shlex.quote(adaptor)} --dim {row.dim}" if adaptor else ""
     if precision == "float32" or row.scoring == "asymmetric":
-        return lead + "queries: float32 vectors (madapt encode --precision float32)"
+        how = "queries: float32 vectors"
+        return lead + how + (f" ({encode})" if encode else "")
+    codes = f"--precision {precision}"
+    if precision == "int8":
+        codes += f" --calibration-from {shlex.quote(out)}"  # the corpus' ranges, as applied
+    how = f"queries: {precision} codes" + (f" ({encode} {codes})" if encode else "")
     if row.rescore:
-        return lead + (
-            f"queries: search with {precision} codes (madapt encode --precision {precision}), "
-            f"fetch {row.rescore} x k, re-rank with the float32 query"
-        )
-    return lead + f"queries: {precision} codes (madapt encode --precision {precision})"
+        how += f"; fetch {row.rescore} x k with them, re-rank with the float32 query"
+    return lead + how
 
 
 def read_report(path: str | Path) -> EvaluationReport:
