@@ -3,7 +3,8 @@
 Each command is a module in :mod:`madapt_cli.commands` with a ``register(app)`` function.
 Exit codes (stable; see README.md): 0 success, 1 internal error, 2 bad input or options,
 3 an embedding provider failed for good, 4 the environment failed (disk full, read-only,
-permission denied), 130 interrupted.
+permission denied), 5 a quality requirement was not met (`eval --require`, `plan`),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ COMMAND_MODULES = (
     "fit",
     "apply",
     "eval",
+    "plan",
     "encode",
     "quickstart",
     "export",

@@ -14,6 +14,7 @@ import errno
 EXIT_BAD_INPUT = 2  # bad data, options or files
 EXIT_PROVIDER = 3  # an embedding provider failed after all retries
 EXIT_ENVIRONMENT = 4  # the machine refused: disk full, read-only, permission denied
+EXIT_REQUIREMENT = 5  # `madapt eval --require`: a quality requirement was not met
 EXIT_INTERRUPTED = 130  # Ctrl-C; a rerun resumes
 
 #: errno values that describe the machine, not the input or a bug
@@ -60,6 +61,13 @@ class EnvironmentFailure(MadaptError):
     """The machine refused an operation (disk full, read-only, permission denied)."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+class RequirementFailed(MadaptError):
+    """A ``--require`` quality gate that the measured figures do not meet (after the results
+    were printed)."""
+
+    exit_code = EXIT_REQUIREMENT
 
 
 def environment_failure(error: OSError) -> EnvironmentFailure | None:

@@ -21,7 +21,8 @@ from rich.table import Table
 
 from madapt_cli import __version__
 from madapt_cli.errors import MadaptError, environment_failure
-from madapt_cli.pipelines.evaluate import EvaluationReport
+from madapt_cli.pipelines.eval_results import EvaluationReport, ResultRow, frontier
+from madapt_cli.retrieval.quantize import PRECISIONS
 from madapt_cli.util.files import staged_output
 
 REPORT_JSON = "report.json"
@@ -66,16 +67,44 @@ def plot_filename(metric: str) -> str:
     return metric.replace("@", "_at_") + ".png"
 
 
-def _rows(report: EvaluationReport) -> list[tuple[int, str, dict[str, float], bool]]:
-    """(size, method, metrics, is_reference) ordered by size then method; the full-size
-    original last."""
+def is_reference(report: EvaluationReport, row: ResultRow) -> bool:
+    """The full-size original vectors stored as float32."""
+    return (
+        row.method == "truncate"
+        and row.dim == report.dimension
+        and row.precision in (None, "float32")
+    )
+
+
+def _rows(report: EvaluationReport) -> list[tuple[ResultRow, bool]]:
+    """(row, is_reference) ordered by size, method, then precision (in the report's order
+    within one); the full-size original and its precisions last."""
     order = {name: i for i, name in enumerate(method_names(report))}
-    rows = []
-    for row in report.results:
-        reference = row.method == "truncate" and row.dim == report.dimension
-        rows.append((row.dim, row.method, row.metrics, reference))
-    rows.sort(key=lambda r: (r[3], r[0], order.get(r[1], len(order))))
+    full = {row.method for row in report.results if is_reference(report, row)}
+    rows = [(row, is_reference(report, row)) for row in report.results]
+    rows.sort(
+        key=lambda r: (
+            r[0].method in full and r[0].dim == report.dimension,
+            r[0].dim,
+            order.get(r[0].method, len(order)),
+        )
+    )
     return rows
+
+
+def _cell_label(row: ResultRow) -> str:
+    """``int8 asym``, ``binary sym +rescore 4``: the precision column of a precision run."""
+    text = row.precision or "float32"
+    if row.scoring is not None:
+        text += " " + ("sym" if row.scoring == "symmetric" else "asym")
+    if row.rescore:
+        text += f" +rescore {row.rescore}"
+    return text
+
+
+def frontier_metric(report: EvaluationReport) -> str:
+    """The metric of the bytes plot and the frontier: nDCG@10 when measured."""
+    return "ndcg@10" if "ndcg@10" in report.metrics else report.metrics[0]
 
 
 def _best_by_size(report: EvaluationReport) -> dict[tuple[int, str], float]:
@@ -94,31 +123,34 @@ def render_table(report: EvaluationReport) -> Table:
         title=f"{report.num_queries:,} queries, {report.settings.get('corpus_rows', 0):,} "
         f"documents, {report.dimension}-d vectors",
         title_justify="left",
-        caption="bytes: float32 bytes per vector; original: the full-size vectors",
+        caption="bytes: bytes per stored vector; original: the full-size float32 vectors",
         caption_justify="left",
         box=box.SIMPLE_HEAD,
     )
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("bytes", justify="right", no_wrap=True)
     table.add_column("method", no_wrap=True)
+    if report.precisions:
+        table.add_column("stored as", no_wrap=True)
     for metric in report.metrics:
         table.add_column(metric, justify="right", no_wrap=True, min_width=len(metric))
     best = _best_by_size(report)
     previous_size = None
-    for dim, method, metrics, reference in _rows(report):
-        if previous_size is not None and dim != previous_size:
+    for row, reference in _rows(report):
+        if previous_size is not None and row.dim != previous_size:
             table.add_section()
-        previous_size = dim
-        several = sum(1 for r in report.results if r.dim == dim) > 1
+        previous_size = row.dim
+        several = sum(1 for r in report.results if r.dim == row.dim) > 1
         cells = []
         for metric in report.metrics:
-            value = metrics[metric]
+            value = row.metrics[metric]
             text = f"{value:.4f}"
-            if several and value == best[(dim, metric)] and not reference:
+            if several and value == best[(row.dim, metric)] and not reference:
                 text = f"[bold]{text}[/bold]"
             cells.append(text)
-        label = "original" if reference else method
-        table.add_row(str(dim), f"{bytes_per_vector(dim):,}", label, *cells)
+        label = "original" if reference else row.method
+        extra = [_cell_label(row)] if report.precisions else []
+        table.add_row(str(row.dim), f"{row.bytes:,}", label, *extra, *cells)
     return table
 
 
@@ -141,21 +173,26 @@ def render_markdown(report: EvaluationReport) -> str:
         "",
         "## Results",
         "",
-        "| size | bytes/vector | method | " + " | ".join(map(md_text, report.metrics)) + " |",
-        "|---:|---:|---|" + "---:|" * len(report.metrics),
+        "| size | bytes/vector | method | "
+        + ("stored as | " if report.precisions else "")
+        + " | ".join(map(md_text, report.metrics))
+        + " |",
+        "|---:|---:|---|" + ("---|" if report.precisions else "") + "---:|" * len(report.metrics),
     ]
     best = _best_by_size(report)
-    for dim, method, metrics, reference in _rows(report):
-        cells = []
+    for row, reference in _rows(report):
+        cells = [md_text(_cell_label(row))] if report.precisions else []
+        several = sum(1 for r in report.results if r.dim == row.dim) > 1
         for metric in report.metrics:
-            text = f"{metrics[metric]:.4f}"
-            several = sum(1 for r in report.results if r.dim == dim) > 1
-            if several and metrics[metric] == best[(dim, metric)] and not reference:
+            text = f"{row.metrics[metric]:.4f}"
+            if several and row.metrics[metric] == best[(row.dim, metric)] and not reference:
                 text = f"**{text}**"
             cells.append(text)
-        label = f"{md_text(method)} (original)" if reference else md_text(method)
-        lines.append(f"| {dim} | {bytes_per_vector(dim):,} | {label} | " + " | ".join(cells) + " |")
+        label = f"{md_text(row.method)} (original)" if reference else md_text(row.method)
+        lines.append(f"| {row.dim} | {row.bytes:,} | {label} | " + " | ".join(cells) + " |")
     lines += ["", "The best value at each size is in bold; the original is the full-size vectors."]
+    if report.precisions:
+        lines += _frontier_markdown(report)
     lines += ["", "## Methods", ""]
     for method in report.methods:
         details = ", ".join(
@@ -174,9 +211,97 @@ def render_markdown(report: EvaluationReport) -> str:
         lines += [f"- {md_text(warning)}" for warning in report.warnings]
     lines += ["", "## Plots", ""]
     lines += [f"![{md_text(metric)}]({plot_filename(metric)})" for metric in report.metrics]
+    if report.precisions:
+        metric = frontier_metric(report)
+        lines.append(f"![{md_text(metric)} against bytes]({bytes_plot_filename(metric)})")
     timings = ", ".join(f"{md_text(k)} {v:.2f}s" for k, v in report.seconds.items())
     lines += ["", f"Timings: {timings}.", ""]
     return "\n".join(lines)
+
+
+def bytes_plot_filename(metric: str) -> str:
+    """``ndcg@10`` -> ``ndcg_at_10_by_bytes.png``."""
+    return metric.replace("@", "_at_") + "_by_bytes.png"
+
+
+def _frontier_markdown(report: EvaluationReport) -> list[str]:
+    """The Pareto frontier in bytes per vector and the frontier metric, as a table."""
+    metric = frontier_metric(report)
+    original = report.original(metric)
+    lines = [
+        "",
+        f"## Frontier: {md_text(metric)} against bytes per vector",
+        "",
+        "Each cell scores higher than every cell of fewer or as many bytes"
+        + (f"; retention is against the original's {original:.4f}." if original else "."),
+        "",
+        f"| bytes/vector | method | size | stored as | {md_text(metric)} | retention |",
+        "|---:|---|---:|---|---:|---:|",
+    ]
+    for row in frontier(report.results, metric):
+        value = row.metrics[metric]
+        retention = f"{value / original:.1%}" if original else "-"
+        lines.append(
+            f"| {row.bytes:,} | {md_text(row.method)} | {row.dim} | "
+            f"{md_text(_cell_label(row))} | {value:.4f} | {retention} |"
+        )
+    return lines
+
+
+def plot_bytes(report: EvaluationReport, metric: str, path: Path) -> None:
+    """``metric`` against bytes per stored vector (log2 x axis): one marker per cell (colour:
+    method; shape: precision), the Pareto frontier as a line, the original as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8.0, 5.0), dpi=120)
+    try:
+        markers = dict(zip(PRECISIONS, "osD^", strict=True))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for index, name in enumerate(method_names(report)):
+            colour = colours[index % len(colours)]
+            for precision in PRECISIONS:
+                cells = [r for r in report.results if r.method == name and r.precision == precision]
+                if cells:
+                    axes.scatter(
+                        [r.bytes for r in cells],
+                        [r.metrics[metric] for r in cells],
+                        marker=markers[precision],
+                        color=colour,
+                        alpha=0.75,
+                        label=f"{name} {precision}",
+                    )
+        best = frontier(report.results, metric)
+        axes.step(
+            [r.bytes for r in best],
+            [r.metrics[metric] for r in best],
+            where="post",
+            color="black",
+            linewidth=1.2,
+            label="frontier",
+        )
+        original = report.original(metric)
+        if original is not None:
+            axes.axhline(
+                original,
+                linestyle="--",
+                color="grey",
+                label=f"original float32 ({bytes_per_vector(report.dimension):,} B): "
+                f"{original:.3f}",
+            )
+        axes.set_xscale("log", base=2)
+        axes.xaxis.set_major_formatter(lambda value, _: f"{value:,.0f} B")
+        axes.set_xlabel("bytes per stored vector (log2)")
+        axes.set_ylabel(metric)
+        axes.set_title(f"{metric} against bytes per vector ({report.num_queries:,} queries)")
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="lower right", fontsize="x-small", ncol=2)
+        figure.tight_layout()
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
 
 
 def plot_metric(report: EvaluationReport, metric: str, path: Path) -> None:
@@ -194,7 +319,9 @@ def plot_metric(report: EvaluationReport, metric: str, path: Path) -> None:
             points = sorted(
                 (row.dim, row.metrics[metric])
                 for row in report.results
-                if row.method == name and row.dim in report.dims
+                if row.method == name
+                and row.dim in report.dims
+                and row.precision in (None, "float32")
             )
             if points:
                 xs, ys = zip(*points, strict=True)
@@ -259,3 +386,6 @@ def _write_files(report: EvaluationReport, staging: Path) -> None:
     (staging / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
     for metric in report.metrics:
         plot_metric(report, metric, staging / plot_filename(metric))
+    if report.precisions:
+        metric = frontier_metric(report)
+        plot_bytes(report, metric, staging / bytes_plot_filename(metric))

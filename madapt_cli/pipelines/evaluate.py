@@ -13,13 +13,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError, StoreError
 from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.pipelines.eval_precision import (
+    DEFAULT_INT8_CALIBRATION,
+    PrecisionGrid,
+    precision_options,
+)
 from madapt_cli.pipelines.eval_results import EvaluationReport, ResultRow
+from madapt_cli.pipelines.eval_sources import PCA_FIT_ROWS, pca_baseline, stored_columns
 from madapt_cli.retrieval.metrics import (
     DEFAULT_METRICS,
     RELEVANCE_LEVEL,
@@ -28,15 +33,8 @@ from madapt_cli.retrieval.metrics import (
     score_indices,
     trec_tie_order,
 )
-from madapt_cli.retrieval.search import ArrayLike, PrefixTopK, as_tensor, identical_id_exclusions
-from madapt_cli.store.base import (
-    VECTOR_COLUMN,
-    Store,
-    check_tables_agree,
-    open_store,
-    table_fingerprint,
-    vector_columns,
-)
+from madapt_cli.retrieval.search import PrefixTopK, as_tensor, identical_id_exclusions
+from madapt_cli.store.base import VECTOR_COLUMN, check_tables_agree, open_store, table_fingerprint
 from madapt_cli.training.anchors import learned_overlap
 from madapt_cli.util.device import resolve_device
 from madapt_cli.util.dims import parse_dims
@@ -54,15 +52,13 @@ __all__ = [
     "pca_baseline",
     "read_ahead",
     "run_evaluation",
+    "stored_columns",
 ]
 
 BASELINES = ("truncate", "pca")
 
 
 DEFAULT_DIMS = (64, 128, 256)
-
-
-PCA_FIT_ROWS = 200_000
 
 
 @dataclass
@@ -89,26 +85,13 @@ class EvalOptions:
     #: stored columns to evaluate as they are (an applied store's ``vector_64``...); None:
     #: ``vector`` when the corpus has it, else every vector column of the store
     vector_columns: Sequence[str] | None = None
-
-
-def pca_baseline(corpus: ArrayLike, dimension: int, max_rows: int | None = PCA_FIT_ROWS) -> Any:
-    """The PCA map of :func:`madapt_cli.methods.pca.fit_pca` (as `madapt fit --method pca`
-    makes it), fitted on the whole corpus or, above ``max_rows`` rows, on ``max_rows`` evenly
-    spaced ones: the principal axes of 768-d vectors are settled long before that, and the
-    fit's float64 products would otherwise cost more than the searches. A tensor is reduced on
-    its own device."""
-    from madapt_cli.methods.pca import fit_pca
-
-    if max_rows is not None and len(corpus) > max_rows:
-        rows = np.linspace(0, len(corpus) - 1, max_rows).round().astype(np.int64)
-        corpus = (
-            corpus[torch.from_numpy(rows).to(corpus.device)]
-            if isinstance(corpus, torch.Tensor)
-            else corpus[rows]
-        )
-    batches = (corpus[start : start + 65_536] for start in range(0, len(corpus), 65_536))
-    config = {"name": "pca", "method": "pca", "dimension": dimension}
-    return Adaptor(fit_pca(batches, dimension), config)
+    #: stored precisions besides float32 (``eval_precision``): each (method, size) also as
+    #: float16 / int8 / binary codes, scored symmetric, asymmetric or both, and with
+    #: ``rescore`` N > 0 also N x k symmetric candidates re-ranked by the float query
+    precisions: str | Sequence[str] | None = None
+    scoring: str = "both"
+    rescore: int = 0
+    int8_calibration: str = DEFAULT_INT8_CALIBRATION
 
 
 def _has_relevant(judged: dict[str, int]) -> bool:
@@ -179,6 +162,7 @@ class _Evaluation:
         self.prepare_seconds: dict[str, float] = {}
         self.column = VECTOR_COLUMN  # the stored column searched
         self.stored: dict[str, int] = {}  # stored columns evaluated as they are -> size
+        self.calibrations: dict[str, dict[str, Any]] = {}  # int8, method -> size -> ranges
 
     def warn(self, message: str) -> None:
         if message in self.warnings:  # the same for each stored column: once
@@ -196,6 +180,7 @@ class _Evaluation:
             if baseline not in BASELINES:
                 raise InputError(f"unknown --baseline {baseline!r}: use {' or '.join(BASELINES)}")
         self.device = resolve_device(options.device)
+        self.precisions, self.scorings = precision_options(options)
         self.qrels = read_qrels(self.qrels_path)
         self.store = store = open_store(self.store_path)
         store.require_table(options.corpus_table)
@@ -305,7 +290,7 @@ class _Evaluation:
         """Every method's top ``depth`` at each of its sizes. Truncation and the adaptors
         search each corpus batch as it is read (the reading runs ahead in a thread), so their
         searches overlap the read; PCA must see the corpus first."""
-        query_tensor = as_tensor(self.queries, self.device)
+        self.query_tensor = query_tensor = as_tensor(self.queries, self.device)
         self.seconds_of = dict.fromkeys((method.name for method in self.methods), 0.0)
         self.searches: dict[str, PrefixTopK] = {}
         streamed: list[_Method] = []
@@ -319,14 +304,15 @@ class _Evaluation:
             )
             self.searches[method.name] = self._start_search(method, mapped)
             streamed.append(method)
-        kept_corpus = (
+        kept_corpus = (  # PCA and the lower precisions need the whole corpus
             torch.empty((self.num_docs, self.dimension), device=self.device)
-            if "pca" in self.baselines
+            if "pca" in self.baselines or len(self.precisions) > 1
             else None
         )
         self._stream_corpus(streamed, kept_corpus)
         self.read_seconds = time.perf_counter() - self.read_started
-        if kept_corpus is not None:
+        self.kept_corpus = kept_corpus
+        if "pca" in self.baselines and kept_corpus is not None:
             self._search_pca(query_tensor, kept_corpus)
 
     def _stream_corpus(self, streamed: list[_Method], kept_corpus: torch.Tensor | None) -> None:
@@ -354,7 +340,7 @@ class _Evaluation:
         (method,) = (m for m in self.methods if m.how == "pca")
         method_started = time.perf_counter()
         pca = pca_baseline(kept_corpus, self.dimension, self.options.pca_fit_rows)
-        pca = pca.to(self.device)
+        self.pca = pca = pca.to(self.device)
         self.searches["pca"] = self._start_search(method, pca.transform(query_tensor))
         self.prepare_seconds["pca"] = time.perf_counter() - method_started
         method_started = time.perf_counter()
@@ -371,21 +357,56 @@ class _Evaluation:
                 "as in trec_eval)"
             )
         results: list[ResultRow] = []
+        grid = self._grid(judgments)
+        done = 0
         for method in self.methods:
             scoring_started = time.perf_counter()
             found = self.searches.pop(method.name).result()
+            mapped = self._mapped(method) if grid is not None else None
             for dim in method.sizes:
                 ranked = trec_tie_order(found[dim][0], found[dim][1], self.corpus_ids)
                 scores = score_indices(ranked, judgments, self.metrics)
                 means = {label: float(values.mean()) for label, values in scores.items()}
                 elapsed = self.seconds_of[method.name] + time.perf_counter() - scoring_started
-                results.append(ResultRow(method.name, dim, means, elapsed / len(method.sizes)))
-                done = len(results)
+                precision = "float32" if grid is not None else None
+                row = ResultRow(method.name, dim, means, elapsed / len(method.sizes), precision)
+                results.append(row)
+                if grid is not None and mapped is not None:
+                    results += grid.rows(method.name, dim, *mapped)
+                done += 1
                 event = ProgressEvent(
                     "eval", done, total, "sizes", f"{method.name}@{dim}", finished=done == total
                 )
                 report(progress, event)
         return results
+
+    def _grid(self, judgments: Judgments) -> PrecisionGrid | None:
+        """The lower-precision cells' settings, or None when only float32 is evaluated; the
+        calibrations of every call go to one dict (the stored columns score one by one)."""
+        if not self.precisions:
+            return None
+        return PrecisionGrid(
+            self.precisions,
+            self.scorings,
+            self.options.rescore,
+            self.options.int8_calibration,
+            judgments,
+            self.metrics,
+            self.corpus_ids,
+            self.depth,
+            self.exclude,
+            self.device,
+            calibrations=self.calibrations,
+        )
+
+    def _mapped(self, method: _Method) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The method's full-size (queries, corpus), for the lower precisions."""
+        if self.kept_corpus is None:
+            return None
+        how = self.pca if method.how == "pca" else method.how
+        if how == "truncate":
+            return self.query_tensor, self.kept_corpus
+        return how.transform(self.query_tensor), how.transform(self.kept_corpus)
 
     def build_report(self, results: list[ResultRow]) -> EvaluationReport:
         options, corpus_rows = self.options, len(self.corpus_ids)
@@ -421,6 +442,7 @@ class _Evaluation:
                 "device": str(self.device),
                 "search": "exact cosine (dot product of re-normalised prefixes)",
                 "pca_fit_rows": min(corpus_rows, pca_rows) if "pca" in self.baselines else None,
+                **self._precision_settings(),
             },
             fingerprints=fingerprints,
             warnings=self.warnings,
@@ -430,50 +452,23 @@ class _Evaluation:
                 "search_and_score": round(sum(r.seconds for r in results), 3),
                 "total": round(time.perf_counter() - self.started, 3),
             },
+            precisions=self.precisions,
+            calibrations=self.calibrations,
         )
+
+    def _precision_settings(self) -> dict[str, Any]:
+        if not self.precisions:
+            return {}
+        return {
+            "scoring": self.scorings,
+            "rescore": self.options.rescore,
+            "int8_calibration": self.options.int8_calibration
+            if "int8" in self.precisions
+            else None,
+        }
 
 
 # --- stored columns: an applied store's vector_<d>, evaluated as they are -----------------
-def stored_columns(store: Store, options: EvalOptions) -> dict[str, int]:
-    """The columns to evaluate as stored (name -> size): ``options.vector_columns``, or
-    every vector column when the corpus has no raw ``vector`` (a store `madapt apply` or
-    ``embed --adaptor --no-raw`` wrote); {} for the usual evaluation of ``vector``."""
-    corpus, queries = options.corpus_table, options.queries_table
-    have = vector_columns(store.schema(corpus))
-    requested = list(dict.fromkeys(options.vector_columns or ()))
-    if not requested:
-        if VECTOR_COLUMN in have:
-            return {}
-        requested = sorted(have, key=have.__getitem__)
-        if not requested:
-            raise StoreError(f"table '{corpus}' of {store.path} has no vector column")
-    query_have = vector_columns(store.schema(queries))
-    for column in requested:
-        for table, columns in ((corpus, have), (queries, query_have)):
-            if column not in columns:
-                raise InputError(
-                    f"--vector-column {column}: table '{table}' of {store.path} has no such "
-                    f"column (vector columns: {', '.join(columns) or 'none'})"
-                )
-    if requested == [VECTOR_COLUMN]:
-        return {}
-    refused = [
-        flag
-        for flag, given in (
-            ("--adaptor", options.adaptors),
-            ("--baseline", options.baselines),
-            ("--dims", options.dims),
-        )
-        if given
-    ]
-    if refused:
-        raise InputError(
-            f"{', '.join(refused)}: not with stored columns ({', '.join(requested)}), which "
-            "are evaluated as they are; evaluate the raw store (column 'vector') for those"
-        )
-    return {column: have[column] for column in requested}
-
-
 def _evaluate_stored_columns(run: _Evaluation, progress: Progress | None) -> EvaluationReport:
     """Each stored column searched at its own size, as a database would search it: the
     method is named after the column (its size is the column's)."""
