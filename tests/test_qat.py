@@ -116,7 +116,9 @@ def _binary_agreement(module: torch.nn.Module, corpus: np.ndarray, m: int) -> fl
     np.fill_diagonal(coded, -np.inf)
     top_full = np.argsort(-full, axis=1, kind="stable")[:, :10]
     top_coded = np.argsort(-coded, axis=1, kind="stable")[:, :10]
-    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_full, top_coded)]))
+    return float(
+        np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_full, top_coded, strict=True)])
+    )
 
 
 def test_binary_qat_distill_improves_the_codes_it_trains() -> None:
