@@ -130,6 +130,11 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     precisions = parse_precisions(precision)
     check_precision_sizes(precisions, sizes, "--precision")
     _check_options(format, chunk_rows, dtype)
+    if "int8" in precisions and calibration_from is None:
+        try:  # a bad method fails before the corpus is read
+            fit_int8_calibration(np.zeros((1, 1), np.float32), calibration)
+        except InputError as error:
+            raise InputError(f"--calibration: {error}") from None
     names = list(tables) if tables else source.tables()
     if not names:
         raise StoreError(f"store {store_path} has no tables")
@@ -211,7 +216,6 @@ class Coding:
             )
         require_raw_vectors(store, "corpus", "`madapt apply --precision int8`")
         prefixes = _calibration_sample(adaptor, store, dims, chunk_rows)
-        fit_int8_calibration(prefixes[dims[0]][:1], method)  # a bad method fails alone
         self.calibrations = {d: fit_int8_calibration(prefixes[d], method) for d in dims}
         self.source = f"table 'corpus' of {store.path}"
         self.rows = len(prefixes[dims[0]])

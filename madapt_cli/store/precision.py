@@ -125,6 +125,8 @@ def read_calibration(record: Mapping[str, Any], where: str) -> dict[int, quantiz
     try:
         sizes = record["sizes"]
         return {int(m): quantize.Int8Calibration.from_dict(c) for m, c in sizes.items()}
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise InputError(f"{where}: unreadable int8 calibration ({error})") from None
 
