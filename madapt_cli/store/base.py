@@ -144,10 +144,10 @@ def code_columns(schema: pa.Schema) -> dict[str, dict[str, Any]]:
     described = decode_metadata(schema).get("columns")
     if not isinstance(described, dict):
         return {}
-    return {
-        name: dict(column)
-        for name, column in described.items()
-        if name in schema.names and name not in floats and isinstance(column, dict)
+    return {  # in schema order
+        name: dict(described[name])
+        for name in schema.names
+        if name not in floats and isinstance(described.get(name), dict)
     }
 
 
