@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -89,6 +90,53 @@ def _write(out: Path, ids: list[str], vectors) -> None:
         raise
 
 
+def _query_calibrations(
+    adaptor: Any, precision: str, dim: int, calibration_from: Path | None
+) -> dict | None:
+    """The int8 ranges of ``calibration_from`` (needed for int8, checked for ``dim``);
+    a bad precision or size fails here, before the model loads."""
+    from madapt_cli.pipelines.encode import load_query_calibration
+    from madapt_cli.store.precision import check_precision_sizes, parse_precisions
+
+    check_precision_sizes(parse_precisions([precision]), [dim], "--precision")
+    if calibration_from is None:
+        if precision == "int8":
+            raise InputError(
+                "--precision int8 needs --calibration-from: the applied store whose corpus "
+                "ranges code the queries"
+            )
+        return None
+    calibrations = load_query_calibration(adaptor, calibration_from)
+    if precision == "int8" and dim not in calibrations:
+        have = ", ".join(str(d) for d in sorted(calibrations))
+        raise InputError(
+            f"--calibration-from {calibration_from}: no int8 calibration for size {dim} "
+            f"(it has {have})"
+        )
+    return calibrations
+
+
+def _input_texts(
+    texts: list[str] | None, input_file: Path | None, id_field: str, text_field: str
+) -> tuple[list[str], list[str]]:
+    """(ids, texts) from the arguments, ``--input`` or stdin; none is an error."""
+    if texts:
+        return [str(i) for i in range(len(texts))], list(texts)
+    where = str(input_file) if input_file is not None else "stdin"
+    if input_file is not None:
+        if not input_file.is_file():
+            raise InputError(f"--input {input_file}: no such file")
+        with input_file.open(encoding="utf-8") as handle:
+            ids, items = read_texts(handle, where, id_field, text_field)
+    elif sys.stdin is None or sys.stdin.isatty():
+        ids, items = [], []
+    else:
+        ids, items = read_texts(sys.stdin, where, id_field, text_field)
+    if not items:
+        raise InputError(f"no texts to encode: give them as arguments or on {where}")
+    return ids, items
+
+
 def register(app: typer.Typer) -> None:
     @app.command("encode")
     def encode(
@@ -138,48 +186,14 @@ def register(app: typer.Typer) -> None:
         with --precision int8 or binary the vector is the stored code: int8 values, or the
         packed sign bytes (0..255)."""
         from madapt_cli.methods.adaptor import Adaptor
-        from madapt_cli.pipelines.encode import (
-            Encoder,
-            check_role,
-            load_query_calibration,
-            provider_for_adaptor,
-        )
-        from madapt_cli.store.precision import check_precision_sizes, parse_precisions
+        from madapt_cli.pipelines.encode import Encoder, check_role, provider_for_adaptor
 
         loaded = Adaptor.load(adaptor)
         dim = loaded.check_dim(dim)
         checked_role = check_role(role)
-        check_precision_sizes(parse_precisions([precision]), [dim], "--precision")
-        calibrations = None
-        if calibration_from is not None:
-            calibrations = load_query_calibration(loaded, calibration_from)
-        elif precision == "int8":
-            raise InputError(
-                "--precision int8 needs --calibration-from: the applied store whose corpus "
-                "ranges code the queries"
-            )
-        if calibrations is not None and precision == "int8" and dim not in calibrations:
-            have = ", ".join(str(d) for d in sorted(calibrations))
-            raise InputError(
-                f"--calibration-from {calibration_from}: no int8 calibration for size {dim} "
-                f"(it has {have})"
-            )
+        calibrations = _query_calibrations(loaded, precision, dim, calibration_from)
         _check_out(out, overwrite)
-        if texts:
-            ids, items = [str(i) for i in range(len(texts))], list(texts)
-        else:
-            where = str(input_file) if input_file is not None else "stdin"
-            if input_file is not None:
-                if not input_file.is_file():
-                    raise InputError(f"--input {input_file}: no such file")
-                with input_file.open(encoding="utf-8") as handle:
-                    ids, items = read_texts(handle, where, id_field, text_field)
-            elif sys.stdin is None or sys.stdin.isatty():
-                ids, items = [], []
-            else:
-                ids, items = read_texts(sys.stdin, where, id_field, text_field)
-            if not items:
-                raise InputError(f"no texts to encode: give them as arguments or on {where}")
+        ids, items = _input_texts(texts, input_file, id_field, text_field)
         provider = provider_for_adaptor(
             loaded,
             model=model,
