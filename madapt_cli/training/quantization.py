@@ -32,6 +32,12 @@ Stochastic Neurons for Conditional Computation", 2013; the clipped form of Hubar
 
 Gradients flow through the codes to f, so training moves the first coordinates' signs (or
 their spread within the int8 ranges) to carry the ranking.
+
+Measured (``bench/qat.py``, SciFact, MiniLM, seeds 0 and 1; docs/benchmarks.md): binary lifts
+the binary cells of a supervised adaptor by 0.02-0.05 nDCG@10 (128 dims with a float query
+against the bits: 0.618 -> 0.641) and of the unsupervised one at 64 and 128 dims by 0.04-0.06,
+at a cost of 0.014-0.021 for float32 at 32-64 dims; int8 changes nothing measurable (int8
+codes already score within 0.003 of float32).
 """
 
 from __future__ import annotations
