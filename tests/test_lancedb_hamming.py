@@ -43,7 +43,6 @@ def test_lancedb_hamming_top10_is_madapts(tmp_path: Path) -> None:
             table.search(query, vector_column_name="vector_64_binary")
             .distance_type("hamming")
             .limit(10)
-            .select(["id"])
             .to_arrow()
         )
         got_distance = np.array(found["_distance"].to_pylist())
