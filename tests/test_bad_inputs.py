@@ -730,6 +730,76 @@ CASES += [
 ]
 
 
+# issue 18: stored precisions and quantisation-aware training ------------------------------------
+CASES += [
+    case(
+        "apply-unknown-precision", lambda c: apply(c, "--precision", "int4"), r"--precision 'int4'"
+    ),
+    case(
+        "apply-binary-size-not-multiple-of-8",
+        lambda c: apply(c, "--precision", "binary", dims="12"),
+        r"--precision binary .*size 12 is not a multiple of 8",
+    ),
+    case(
+        "apply-bad-calibration-method",
+        lambda c: apply(c, "--precision", "int8", "--calibration", "percentile:70"),
+        r"--calibration: .*'percentile:70'",
+    ),
+    case(
+        "apply-calibration-from-missing",
+        lambda c: apply(c, "--precision", "int8", "--calibration-from", c.p("nope")),
+        r"--calibration-from .*/nope\b",
+    ),
+    case(
+        "apply-calibration-from-store-without-one",
+        lambda c: apply(c, "--precision", "int8", "--calibration-from", c.store("raw")),
+        r"/raw holds no int8 calibration",
+    ),
+    case(
+        "apply-calibration-from-bad-json",
+        lambda c: apply(c, "--precision", "int8", "--calibration-from", c.file("cal.json", "{")),
+        r"/cal\.json: not a JSON calibration",
+    ),
+    case(
+        "apply-calibration-from-bad-ranges",
+        lambda c: apply(
+            c,
+            "--precision",
+            "int8",
+            "--calibration-from",
+            c.file("cal.json", json.dumps({"sizes": {"8": {"method": "minmax", "lower": [1]}}})),
+        ),
+        r"/cal\.json: .*int8 calibration",
+    ),
+    case("encode-unknown-precision", lambda c: encode(c, "--precision", "int4", "x"), r"'int4'"),
+    case(
+        "encode-int8-without-calibration",
+        lambda c: encode(c, "--dim", "8", "--precision", "int8", "x"),
+        r"--precision int8 needs --calibration-from",
+    ),
+    case(
+        "encode-binary-size-not-multiple-of-8",
+        lambda c: encode(c, "--dim", "12", "--precision", "binary", "x"),
+        r"size 12 is not a multiple of 8",
+    ),
+    case(
+        "fit-quantization-aware-unknown",
+        lambda c: fit(c, "--quantization-aware", "int4"),
+        r"--quantization-aware must be int8/binary, not 'int4'",
+    ),
+    case(
+        "fit-quantization-aware-pca",
+        lambda c: fit(c, "--method", "pca", "--quantization-aware", "binary"),
+        r"--quantization-aware needs --method matryoshka",
+    ),
+    case(
+        "fit-quantization-aware-paper",
+        lambda c: fit(c, "--objective", "paper", "--quantization-aware", "binary"),
+        r"--quantization-aware needs --objective distill",
+    ),
+]
+
+
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every path under ``root`` -> its bytes (None for a folder)."""
     return {

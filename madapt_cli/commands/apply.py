@@ -26,6 +26,22 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option(
             "float32", "--dtype", help="float32 or float16 (half the bytes; computed in float32)."
         ),
+        precision: str = typer.Option(
+            "float32",
+            "--precision",
+            help="What each size stores, comma-separated: float32 (vector_<d>), float16, "
+            "int8 or binary (vector_<d>_<precision>; binary: sizes a multiple of 8).",
+        ),
+        calibration: str = typer.Option(
+            "minmax",
+            "--calibration",
+            help="int8 ranges fitted on the corpus table: minmax or percentile:P (0<P<50).",
+        ),
+        calibration_from: Path | None = typer.Option(
+            None,
+            "--calibration-from",
+            help="int8: reuse the ranges of this applied store (or JSON file) instead.",
+        ),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace an existing --out store that madapt wrote."
         ),
@@ -49,9 +65,15 @@ def register(app: typer.Typer) -> None:
                 overwrite=overwrite,
                 progress=printer,
                 dtype=dtype,
+                precision=precision,
+                calibration=calibration,
+                calibration_from=calibration_from,
             )
         if as_json:
             console.print_json(summary.to_dict())
         else:
             rows = ", ".join(f"{t}: {n:,} rows" for t, n in summary.tables.items())
-            console.out.print(f"wrote {out} ({rows}) at sizes {summary.dims}")
+            sizes = f"at sizes {summary.dims}"
+            if summary.precisions != ["float32"]:
+                sizes += f" in {', '.join(summary.precisions)}"
+            console.out.print(f"wrote {out} ({rows}) {sizes}")

@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -79,16 +80,61 @@ def _write(out: Path, ids: list[str], vectors) -> None:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            from madapt_cli.store.base import vectors_to_arrow
+            from madapt_cli.store.precision import codes_to_arrow
 
-            table = pa.table(
-                {"id": pa.array(ids, pa.string()), "vector": vectors_to_arrow(vectors)}
-            )
+            table = pa.table({"id": pa.array(ids, pa.string()), "vector": codes_to_arrow(vectors)})
             pq.write_table(table, staging)
         os.replace(staging, out)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+def _query_calibrations(
+    adaptor: Any, precision: str, dim: int, calibration_from: Path | None
+) -> dict | None:
+    """The int8 ranges of ``calibration_from`` (needed for int8, checked for ``dim``);
+    a bad precision or size fails here, before the model loads."""
+    from madapt_cli.pipelines.encode import load_query_calibration
+    from madapt_cli.store.precision import check_precision_sizes, parse_precisions
+
+    check_precision_sizes(parse_precisions([precision]), [dim], "--precision")
+    if calibration_from is None:
+        if precision == "int8":
+            raise InputError(
+                "--precision int8 needs --calibration-from: the applied store whose corpus "
+                "ranges code the queries"
+            )
+        return None
+    calibrations = load_query_calibration(adaptor, calibration_from)
+    if precision == "int8" and dim not in calibrations:
+        have = ", ".join(str(d) for d in sorted(calibrations))
+        raise InputError(
+            f"--calibration-from {calibration_from}: no int8 calibration for size {dim} "
+            f"(it has {have})"
+        )
+    return calibrations
+
+
+def _input_texts(
+    texts: list[str] | None, input_file: Path | None, id_field: str, text_field: str
+) -> tuple[list[str], list[str]]:
+    """(ids, texts) from the arguments, ``--input`` or stdin; none is an error."""
+    if texts:
+        return [str(i) for i in range(len(texts))], list(texts)
+    where = str(input_file) if input_file is not None else "stdin"
+    if input_file is not None:
+        if not input_file.is_file():
+            raise InputError(f"--input {input_file}: no such file")
+        with input_file.open(encoding="utf-8") as handle:
+            ids, items = read_texts(handle, where, id_field, text_field)
+    elif sys.stdin is None or sys.stdin.isatty():
+        ids, items = [], []
+    else:
+        ids, items = read_texts(sys.stdin, where, id_field, text_field)
+    if not items:
+        raise InputError(f"no texts to encode: give them as arguments or on {where}")
+    return ids, items
 
 
 def register(app: typer.Typer) -> None:
@@ -121,32 +167,33 @@ def register(app: typer.Typer) -> None:
         location: str | None = typer.Option(None, "--location", help="Vertex: the region."),
         timeout: float = typer.Option(60.0, "--timeout", min=0.001, help="API timeout (s)."),
         max_retries: int = typer.Option(10, "--max-retries", min=0, help="API retries."),
+        precision: str = typer.Option(
+            "float32",
+            "--precision",
+            help="float32 (default; also the query side of asymmetric search), float16, int8 "
+            "(needs --calibration-from) or binary (packed sign bits, --dim a multiple of 8): "
+            "the codes `madapt apply --precision` stores.",
+        ),
+        calibration_from: Path | None = typer.Option(
+            None,
+            "--calibration-from",
+            help="int8: the applied store (or JSON file) whose corpus ranges code the queries.",
+        ),
     ) -> None:
         """Encode texts exactly as the adaptor's corpus was: the recorded upstream model,
         prompt or task type and dimensions, then the adaptor, cut to --dim and
-        re-normalised. JSONL {"id", "vector"} on stdout, or --out FILE.npy|.parquet."""
+        re-normalised. JSONL {"id", "vector"} on stdout, or --out FILE.npy|.parquet;
+        with --precision int8 or binary the vector is the stored code: int8 values, or the
+        packed sign bytes (0..255)."""
         from madapt_cli.methods.adaptor import Adaptor
         from madapt_cli.pipelines.encode import Encoder, check_role, provider_for_adaptor
 
         loaded = Adaptor.load(adaptor)
         dim = loaded.check_dim(dim)
         checked_role = check_role(role)
+        calibrations = _query_calibrations(loaded, precision, dim, calibration_from)
         _check_out(out, overwrite)
-        if texts:
-            ids, items = [str(i) for i in range(len(texts))], list(texts)
-        else:
-            where = str(input_file) if input_file is not None else "stdin"
-            if input_file is not None:
-                if not input_file.is_file():
-                    raise InputError(f"--input {input_file}: no such file")
-                with input_file.open(encoding="utf-8") as handle:
-                    ids, items = read_texts(handle, where, id_field, text_field)
-            elif sys.stdin is None or sys.stdin.isatty():
-                ids, items = [], []
-            else:
-                ids, items = read_texts(sys.stdin, where, id_field, text_field)
-            if not items:
-                raise InputError(f"no texts to encode: give them as arguments or on {where}")
+        ids, items = _input_texts(texts, input_file, id_field, text_field)
         provider = provider_for_adaptor(
             loaded,
             model=model,
@@ -161,11 +208,11 @@ def register(app: typer.Typer) -> None:
             },
             on_warning=console.warn,
         )
-        with Encoder(loaded, provider) as encoder:
-            vectors = encoder.encode(items, role=checked_role, dim=dim)
+        with Encoder(loaded, provider, calibrations) as encoder:
+            vectors = encoder.encode(items, role=checked_role, dim=dim, precision=precision)
         if out is not None:
             _write(out, ids, vectors)
-            console.log(f"wrote {len(ids):,} {dim}-d vectors to {out}")
+            console.log(f"wrote {len(ids):,} {dim}-d {precision} vectors to {out}")
             return
         write = sys.stdout.write
         for row_id, vector in zip(ids, vectors.tolist(), strict=True):

@@ -101,6 +101,12 @@ def register(app: typer.Typer) -> None:
             help="matryoshka and smec: start f from the corpus' principal rotation (keeps "
             "full-size cosines) instead of the identity.",
         ),
+        quantization_aware: str | None = typer.Option(
+            None,
+            "--quantization-aware",
+            help="int8 or binary: also train each prefix's ranking as the database scores "
+            "its codes (straight-through sign or rounding). --method matryoshka.",
+        ),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         seed: int = typer.Option(0, "--seed"),
         name: str | None = typer.Option(
@@ -159,8 +165,11 @@ def register(app: typer.Typer) -> None:
             hard_negatives=hard_negatives,
             patience=patience,
             objective=objective,
+            quantization_aware=quantization_aware,
         )
         fitter = get_method(method, "--method")
+        if quantization_aware is not None and method != "matryoshka":
+            raise InputError("--quantization-aware needs --method matryoshka")
         if lr is not None and fitter.one_learning_rate:
             config.lr = lr  # every stage trains at TrainConfig.lr, in both modes
         flags = {

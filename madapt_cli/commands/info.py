@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
     ) -> None:
         """Show a store's tables: rows, vector columns (vector, or an applied store's
-        vector_<d>), model, adaptor and metadata."""
+        vector_<d>, and its int8/binary code columns with their bytes per vector), model,
+        adaptor and metadata."""
         described = open_store(store_path).describe()
         if as_json:
             console.print_json(described)
@@ -30,7 +31,10 @@ def register(app: typer.Typer) -> None:
             table.add_column(column)
         for entry in described["tables"]:
             meta = entry["metadata"]
-            vectors = ", ".join(f"{c}[{d}]" for c, d in entry["vector_columns"].items())
+            vectors = ", ".join(
+                [f"{c}[{d}]" for c, d in entry["vector_columns"].items()]
+                + [_code(c, column) for c, column in entry.get("code_columns", {}).items()]
+            )
             table.add_row(
                 entry["name"],
                 f"{entry['rows']:,}",
@@ -41,3 +45,8 @@ def register(app: typer.Typer) -> None:
                 str(meta.get("created_at", "")),
             )
         console.print_table(console.out, table)
+
+
+def _code(name: str, column: dict) -> str:
+    """``vector_128_binary[128 binary, 16 B]``: a code column's size, precision and bytes."""
+    return f"{name}[{column.get('dim')} {column.get('precision')}, {column.get('bytes')} B]"

@@ -36,6 +36,7 @@ from madapt_cli.training.objectives import (
     UnsupervisedObjective,
 )
 from madapt_cli.training.progress import EpochProgress
+from madapt_cli.training.quantization import add_quantization_term, quantization_record
 from madapt_cli.training.validation import (
     RankingProxy,
     build_validation,
@@ -141,6 +142,7 @@ def train_distill(
         config.dim_weights(dims),
         train_rows,
     )
+    add_quantization_term(objective, config.quantization_aware)
     mined = time.perf_counter() - started
     validation = build_validation(vectors, validation_data, dims, config, device)
     if validation is None and len(proxy_index) > 0:
@@ -265,6 +267,7 @@ def train_supervised(  # noqa: PLR0913 - the public training API (bench/, tests)
     objective = SupervisedObjective(
         vectors, train_queries, judgments, dims, config, config.weights("supervised"), generator
     )
+    add_quantization_term(objective, config.quantization_aware)
     validation = build_validation(vectors, validation_data, dims, config, device)
     query_batch = min(config.query_batch_size, len(train_ids))
     steps = math.ceil(len(train_ids) / query_batch)
@@ -344,5 +347,6 @@ class Matryoshka(Method):
             "training_rows": len(corpus_ids),
             "training_data_sha256": data.sha256(),
             "topk_mining_seconds": round(result.topk_mining_seconds, 3),
+            **quantization_record(config.quantization_aware),
         }
         return Fitted(result.module, record, result.history, result.best)

@@ -6,6 +6,13 @@ directory and renamed into place at the end: a failed run leaves no partial OUT.
 checked before anything is read (:func:`madapt_cli.util.files.check_output`): it may not be, hold or
 lie inside the adaptor or the store, and only a store madapt wrote is replaced, with
 ``overwrite``. Every vector read is checked (finite, non-zero) before it is transformed.
+
+``precision`` chooses what each size stores (:mod:`madapt_cli.store.precision`): float32
+``vector_<d>`` (the default), float16 ``vector_<d>_float16``, int8 codes ``vector_<d>_int8``
+or packed sign bits ``vector_<d>_binary``. int8 needs per-dimension ranges: they are fitted
+once, before anything is written, on the adapted prefixes of the source's corpus table (or
+read from ``calibration_from``), and recorded in every table's metadata, so the queries
+table and `madapt encode` code queries with the corpus' ranges.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 
 from madapt_cli.errors import InputError, StoreError
 from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.retrieval.quantize import Int8Calibration, fit_int8_calibration
 from madapt_cli.store.base import (
     FORMATS,
     METADATA_KEY,
@@ -29,9 +37,21 @@ from madapt_cli.store.base import (
     arrow_to_vectors,
     open_store,
     require_raw_vectors,
-    vector_type,
     vectors_to_arrow,
 )
+from madapt_cli.store.precision import (
+    CALIBRATION_KEY,
+    bytes_per_vector,
+    calibration_record,
+    check_calibration_for,
+    check_precision_sizes,
+    codes_to_arrow,
+    column_type,
+    encode_prefix,
+    load_calibration,
+    parse_precisions,
+)
+from madapt_cli.store.precision import column_name as precision_column
 from madapt_cli.util.dims import parse_dims
 from madapt_cli.util.files import check_output, staged_output
 from madapt_cli.util.progress import Progress, ProgressEvent, report
@@ -40,10 +60,13 @@ from madapt_cli.util.vectors import check_vectors
 #: columns copied from the input as they are, when it has them
 KEPT_COLUMNS = ("text_sha256", "text")
 DTYPES = ("float32", "float16")
+#: at most this many corpus rows (evenly spaced) fit the int8 ranges
+CALIBRATION_ROWS = 200_000
 
 
-def column_name(dim: int) -> str:
-    return f"{VECTOR_COLUMN}_{dim}"
+def column_name(dim: int, precision: str = "float32") -> str:
+    """``vector_<d>`` (float32, or ``--dtype float16``), else ``vector_<d>_<precision>``."""
+    return precision_column(dim, precision)
 
 
 def transform_sizes(
@@ -65,6 +88,11 @@ class ApplySummary:
     dims: list[int]
     adaptor: str
     tables: dict[str, int] = field(default_factory=dict)
+    precisions: list[str] = field(default_factory=lambda: ["float32"])
+    #: column -> exact bytes of one stored vector
+    bytes_per_vector: dict[str, int] = field(default_factory=dict)
+    #: where the int8 ranges come from (None without int8)
+    calibration: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,10 +110,16 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     overwrite: bool = False,
     progress: Progress | None = None,
     dtype: str = "float32",
+    precision: str | Sequence[str] = "float32",
+    calibration: str = "minmax",
+    calibration_from: str | Path | None = None,
 ) -> ApplySummary:
     """Write every table (or ``tables``) of ``store_path`` into a new store ``out`` with
-    columns ``id``, ``text_sha256`` and ``text`` (when present) and ``vector_<d>`` for each
-    size, stored as ``dtype`` (float32 or float16; computed in float32 either way).
+    columns ``id``, ``text_sha256`` and ``text`` (when present) and, for each size and each
+    of ``precision`` (one name or a list: float32, float16, int8, binary), its column; the
+    float32 column stored as ``dtype`` (float32 or float16; computed in float32 either way).
+    int8 ranges: fitted with ``calibration`` ("minmax" or "percentile:P") on the source's
+    corpus table, or read from ``calibration_from`` (an applied store or a JSON file).
     ``progress`` gets ProgressEvent(task="apply <table>", unit="rows") per chunk."""
     out = Path(out)
     inputs = (adaptor_path, store_path)
@@ -93,12 +127,14 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     adaptor = Adaptor.load(adaptor_path)
     source = open_store(store_path)
     sizes = parse_dims(dims, adaptor.dimension)
-    if format is not None and format not in FORMATS:
-        raise InputError(f"unknown --format {format!r}: use {', '.join(FORMATS)}")
-    if chunk_rows < 1:
-        raise InputError(f"--chunk-rows {chunk_rows}: must be at least 1 row")
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype must be float32 or float16, not {dtype!r}")
+    precisions = parse_precisions(precision)
+    check_precision_sizes(precisions, sizes, "--precision")
+    _check_options(format, chunk_rows, dtype)
+    if "int8" in precisions and calibration_from is None:
+        try:  # a bad method fails before the corpus is read
+            fit_int8_calibration(np.zeros((1, 1), np.float32), calibration)
+        except InputError as error:
+            raise InputError(f"--calibration: {error}") from None
     names = list(tables) if tables else source.tables()
     if not names:
         raise StoreError(f"store {store_path} has no tables")
@@ -106,12 +142,26 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
         source.require_table(name)
         require_raw_vectors(source, name, "`madapt apply`")
         adaptor.check_vectors_metadata(source.metadata(name), f"table '{name}' of {store_path}")
-    summary = ApplySummary(out=str(out), dims=sizes, adaptor=adaptor.name)
+    codes = Coding(precisions, dtype)
+    if "int8" in precisions:
+        codes.calibrate(adaptor, source, sizes, calibration, calibration_from, chunk_rows)
+    summary = ApplySummary(
+        out=str(out),
+        dims=sizes,
+        adaptor=adaptor.name,
+        precisions=precisions,
+        bytes_per_vector={
+            column_name(d, p): bytes_per_vector(p if p != "float32" else dtype, d)
+            for d in sizes
+            for p in precisions
+        },
+        calibration=codes.source,
+    )
     with staged_output(out, "store", overwrite=overwrite, inputs=inputs) as staging:
         target = open_store(staging, format=format or source.format, create=True)
         for name in names:
             schema = output_schema(
-                source.schema(name), source.metadata(name), adaptor, sizes, dtype
+                source.schema(name), source.metadata(name), adaptor, sizes, dtype, codes
             )
             where = f"table '{name}' of {store_path}"
             batches = _adapted_batches(source, name, adaptor, sizes, schema, chunk_rows, where)
@@ -119,6 +169,96 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
                 batches = _reported(batches, progress, f"apply {name}", source.num_rows(name))
             summary.tables[name] = target.write_table(name, schema, batches)
     return summary
+
+
+def _check_options(format: str | None, chunk_rows: int, dtype: str) -> None:
+    if format is not None and format not in FORMATS:
+        raise InputError(f"unknown --format {format!r}: use {', '.join(FORMATS)}")
+    if chunk_rows < 1:
+        raise InputError(f"--chunk-rows {chunk_rows}: must be at least 1 row")
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype must be float32 or float16, not {dtype!r}")
+
+
+@dataclass
+class Coding:
+    """The precisions one apply writes, with the int8 ranges per size when int8 is one."""
+
+    precisions: list[str]
+    dtype: str = "float32"
+    calibrations: dict[int, Int8Calibration] = field(default_factory=dict)
+    source: str | None = None
+    rows: int = 0
+
+    def calibrate(
+        self,
+        adaptor: Adaptor,
+        store: Any,
+        dims: list[int],
+        method: str,
+        calibration_from: str | Path | None,
+        chunk_rows: int,
+    ) -> None:
+        """Read the ranges from ``calibration_from``, or fit them on ``store``'s corpus."""
+        if calibration_from is not None:
+            where = f"--calibration-from {calibration_from}"
+            found, metadata = load_calibration(calibration_from)
+            check_calibration_for(found, metadata, adaptor.fingerprint, dims, where)
+            record = metadata[CALIBRATION_KEY]
+            self.calibrations = {d: found[d] for d in dims}
+            self.source = str(record.get("fitted_on", calibration_from))
+            self.rows = int(record.get("rows") or 0)
+            return
+        if not store.has_table("corpus"):
+            raise InputError(
+                f"--precision int8 fits its ranges on the corpus table, and {store.path} has "
+                "none: pass --calibration-from an applied store or a calibration file"
+            )
+        require_raw_vectors(store, "corpus", "`madapt apply --precision int8`")
+        prefixes = _calibration_sample(adaptor, store, dims, chunk_rows)
+        self.calibrations = {d: fit_int8_calibration(prefixes[d], method) for d in dims}
+        self.source = f"table 'corpus' of {store.path}"
+        self.rows = len(prefixes[dims[0]])
+
+    def metadata(self) -> dict[str, Any]:
+        if not self.calibrations:
+            return {}
+        return {CALIBRATION_KEY: calibration_record(self.calibrations, self.source, self.rows)}
+
+    def arrays(self, sized: dict[int, np.ndarray], dims: list[int]) -> list[pa.Array]:
+        """The columns of one batch, in :func:`output_schema`'s order."""
+        arrays = []
+        for d in dims:
+            for p in self.precisions:
+                if p == "float32":
+                    arrays.append(vectors_to_arrow(sized[d], self.dtype))
+                else:
+                    arrays.append(
+                        codes_to_arrow(encode_prefix(sized[d], p, self.calibrations.get(d)))
+                    )
+        return arrays
+
+
+def _calibration_sample(
+    adaptor: Adaptor, store: Any, dims: list[int], chunk_rows: int
+) -> dict[int, np.ndarray]:
+    """The adapted unit prefixes of the corpus table (every row, or at most
+    :data:`CALIBRATION_ROWS` evenly spaced ones), per size."""
+    total = store.num_rows("corpus")
+    stride = max(1, -(-total // CALIBRATION_ROWS))
+    parts: dict[int, list[np.ndarray]] = {d: [] for d in dims}
+    seen = 0
+    where = f"table 'corpus' of {store.path}"
+    for ids, vectors in store.iter_vectors("corpus", batch_rows=chunk_rows):
+        del ids
+        keep = np.arange((-seen) % stride, len(vectors), stride)
+        seen += len(vectors)
+        if len(keep):
+            for d, prefix in transform_sizes(adaptor, vectors[keep], dims).items():
+                parts[d].append(prefix)
+    if not seen:
+        raise InputError(f"{where} is empty: no rows to fit the int8 ranges on")
+    return {d: np.concatenate(p) for d, p in parts.items()}
 
 
 def adaptor_metadata(adaptor: Adaptor) -> dict[str, Any]:
@@ -133,9 +273,24 @@ def adaptor_metadata(adaptor: Adaptor) -> dict[str, Any]:
 
 
 def adapted_metadata(
-    metadata: dict[str, Any], adaptor: Adaptor, dims: list[int], dtype: str = "float32"
+    metadata: dict[str, Any],
+    adaptor: Adaptor,
+    dims: list[int],
+    dtype: str = "float32",
+    codes: Coding | None = None,
 ) -> dict[str, Any]:
-    """A table's metadata once its vectors went through ``adaptor`` at sizes ``dims``."""
+    """A table's metadata once its vectors went through ``adaptor`` at sizes ``dims``
+    (and, with ``codes``, in its precisions, with the int8 ranges)."""
+    codes = codes or Coding(["float32"], dtype)
+    columns = {
+        column_name(d, p): {
+            "dim": d,
+            "precision": dtype if p == "float32" else p,
+            "bytes": bytes_per_vector(dtype if p == "float32" else p, d),
+        }
+        for d in dims
+        for p in codes.precisions
+    }
     return {
         **metadata,
         "dimension": max(dims),
@@ -143,7 +298,10 @@ def adapted_metadata(
         "dims": dims,
         "normalized": True,
         "dtype": dtype,
-        "vector_columns": {column_name(d): d for d in dims},
+        "precisions": codes.precisions,
+        "vector_columns": {name: column["dim"] for name, column in columns.items()},
+        "columns": columns,
+        **codes.metadata(),
         "adaptor": adaptor_metadata(adaptor),
     }
 
@@ -154,12 +312,31 @@ def output_schema(
     adaptor: Adaptor,
     dims: list[int],
     dtype: str = "float32",
+    codes: Coding | None = None,
 ) -> pa.Schema:
+    codes = codes or Coding(["float32"], dtype)
     fields = [pa.field("id", pa.string(), nullable=False)]
     fields += [pa.field(name, pa.string()) for name in KEPT_COLUMNS if name in source.names]
-    fields += [pa.field(column_name(d), vector_type(d, dtype)) for d in dims]
-    extended = adapted_metadata(metadata, adaptor, dims, dtype)
+    fields += [
+        pa.field(column_name(d, p), column_type(d, p, dtype))
+        for d in dims
+        for p in codes.precisions
+    ]
+    extended = adapted_metadata(metadata, adaptor, dims, dtype, codes)
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(extended, sort_keys=True).encode()})
+
+
+def _coding_of(schema: pa.Schema) -> Coding:
+    """The Coding an :func:`output_schema` describes (its metadata holds the ranges)."""
+    metadata = json.loads(schema.metadata[METADATA_KEY])
+    codes = Coding(
+        list(metadata.get("precisions") or ["float32"]), metadata.get("dtype", "float32")
+    )
+    if CALIBRATION_KEY in metadata:
+        from madapt_cli.store.precision import read_calibration
+
+        codes.calibrations = read_calibration(metadata[CALIBRATION_KEY], "apply")
+    return codes
 
 
 def _adapted_batches(
@@ -172,8 +349,7 @@ def _adapted_batches(
     where: str,
 ) -> Iterator[pa.RecordBatch]:
     kept = [column for column in KEPT_COLUMNS if column in schema.names]
-    float16 = schema.field(column_name(dims[0])).type.value_type == pa.float16()
-    dtype = "float16" if float16 else "float32"
+    codes = _coding_of(schema)
     for batch in source.iter_batches(
         name, columns=["id", *kept, VECTOR_COLUMN], batch_rows=chunk_rows
     ):
@@ -181,7 +357,7 @@ def _adapted_batches(
         check_vectors(vectors, _Ids(batch.column("id")), where)
         sized = transform_sizes(adaptor, vectors, dims)
         arrays = [batch.column("id"), *(batch.column(k) for k in kept)]
-        arrays += [vectors_to_arrow(sized[d], dtype) for d in dims]
+        arrays += codes.arrays(sized, dims)
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 

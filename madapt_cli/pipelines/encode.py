@@ -9,7 +9,11 @@ prompt or size is refused. An adaptor fitted before ``base_settings`` was record
 provider's defaults for each role, with a warning.
 
 Every vector goes the way `madapt embed` + `madapt apply` take it: checked, L2-normalised
-(:func:`~madapt_cli.util.vectors.normalize_rows`), then :meth:`Adaptor.transform`.
+(:func:`~madapt_cli.util.vectors.normalize_rows`), then :meth:`Adaptor.transform`; with a
+``precision`` other than float32, coded as `madapt apply --precision` codes the stored
+prefixes (:func:`~madapt_cli.store.precision.encode_prefix`): int8 with the corpus ranges
+the applied store recorded (``calibration_from``), binary as packed sign bits. float32
+queries against int8 or binary documents (asymmetric scoring) are the plain ``encode``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.pipelines.embed_plan import plan_requests
 from madapt_cli.providers.base import EmbeddingProvider, Role, build_provider, check_response
+from madapt_cli.retrieval.quantize import Int8Calibration
+from madapt_cli.store.precision import (
+    check_calibration_for,
+    check_precision_sizes,
+    encode_prefix,
+    load_calibration,
+    parse_precisions,
+)
 from madapt_cli.util.vectors import normalize_rows
 
 ROLES: tuple[Role, ...] = ("query", "document")
@@ -102,16 +114,55 @@ def provider_for_adaptor(
     return built
 
 
+def load_query_calibration(
+    adaptor: Adaptor, path: str | Path, where: str = "--calibration-from"
+) -> dict[int, Int8Calibration]:
+    """size -> the int8 ranges `madapt apply --precision int8` recorded in the applied store
+    (or JSON file) ``path``, refused unless they were fitted for ``adaptor``."""
+    calibrations, metadata = load_calibration(path)
+    check_calibration_for(calibrations, metadata, adaptor.fingerprint, [], f"{where} {path}")
+    return calibrations
+
+
+def code_queries(
+    vectors: np.ndarray,
+    precision: str,
+    calibrations: Mapping[int, Int8Calibration] | Int8Calibration | None = None,
+) -> np.ndarray:
+    """Unit prefixes (N, m) -> what a ``precision`` column of size m stores: float32,
+    float16, int8 codes (with the size-m corpus ranges) or packed sign bits (N, m/8)."""
+    (precision,) = parse_precisions([precision])
+    m = vectors.shape[1]
+    check_precision_sizes([precision], [m], "--precision")
+    calibration = calibrations
+    if isinstance(calibrations, Mapping):
+        calibration = calibrations.get(m)
+        if calibration is None and precision == "int8":
+            have = ", ".join(str(d) for d in sorted(calibrations)) or "none"
+            raise InputError(f"no int8 calibration for size {m} (the store has {have})")
+    return encode_prefix(vectors, precision, calibration)  # type: ignore[arg-type]
+
+
 class Encoder:
     """An adaptor with the upstream model it was trained on, loaded once::
 
     enc = Encoder.from_adaptor("adaptors/x")
     enc.encode(["a query"], role="query", dim=128)  # (1, 128) float32, unit rows
+    enc.encode(["a query"], dim=128, precision="binary")  # (1, 16) uint8 sign bits
+
+    ``calibrations`` (size -> int8 ranges, :func:`load_query_calibration`) code int8 queries
+    as `madapt apply --precision int8` coded the corpus.
     """
 
-    def __init__(self, adaptor: Adaptor, provider: EmbeddingProvider) -> None:
+    def __init__(
+        self,
+        adaptor: Adaptor,
+        provider: EmbeddingProvider,
+        calibrations: Mapping[int, Int8Calibration] | None = None,
+    ) -> None:
         self.adaptor = adaptor
         self.provider = provider
+        self.calibrations = dict(calibrations or {})
 
     @classmethod
     def from_adaptor(
@@ -120,15 +171,22 @@ class Encoder:
         *,
         model: str | None = None,
         on_warning: Callable[[str], None] | None = None,
+        calibration_from: str | Path | None = None,
         **options: Any,
     ) -> Encoder:
         """The encoder of the adaptor directory ``path``. ``options``: how to reach the
         model (``device``, ``batch_size``, ``base_url``, ``project``, ``location``,
-        ``timeout``, ``max_retries``...); ``model``: only to confirm the recorded one."""
+        ``timeout``, ``max_retries``...); ``model``: only to confirm the recorded one;
+        ``calibration_from``: an applied store (or JSON file) whose int8 ranges code
+        ``precision="int8"`` queries."""
         adaptor = Adaptor.load(path)
+        calibrations = (
+            None if calibration_from is None else load_query_calibration(adaptor, calibration_from)
+        )
         return cls(
             adaptor,
             provider_for_adaptor(adaptor, model=model, options=options, on_warning=on_warning),
+            calibrations,
         )
 
     @property
@@ -157,14 +215,31 @@ class Encoder:
         return normalize_rows(raw)
 
     def encode(
-        self, texts: Sequence[str], role: Role = "query", dim: int | None = None
+        self,
+        texts: Sequence[str],
+        role: Role = "query",
+        dim: int | None = None,
+        precision: str = "float32",
+        calibration: Mapping[int, Int8Calibration] | Int8Calibration | None = None,
     ) -> np.ndarray:
         """``texts`` through the model and the adaptor: (N, dim) float32 unit rows
-        (``dim`` default: the adaptor's D)."""
+        (``dim`` default: the adaptor's D), or their ``precision`` codes as `madapt apply`
+        stores them: float16 (N, dim), int8 (N, dim) with ``calibration`` (default: the
+        encoder's ``calibrations``), binary uint8 (N, dim / 8)."""
         dim = self.adaptor.check_dim(dim)
         if isinstance(texts, str):
             raise TypeError("encode takes a list of texts, not one string")
-        return self.adaptor.transform(self.embed_raw(texts, role), dim=dim)
+        if precision != "float32":  # a bad precision or size fails before the model runs
+            check_precision_sizes(parse_precisions([precision]), [dim], "--precision")
+            if precision == "int8" and calibration is None and not self.calibrations:
+                raise InputError(
+                    "int8 query codes need the corpus' int8 ranges: --calibration-from the "
+                    "applied store (Encoder.from_adaptor(..., calibration_from=STORE))"
+                )
+        vectors = self.adaptor.transform(self.embed_raw(texts, role), dim=dim)
+        if precision == "float32":
+            return vectors
+        return code_queries(vectors, precision, calibration or self.calibrations)
 
     def close(self) -> None:
         self.provider.close()

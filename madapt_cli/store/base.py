@@ -71,7 +71,15 @@ VECTOR_COLUMN = "vector"
 
 
 # Metadata fields that must agree before rows may be appended to an existing table.
-IDENTITY_FIELDS = ("provider", "model", "dimension", "normalized", "dtype")
+IDENTITY_FIELDS = (
+    "provider",
+    "model",
+    "dimension",
+    "normalized",
+    "dtype",
+    "precisions",
+    "int8_calibration",
+)
 
 
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -118,9 +126,29 @@ def arrow_to_vectors(column: pa.Array | pa.ChunkedArray, dtype: Any = np.float32
 
 
 def vector_columns(schema: pa.Schema) -> dict[str, int]:
-    """The schema's vector columns (FixedSizeList fields) -> their size, in schema order:
-    ``vector`` in a store `madapt embed` wrote, ``vector_64``... in one `madapt apply` wrote."""
-    return {f.name: f.type.list_size for f in schema if pa.types.is_fixed_size_list(f.type)}
+    """The schema's float vector columns (FixedSizeList of float16/32/64) -> their size, in
+    schema order: ``vector`` in a store `madapt embed` wrote, ``vector_64``... in one
+    `madapt apply` wrote. int8 and binary code columns are not vectors to search by cosine
+    (:func:`code_columns`)."""
+    return {
+        f.name: f.type.list_size
+        for f in schema
+        if pa.types.is_fixed_size_list(f.type) and pa.types.is_floating(f.type.value_type)
+    }
+
+
+def code_columns(schema: pa.Schema) -> dict[str, dict[str, Any]]:
+    """The int8 and binary columns `madapt apply --precision` wrote -> {"dim", "precision",
+    "bytes"} (from the table metadata; :mod:`madapt_cli.store.precision`)."""
+    floats = vector_columns(schema)
+    described = decode_metadata(schema).get("columns")
+    if not isinstance(described, dict):
+        return {}
+    return {  # in schema order
+        name: dict(described[name])
+        for name in schema.names
+        if name not in floats and isinstance(described.get(name), dict)
+    }
 
 
 def require_raw_vectors(store: Store, table: str, command: str) -> None:
@@ -129,7 +157,7 @@ def require_raw_vectors(store: Store, table: str, command: str) -> None:
     schema = store.schema(table)
     if VECTOR_COLUMN in schema.names:
         return
-    columns = ", ".join(vector_columns(schema)) or "none"
+    columns = ", ".join([*vector_columns(schema), *code_columns(schema)]) or "none"
     adaptor = (decode_metadata(schema).get("adaptor") or {}).get("name")
     by = f" by adaptor '{adaptor}'" if adaptor else ""
     raise InputError(
@@ -360,6 +388,7 @@ class Store(ABC):
                     "name": name,
                     "rows": self.num_rows(name),
                     "vector_columns": vector_columns(self.schema(name)),
+                    "code_columns": code_columns(self.schema(name)),
                     "metadata": self.metadata(name),
                 }
             )

@@ -97,6 +97,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "'equal', 'small' or 'full'",
     ),
     *_group("activation", lambda value: value in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+    *_group("quantization_aware", lambda value: value in (None, "int8", "binary"), "int8/binary"),
 ]
 
 
@@ -142,6 +143,7 @@ class TrainConfig:
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
+    quantization_aware: str | None = None  # int8/binary: training/quantization.py's term
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in
@@ -164,6 +166,7 @@ class TrainConfig:
             "patience": "--patience",
             "seed": "--seed",
             "device": "--device",
+            "quantization_aware": "--quantization-aware",
         }
         if mode != "supervised":  # distill (--objective auto/distill) has its own settings
             cli.update(distill_epochs="--epochs", distill_lr="--lr", distill_temperature="--tau")
@@ -186,6 +189,8 @@ class TrainConfig:
             value = getattr(self, field_name)
             if not valid(value):
                 raise InputError(f"{names[field_name]} must be {expected}, not {value!r}")
+        if self.quantization_aware and mode != "supervised" and self.objective == "paper":
+            raise InputError("--quantization-aware needs --objective distill or --mode supervised")
 
     def dim_weights(self, dims: Sequence[int]) -> list[float]:
         if self.dim_weighting == "equal":

@@ -1,0 +1,192 @@
+"""Quantisation-aware training: the STE functions, the term, its hooks and the CLI option."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from madapt_cli.cli import app
+from madapt_cli.errors import InputError
+from madapt_cli.losses import ListwiseDistillationLoss, RankingLoss
+from madapt_cli.methods.matryoshka import train_distill, train_supervised
+from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.quantization import (
+    QuantizationAwareLoss,
+    add_quantization_term,
+    binary_ste,
+    int8_ste,
+)
+
+
+def test_binary_ste_is_sign_forward_and_identity_backward() -> None:
+    x = torch.tensor([-0.5, 0.0, 0.25, 2.0], requires_grad=True)
+    y = binary_ste(x)
+    assert y.tolist() == [-1.0, -1.0, 1.0, 1.0]  # 0 -> -1: the bit pack_binary stores
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0]  # clipped outside |x| <= 1
+
+
+def test_int8_ste_rounds_to_the_grid_and_clips_the_gradient() -> None:
+    lower, upper = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 0.5])
+    x = torch.tensor([[0.3, 0.7], [-2.0, 0.1]], requires_grad=True)
+    y = int8_ste(x, lower, upper)
+    step = (upper - lower) / 255
+    codes = (y.detach() - lower) / step
+    assert torch.allclose(codes, codes.round(), atol=1e-3)  # on the 256-level grid
+    assert (codes >= -1e-4).all() and (codes <= 255 + 1e-4).all()
+    assert torch.allclose(y[0, 0], x[0, 0], atol=float(step[0]) / 2 + 1e-6)
+    assert y[0, 1].item() == pytest.approx(0.5) and y[1, 0].item() == pytest.approx(-1.0)
+    y.sum().backward()
+    assert x.grad.tolist() == [[1.0, 0.0], [0.0, 1.0]]  # zero where clipped to the range
+
+
+def test_binary_term_scores_as_hamming_and_moves_the_signs() -> None:
+    """The symmetric binary term at size m ranks by Hamming distance (cosine of sign
+    vectors = 1 - 2 h / m), and its gradient reaches the float vectors."""
+    torch.manual_seed(0)
+    dims = [8, 16]
+    base = ListwiseDistillationLoss(dims, temperature=0.05)
+    loss = QuantizationAwareLoss(base, "binary", weight=1.0, scoring=("symmetric",))
+    anchors = torch.randn(4, 16, requires_grad=True)
+    documents = torch.randn(4, 5, 16, requires_grad=True)
+    teacher = torch.randn(4, 5)
+    total = loss(anchors, documents, teacher)
+    float_only = base(anchors, documents, teacher)
+    expected = 0.0
+    for m in dims:
+        signs_a, signs_d = torch.sign(anchors[:, :m]), torch.sign(documents[..., :m])
+        hamming = (signs_a.unsqueeze(1) != signs_d).sum(-1).float()
+        cosine = 1 - 2 * hamming / m
+        log_p = torch.log_softmax(teacher / 0.05, -1)
+        log_q = torch.log_softmax(cosine / 0.05, -1)
+        expected += 0.5 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    assert (total - float_only).item() == pytest.approx(float(expected), rel=1e-4)
+    total.backward()
+    assert anchors.grad.abs().sum() > 0 and documents.grad.abs().sum() > 0
+
+
+def test_int8_term_keeps_running_ranges_per_size() -> None:
+    torch.manual_seed(0)
+    base = RankingLoss([4, 8])
+    loss = QuantizationAwareLoss(base, "int8")
+    queries, documents = torch.randn(3, 8), torch.randn(6, 8)
+    relevance = torch.zeros(3, 6)
+    relevance[:, 0] = 1.0
+    first = loss(queries, documents, relevance)
+    assert set(loss.ranges) == {4, 8}
+    low, high = loss.ranges[4]
+    prefix = torch.nn.functional.normalize(documents[:, :4], dim=-1)
+    assert torch.allclose(low, prefix.min(0).values) and torch.allclose(high, prefix.max(0).values)
+    loss(queries, documents * 0.5 + 0.1, relevance)  # a second batch moves them (EMA)
+    assert not torch.equal(loss.ranges[4][0], low)
+    assert torch.isfinite(first) and first > base(queries, documents, relevance)
+
+
+def test_add_quantization_term_wraps_only_when_asked() -> None:
+    class DistillationObjective:  # the hook picks the attribute by class name
+        loss = ListwiseDistillationLoss([4])
+
+    objective = DistillationObjective()
+    add_quantization_term(objective, None)
+    assert isinstance(objective.loss, ListwiseDistillationLoss)
+    add_quantization_term(objective, "binary")
+    assert isinstance(objective.loss, QuantizationAwareLoss)
+
+
+def _clustered(seed: int = 0, n: int = 120, dimension: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(6, dimension))
+    vectors = centres[rng.integers(0, 6, n)] + 0.4 * rng.normal(size=(n, dimension))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _binary_agreement(module: torch.nn.Module, corpus: np.ndarray, m: int) -> float:
+    """Mean overlap@10 of the Hamming top-10 at size m with the full float top-10."""
+    with torch.no_grad():
+        adapted = module(torch.from_numpy(corpus)).numpy()
+    full = corpus @ corpus.T
+    signs = np.where(adapted[:, :m] > 0, 1.0, -1.0)
+    coded = signs @ signs.T
+    np.fill_diagonal(full, -np.inf)
+    np.fill_diagonal(coded, -np.inf)
+    top_full = np.argsort(-full, axis=1, kind="stable")[:, :10]
+    top_coded = np.argsort(-coded, axis=1, kind="stable")[:, :10]
+    return float(
+        np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_full, top_coded, strict=True)])
+    )
+
+
+def test_binary_qat_distill_improves_the_codes_it_trains() -> None:
+    """On clustered data, distilling with the binary term ranks the 4-bit codes closer to
+    the full-size ranking than distilling without it (same seed, same budget)."""
+    corpus = _clustered()
+    scores = {}
+    for qat in (None, "binary"):
+        config = TrainConfig(
+            seed=0, device="cpu", train_dims=[4, 16], distill_epochs=12, distill_topk=20,
+            distill_random=8, batch_size=32, patience=100, quantization_aware=qat,
+        )  # fmt: skip
+        result = train_distill(corpus, corpus[:60] + 0.01, config)
+        scores[qat] = _binary_agreement(result.module, corpus, 4)
+    assert scores["binary"] > scores[None]
+
+
+def test_supervised_qat_trains_and_stays_finite() -> None:
+    corpus = _clustered(1, 80)
+    ids = [f"d{i}" for i in range(80)]
+    queries = corpus[:20] + 0.05
+    query_ids = [f"q{i}" for i in range(20)]
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(20)}
+    config = TrainConfig(
+        seed=0, device="cpu", train_dims=[8, 16], epochs=0, supervised_epochs=2,
+        hard_negatives=5, quantization_aware="int8",
+    )  # fmt: skip
+    result = train_supervised(corpus, ids, queries, query_ids, qrels, config)
+    assert all(torch.isfinite(p).all() for p in result.module.parameters())
+    assert any(r["loss"] is not None and r["loss"] > 0 for r in result.history)
+
+
+@pytest.mark.parametrize(
+    ("config", "mode", "message"),
+    [
+        (TrainConfig(quantization_aware="int4"), "unsupervised", "--quantization-aware must be"),
+        (
+            TrainConfig(quantization_aware="binary", objective="paper"),
+            "unsupervised",
+            "--quantization-aware needs --objective distill",
+        ),
+    ],
+)
+def test_config_refuses_bad_settings(config: TrainConfig, mode: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        config.validate(mode)
+    TrainConfig(quantization_aware="binary", objective="paper").validate("supervised")
+
+
+def test_fit_cli_records_the_setting(tmp_path: Path) -> None:
+    from test_apply import make_store
+
+    make_store(tmp_path / "store", {"corpus": 60, "queries": 12}, dimension=16)
+    out = tmp_path / "adaptor"
+    result = CliRunner().invoke(
+        app,
+        [
+            "fit", str(tmp_path / "store"), "--out", str(out), "--epochs", "1",
+            "--quantization-aware", "binary", "--train-dims", "8,16", "--json",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_aware"]["precision"] == "binary"
+    assert config["hyperparameters"]["quantization_aware"] == "binary"
+    refused = CliRunner().invoke(
+        app,
+        ["fit", str(tmp_path / "store"), "--out", str(tmp_path / "p"), "--method", "pca",
+         "--quantization-aware", "int8"],
+    )  # fmt: skip
+    assert refused.exit_code == 2 and "needs --method matryoshka" in refused.output
