@@ -75,3 +75,25 @@ def test_api_encoder_matches_embed_and_apply(server, tmp_path):
     np.testing.assert_allclose(
         one_pass[[ids.index(q["_id"]) for q in queries]], expected, rtol=0, atol=1e-6
     )
+
+
+def test_a_zero_option_reaches_the_provider(server, tmp_path):
+    """``max_retries=0`` equals False: it must still reach the provider, not be dropped."""
+    from madapt_cli.methods.adaptor import Adaptor
+    from madapt_cli.pipelines.encode import provider_for_adaptor
+
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    rows = [{"_id": f"d{i}", "text": f"document number {i}"} for i in range(20)]
+    (beir / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (beir / "queries.jsonl").write_text(json.dumps({"_id": "q0", "text": "a question"}) + "\n")
+    common = ("--provider", "openai", "--model", "text-embedding-3-small", "--dimensions", "32")
+    run("embed", beir, "--out", tmp_path / "store", *common, "--quiet")
+    run("fit", tmp_path / "store", "--method", "pca", "--out", tmp_path / "ad")
+    adaptor = Adaptor.load(tmp_path / "ad")
+    for retries in (0, 3):
+        provider = provider_for_adaptor(adaptor, options={"max_retries": retries})
+        try:
+            assert provider.retry_policy.max_retries == retries
+        finally:
+            provider.close()

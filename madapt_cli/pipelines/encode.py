@@ -89,7 +89,8 @@ def provider_for_adaptor(
             f"adaptor '{adaptor.name}' was trained on vectors of provider {name!r}, not "
             f"{provider!r}"
         )
-    given = {k: v for k, v in (options or {}).items() if v not in (None, False)}
+    # by identity: 0 (e.g. max_retries=0) is a value, though it equals False
+    given = {k: v for k, v in (options or {}).items() if v is not None and v is not False}
     built = build_provider(name, model or base_model, {**recorded_keywords(adaptor), **given})
     if model is not None and built.model != build_provider(name, base_model, {}).model:
         built.close()
