@@ -205,9 +205,9 @@ def run_embed_ray(  # noqa: PLR0913 - run_embed's keywords, plus the engine's
     source: Path,
     out: Path,
     provider: EmbeddingProvider,
-    spec: ProviderSpec,
     options: SourceOptions | None = None,
     *,
+    spec: ProviderSpec,
     ray_options: RayOptions,
     store_format: str | None = None,
     vectors: VectorOptions = VectorOptions(),
@@ -232,9 +232,17 @@ def run_embed_ray(  # noqa: PLR0913 - run_embed's keywords, plus the engine's
             for job, plan in zip(jobs, plans, strict=True):
                 summaries.append(
                     _embed_table(
-                        ray, job, plan, provider, spec, store, vectors, limit, progress,
+                        ray,
+                        job,
+                        plan,
+                        provider,
+                        spec,
+                        store,
+                        vectors,
+                        limit,
+                        progress,
                         ray_options,
-                    )  # fmt: skip
+                    )
                 )
         except BaseException:
             if existing is None:

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import socket
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +95,7 @@ def import_ray() -> Any:
     """The ``ray`` module, or a one-line error saying how to install it (exit 2)."""
     try:
         import ray
-        import ray.data  # noqa: F401 - the part madapt uses
+        import ray.data  # the part madapt uses
     except ImportError:
         raise InputError(f"--engine ray needs Ray: {INSTALL_HINT}") from None
     return ray
@@ -155,9 +155,9 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
 
 
 def _quiet(ray: Any) -> None:
-    """Keep stderr for madapt's progress and its one-line errors: Ray's INFO lines (and a
-    warning per actor about restartable constructor arguments) go to Ray's log files."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    """Keep stderr for madapt's progress and its one-line errors: Ray's INFO lines and
+    Python warnings go to Ray's log files (or nowhere)."""
+    warnings.filterwarnings("ignore", module=r"ray\.")
     for name in ("ray", "ray.data", "ray._private"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
