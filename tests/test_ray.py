@@ -204,6 +204,11 @@ def _madapt(args: list[str], env: dict[str, str] | None = None) -> subprocess.Co
     )
 
 
+def _apply_args(tmp_path: Path) -> list[str]:
+    paths = [str(tmp_path / name) for name in ("ad", "in", "out")]
+    return ["apply", paths[0], paths[1], "--dims", "4", "--out", paths[2], "--engine", "ray"]
+
+
 def test_a_ray_address_where_nothing_answers_is_a_clear_error(tmp_path):
     make_store(tmp_path / "in", {"corpus": 10})
     make_adaptor(tmp_path / "ad")
@@ -212,8 +217,7 @@ def test_a_ray_address_where_nothing_answers_is_a_clear_error(tmp_path):
         port = probe.getsockname()[1]
     started = time.monotonic()
     result = _madapt(
-        ["apply", str(tmp_path / "ad"), str(tmp_path / "in"), "--dims", "4"]
-        + ["--out", str(tmp_path / "out"), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"]
+        [*_apply_args(tmp_path), "--ray-address", f"127.0.0.1:{port}"]
     )
     assert time.monotonic() - started < 60
     assert result.returncode == 4, result.stderr
@@ -229,8 +233,7 @@ def test_without_ray_the_error_says_how_to_install_it(tmp_path):
     make_store(tmp_path / "in", {"corpus": 10})
     make_adaptor(tmp_path / "ad")
     result = _madapt(
-        ["apply", str(tmp_path / "ad"), str(tmp_path / "in"), "--dims", "4"]
-        + ["--out", str(tmp_path / "out"), "--engine", "ray"],
+        _apply_args(tmp_path),
         env={"PYTHONPATH": f"{tmp_path / 'blocker'}{os.pathsep}{REPO}"},
     )
     assert result.returncode == 2, result.stderr
