@@ -216,9 +216,7 @@ def test_a_ray_address_where_nothing_answers_is_a_clear_error(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    result = _madapt(
-        [*_apply_args(tmp_path), "--ray-address", f"127.0.0.1:{port}"]
-    )
+    result = _madapt([*_apply_args(tmp_path), "--ray-address", f"127.0.0.1:{port}"])
     assert time.monotonic() - started < 60
     assert result.returncode == 4, result.stderr
     last = result.stderr.strip().splitlines()[-1]
