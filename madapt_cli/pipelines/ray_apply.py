@@ -29,6 +29,9 @@ from madapt_cli.util.progress import Progress
 
 __all__ = ["apply_adaptor_ray"]
 
+#: rows per block sent to an actor when neither --chunk-rows nor RayOptions.batch_rows says
+BLOCK_ROWS = 16_384
+
 
 class _OneBatch:
     """A store of one batch, so the local engine's per-batch generator runs on it as is."""
@@ -93,15 +96,15 @@ def apply_adaptor_ray(  # noqa: PLR0913 - the keyword API of `madapt apply`, plu
     dtype: str = "float32",
 ) -> local.ApplySummary:
     """:func:`madapt_cli.pipelines.apply.apply_adaptor` on Ray: the same output, the same
-    errors. ``chunk_rows`` (default ``ray_options.batch_rows``): rows per block sent to an
-    actor."""
+    errors. ``chunk_rows`` (default ``ray_options.batch_rows``, else :data:`BLOCK_ROWS`):
+    rows per block sent to an actor."""
     out = Path(out)
     inputs = (adaptor_path, store_path)
     ray_options.check()
     check_output(out, "store", overwrite=overwrite, inputs=inputs)
     if chunk_rows is not None and chunk_rows < 1:
         raise InputError(f"--chunk-rows {chunk_rows}: must be at least 1 row")
-    rows_per_block = chunk_rows or ray_options.batch_rows
+    rows_per_block = chunk_rows or ray_options.batch_rows or BLOCK_ROWS
     adaptor, source, sizes, names = _check(adaptor_path, store_path, dims, format, tables, dtype)
     summary = local.ApplySummary(out=str(out), dims=sizes, adaptor=adaptor.name)
     with (

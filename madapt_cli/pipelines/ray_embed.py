@@ -118,6 +118,13 @@ class EmbedWorker:
         return pa.concat_tables(rows.rows)
 
 
+def block_rows(provider: EmbeddingProvider) -> int:
+    """Rows per block (one actor call, one append): two rounds of the requests the provider
+    keeps in flight, so an API actor keeps its ``--concurrency`` busy and a local model gets
+    two full requests; a killed driver loses at most the blocks in flight."""
+    return provider.limits.max_inputs * max(1, provider.concurrency) * 2
+
+
 def _ignore(rows: int) -> None:
     """Progress inside a worker: the driver counts finished blocks instead."""
 
@@ -165,8 +172,8 @@ def _embed_table(  # noqa: PLR0913 - one table of a run: the run's pieces
     source_ids: set[str] = set()
     embedded = 0
     blocks = _pending_blocks(
-        job, provider, store.read_keys(job.table), limit, options.batch_rows,
-        vectors.adaptation, source_ids,
+        job, provider, store.read_keys(job.table), limit,
+        options.batch_rows or block_rows(provider), vectors.adaptation, source_ids,
     )  # fmt: skip
     if plan.to_embed:
         local._TableWriter(job, provider, store, vectors, EVERY_REQUEST).check_table()

@@ -61,14 +61,15 @@ class RayOptions:
     the cluster this machine belongs to (``ray start``); ``HOST:PORT`` a cluster's GCS and
     ``ray://HOST:10001`` its Ray Client server. ``workers``: actors in the pool (each holds
     one model or adaptor); ``gpus_per_worker``: GPUs each actor reserves (fractions share
-    one); ``batch_rows``: rows per ``map_batches`` batch; ``wave_rows``: rows handed to Ray at
-    once, which bounds what the object store holds; ``num_cpus``: CPUs of a local Ray."""
+    one); ``batch_rows``: rows per block, one ``map_batches`` call (None: the command's
+    default); ``wave_rows``: rows handed to Ray at once, which bounds what the object store
+    holds; ``num_cpus``: CPUs of a local Ray."""
 
     address: str | None = None
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
-    batch_rows: int = 4096
+    batch_rows: int | None = None
     wave_rows: int = 1_000_000
     num_cpus: int | None = None
 
@@ -78,7 +79,7 @@ class RayOptions:
             raise InputError(f"--workers {self.workers}: must be at least 1")
         if self.gpus_per_worker < 0:
             raise InputError(f"--gpus-per-worker {self.gpus_per_worker}: must be 0 or more")
-        if self.batch_rows < 1 or self.wave_rows < 1:
+        if (self.batch_rows is not None and self.batch_rows < 1) or self.wave_rows < 1:
             raise InputError("the rows per batch and per wave must be at least 1")
         if self.address not in (None, "auto") and not _ADDRESS.match(self.address):
             raise InputError(
