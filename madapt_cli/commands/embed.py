@@ -196,6 +196,16 @@ def register(app: typer.Typer) -> None:
         no_raw: bool = typer.Option(
             False, "--no-raw", help="With --adaptor: do not keep the raw vector (no refits)."
         ),
+        # --- ray engine (issue 15) ---
+        engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data)."),
+        ray_address: str | None = typer.Option(
+            None, "--ray-address", help="--engine ray: auto, HOST:PORT or ray://HOST:10001."
+        ),
+        workers: int = typer.Option(1, "--workers", help="--engine ray: actors in the pool."),
+        gpus_per_worker: float = typer.Option(
+            0.0, "--gpus-per-worker", help="--engine ray: GPUs each actor reserves."
+        ),
+        # --- end ray engine ---
     ) -> None:
         """Embed a corpus (and its queries) into a store; reruns resume and reuse."""
         if dtype not in ("float32", "float16"):
@@ -264,9 +274,24 @@ def register(app: typer.Typer) -> None:
             else:
                 _print_dry_run(estimate)
             return
+        # --- ray engine (issue 15) ---
+        from madapt_cli.pipelines.ray_engine import check_engine
+
+        check_engine(engine)
+        run = run_embed
+        if engine == "ray":
+            from functools import partial
+
+            from madapt_cli.pipelines.ray_embed import ProviderSpec, run_embed_ray
+            from madapt_cli.pipelines.ray_engine import RayOptions
+
+            spec = ProviderSpec(provider.name, provider.model, values)
+            ray_options = RayOptions(ray_address, workers, gpus_per_worker)
+            run = partial(run_embed_ray, spec=spec, ray_options=ray_options)  # type: ignore[assignment]
+        # --- end ray engine ---
         try:
             with console.ProgressPrinter(quiet=quiet or as_json) as progress:
-                summary = run_embed(
+                summary = run(
                     source,
                     out,
                     provider,

@@ -12,6 +12,7 @@ from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Method, TrainingData, get_method
 from madapt_cli.methods.matryoshka import distill_train_dims
+from madapt_cli.pipelines.sample import sample_corpus  # --sample N (issue 15)
 from madapt_cli.store.base import open_store, require_raw_vectors
 from madapt_cli.training.anchors import read_query_ids
 from madapt_cli.training.config import EpochCallback, TrainConfig
@@ -40,6 +41,7 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     overwrite: bool = False,
     queries_table: str | None = None,
     query_ids_path: str | Path | None = None,
+    sample: int | None = None,  # --sample N (issue 15): see madapt_cli.pipelines.sample
 ) -> Adaptor:
     """Fit an adaptor on the ``corpus`` (and ``queries``) tables of a store and write the
     artifact directory ``out`` (atomically: a failed fit leaves no partial artifact).
@@ -69,6 +71,7 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     data, options = _training_data(
         store_path, fitter, mode, config, options, qrels_path, dev_qrels_path
     )
+    sampled = sample_corpus(data, sample, config.seed)  # --sample N (issue 15)
     _choose_objective(data, fitter, config, queries_table, query_ids_path)
     if default_sizes and data.objective == "distill":
         config.train_dims = distill_train_dims(data.dimension)
@@ -90,6 +93,7 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
         "madapt_version": __version__,
         "validation_curve": fitted.history,
         "best_validation": fitted.best,
+        **({"sample": sampled} if sampled else {}),  # --sample N (issue 15)
     }
     adaptor = Adaptor(fitted.module.cpu(), record)
     with staged_output(out, "adaptor", overwrite=overwrite, inputs=inputs) as staging:
