@@ -70,7 +70,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group("hidden positives_per_query", _optional(_count(1)), "a whole number >= 1"),
     *_group("lr supervised_lr temperature", _positive, "a positive finite number"),
     *_group(
-        "weight_decay alpha beta gamma distill_rec_weight",
+        "weight_decay alpha beta gamma distill_rec_weight distill_weight",
         _optional(_non_negative),
         "a finite number >= 0",
     ),
@@ -90,6 +90,11 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "objective",
         lambda value: value in ("auto", "distill", "paper"),
         "'auto', 'distill' or 'paper'",
+    ),
+    *_group(
+        "stage1_objective",
+        lambda value: value in ("paper", "distill"),
+        "'paper' or 'distill'",
     ),
     *_group(
         "dim_weighting",
@@ -142,6 +147,10 @@ class TrainConfig:
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
+    # --- supervised: stage 1's objective ("distill": the training queries as unlabelled
+    # anchors) and the weight of L_distill over the training queries beside L_rank in stage 2
+    stage1_objective: str = "paper"
+    distill_weight: float = 0.0
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in
