@@ -120,10 +120,14 @@ def register(app: typer.Typer) -> None:
             None, "--resume", help="smec: continue this SMEC adaptor to a smaller --to-dim."
         ),
         sequential: bool = typer.Option(
-            True, "--sequential/--no-sequential", help="smec: one stage per size (SMRL)."
+            False,
+            "--sequential/--no-sequential",
+            help="smec: one stage per size (SMRL; off by default: docs/smec.md).",
         ),
         ads: bool = typer.Option(
-            True, "--ads/--no-ads", help="smec: learn which dimensions to keep (ADS)."
+            False,
+            "--ads/--no-ads",
+            help="smec: learn which dimensions to keep (ADS; off by default: docs/smec.md).",
         ),
         xbm: bool = typer.Option(
             True, "--xbm/--no-xbm", help="smec: neighbours from a cross-batch memory (S-XBM)."

@@ -119,7 +119,8 @@ class TrainConfig:
     query_batch_size: int = 64  # training queries per supervised step
     rotation: bool = True  # start from the corpus' principal rotation (not the identity)
     lr: float = 3e-3  # stage 1 (peak; linear warm-up, cosine decay)
-    supervised_lr: float = 1e-3  # stage 2
+    # stage 2; 3e-3 (was 1e-3): SciFact held-out train queries 0.728 against 0.671 at 64 dims
+    supervised_lr: float = 3e-3
     weight_decay: float = 0.0
     topk: int = 10
     alpha: float | None = None  # None: the mode's default (see weights())
