@@ -1,5 +1,6 @@
 """Supervised training with L_distill: stage 1 on the training queries as unlabelled anchors
-(``stage1_objective="distill"``) and L_distill beside L_rank in stage 2 (``distill_weight``)."""
+(``stage1_objective="distill"``) and L_distill beside L_rank in stage 2 (``distill_weight``);
+SMEC's supervised L_unsup weight."""
 
 from __future__ import annotations
 
@@ -88,3 +89,27 @@ def test_distill_stage1_runs_on_the_training_queries_then_stage2():
 def test_bad_supervised_distill_settings(changes, message):
     with pytest.raises(InputError, match=message):
         _config(**changes).validate("supervised")
+
+
+def test_smec_supervised_default_alpha_is_0_3():
+    """SMEC's supervised L_unsup weight: 0.3 unless --alpha says otherwise (docs/smec.md)."""
+    from madapt_cli.methods.smec import SMECOptions, train_smec
+
+    data = _hidden_signal(n=120)
+
+    def weights(alpha):
+        config = _config(alpha=alpha, supervised_epochs=2, train_dims=[8, 16])
+        result = train_smec(
+            data["docs"],
+            config,
+            SMECOptions(memory_size=200),
+            corpus_ids=data["doc_ids"],
+            queries=data["queries"],
+            query_ids=data["query_ids"],
+            qrels=data["qrels"],
+        )
+        return list(result.module.state_dict().values())
+
+    default, explicit, heavier = weights(None), weights(0.3), weights(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(default, explicit, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(default, heavier, strict=True))

@@ -76,7 +76,8 @@ def register(app: typer.Typer) -> None:
         alpha: float | None = typer.Option(
             None,
             "--alpha",
-            help="Weight of L_pair (unsupervised, default 1) or L_topk (supervised, default 0.3).",
+            help="Weight of L_pair (unsupervised, default 1) or L_topk (supervised, default "
+            "0.3); smec: of L_unsup (supervised default 0.3, unsupervised 1).",
         ),
         beta: float | None = typer.Option(
             None,
