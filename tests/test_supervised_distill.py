@@ -4,8 +4,6 @@ SMEC's supervised L_unsup weight."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 from test_training import _hidden_signal
@@ -115,30 +113,3 @@ def test_smec_supervised_default_alpha_is_0_3():
     default, explicit, heavier = weights(None), weights(0.3), weights(1.0)
     assert all(torch.equal(a, b) for a, b in zip(default, explicit, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(default, heavier, strict=True))
-
-
-def test_stage2_without_gain_runs_again_at_the_fallback_rate_once():
-    """No epoch can beat the start (0 epochs): stage 2 runs again from the same start at
-    supervised_lr_fallback, and only once; with the fallback off (0) it does not."""
-    config = _config(supervised_epochs=0, supervised_lr=3e-3, supervised_lr_fallback=1e-3)
-    result, _ = _train(config)
-    assert [(r["stage"], r["epoch"]) for r in result.history] == [
-        ("supervised", 0),
-        ("supervised lr 0.001", 0),
-    ]
-    assert result.best["stage"] == "supervised lr 0.001"
-    off, _ = _train(replace(config, supervised_lr_fallback=0.0))
-    assert [r["stage"] for r in off.history] == ["supervised"]
-    with torch.no_grad():  # both kept the start
-        probe = torch.from_numpy(_hidden_signal()["docs"][:5])
-        assert torch.allclose(result.module(probe), off.module(probe))
-
-
-def test_fit_lr_option_turns_the_fallback_off():
-    from madapt_cli.commands.fit import _train_config
-
-    common = dict(device="cpu", seed=0, train_dims=None, rotation=True, objective="auto")
-    chosen = _train_config("supervised", lr=2e-3, epochs=None, stage1_epochs=None, **common)
-    assert (chosen.supervised_lr, chosen.supervised_lr_fallback) == (2e-3, 0.0)
-    default = _train_config("supervised", lr=None, epochs=None, stage1_epochs=None, **common)
-    assert (default.supervised_lr, default.supervised_lr_fallback) == (3e-3, 1e-3)

@@ -218,8 +218,6 @@ def _train_config(mode: str, *, lr: float | None, **settings: Any) -> Any:
     if supervised:
         settings["epochs"] = stage1_epochs
     settings["supervised_lr" if supervised else "lr"] = lr
-    if supervised and lr is not None:  # a rate the user chose is kept (no fallback)
-        settings["supervised_lr_fallback"] = 0.0
     if distill:
         settings["distill_epochs"] = settings.pop("epochs")
         settings["distill_lr"] = settings.pop("lr")

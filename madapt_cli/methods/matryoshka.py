@@ -7,7 +7,6 @@ of :mod:`madapt_cli.losses`); supervised training adds a ranking stage on train 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -236,16 +235,8 @@ def train_supervised(  # noqa: PLR0913 - the public training API (bench/, tests)
     dev_qrels: Qrels | None = None,
     on_epoch: EpochCallback | None = None,
     two_stage: bool = True,
-    *,
-    start: ResidualMLP | None = None,
-    stage_name: str = "supervised",
 ) -> TrainResult:
     """Stage 1 (unsupervised, unless ``two_stage`` is False) then stage 2 on the train qrels.
-
-    When stage 2 never beats its start on the held-out queries at ``config.supervised_lr``,
-    it runs again from the same start at ``config.supervised_lr_fallback`` (if lower; 0:
-    never): the rate is chosen on validation (3e-3 helps SciFact, NFCorpus needs 1e-3).
-    ``start``: stage 2's start instead of stage 1 (or the untrained f).
 
     Training queries are the qrels queries found in ``query_ids`` with a judged document in the
     corpus. Without ``dev_qrels``, ``validation_fraction`` of them are held out for early
@@ -268,9 +259,8 @@ def train_supervised(  # noqa: PLR0913 - the public training API (bench/, tests)
     seed_everything(config.seed)
     vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
     if module is None:
-        module = start if start is not None else new_adaptor_module(vectors, config)
+        module = new_adaptor_module(vectors, config)
     module = module.to(device)
-    stage2_start = copy.deepcopy(module)
     train_queries, judgments = training_queries(
         corpus_ids, queries, query_ids, qrels, train_ids, device
     )
@@ -289,40 +279,9 @@ def train_supervised(  # noqa: PLR0913 - the public training API (bench/, tests)
         rows = torch.randint(len(vectors), (corpus_batch,), generator=gen, device=device)
         return objective(module, batch, rows)
 
-    stage = Stage(stage_name, config.supervised_epochs, steps, config.supervised_lr)
+    stage = Stage("supervised", config.supervised_epochs, steps, config.supervised_lr)
     stage2, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
-    if best is not None and best["epoch"] == 0:  # no gain: try the fallback rate
-        arrays = (corpus, corpus_ids, queries, query_ids, qrels)
-        retry = _retry_at_fallback(arrays, config, dev_qrels, on_epoch, stage2_start)
-        if retry is not None:
-            return TrainResult(retry.module, history + stage2 + retry.history, retry.best, mined)
     return TrainResult(module.cpu().eval(), history + stage2, best, mined)
-
-
-def _retry_at_fallback(
-    arrays: tuple[np.ndarray, Sequence[str], np.ndarray, Sequence[str], Qrels],
-    config: TrainConfig,
-    dev_qrels: Qrels | None,
-    on_epoch: EpochCallback | None,
-    start: ResidualMLP,
-) -> TrainResult | None:
-    """Stage 2 again from ``start`` at ``config.supervised_lr_fallback``, or None when that
-    rate is not lower (0: never)."""
-    fallback = config.supervised_lr_fallback
-    if not 0 < fallback < config.supervised_lr:
-        return None
-    if hasattr(on_epoch, "plan"):  # EpochProgress: one more stage
-        on_epoch.plan([config.supervised_epochs])
-    lower = replace(config, supervised_lr=fallback, supervised_lr_fallback=0.0)
-    return train_supervised(
-        *arrays,
-        lower,
-        dev_qrels,
-        on_epoch,
-        two_stage=False,
-        start=start,
-        stage_name=f"supervised lr {fallback:g}",
-    )
 
 
 def _supervised_stage1(

@@ -70,7 +70,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group("hidden positives_per_query", _optional(_count(1)), "a whole number >= 1"),
     *_group("lr supervised_lr temperature", _positive, "a positive finite number"),
     *_group(
-        "weight_decay alpha beta gamma distill_rec_weight distill_weight supervised_lr_fallback",
+        "weight_decay alpha beta gamma distill_rec_weight distill_weight",
         _optional(_non_negative),
         "a finite number >= 0",
     ),
@@ -121,8 +121,6 @@ class TrainConfig:
     lr: float = 3e-3  # stage 1 (peak; linear warm-up, cosine decay)
     # stage 2; 3e-3 (was 1e-3): SciFact held-out train queries 0.728 against 0.671 at 64 dims
     supervised_lr: float = 3e-3
-    # stage 2 again at this rate when it never beat its start (NFCorpus); 0: never
-    supervised_lr_fallback: float = 1e-3
     weight_decay: float = 0.0
     topk: int = 10
     alpha: float | None = None  # None: the mode's default (see weights())
