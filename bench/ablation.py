@@ -3,7 +3,8 @@
 Rows: truncation; the Matryoshka-Adaptor (``train_supervised``, unsupervised stage then
 supervised stage); our SMEC trainer with every part off (all sizes at once, in-batch
 neighbours, prefix pruning); that base plus each part alone (sequential stages, ADS, S-XBM);
-full SMEC; full SMEC without ADS and without S-XBM. Every trained row gets the same budget of
+full SMEC (all three parts: the `--method smec` default until 2026-11-30; the default is
+now "+ S-XBM"); full SMEC without ADS and without S-XBM. Every trained row gets the same budget of
 ``--budget`` epochs over the training data (the Matryoshka-Adaptor splits it 1:3 between its
 two stages, as `madapt fit`'s defaults of 10 + 30 do; sequential SMEC evenly between its
 stages) and the same early stopping (patience 5 on held-out train queries), batch sizes, model

@@ -11,7 +11,9 @@ queries and corpus both adapted, truncated and re-normalised.
 Methods: truncate, pca, rotation (the untrained start, `--epochs 0`), unsupervised
 (`--objective paper`), distill (`--objective distill`: the unlabelled queries of
 ``--query-ids``, default the train qrels' queries, judgements ignored), distill-corpus
-(corpus rows as anchors, no queries), supervised. For distill and distill-corpus the test
+(corpus rows as anchors, no queries), supervised, smec (``train_smec`` on the train qrels
+with the `madapt fit --method smec` defaults; ``--smec-set sequential=false`` overrides an
+``SMECOptions`` field). For distill and distill-corpus the test
 nDCG@10 of every epoch is recorded beside the label-free proxy (never used to choose), so
 ``--json`` holds what the proxy/test correlation needs.
 """
@@ -35,6 +37,7 @@ from madapt_cli.methods.matryoshka import (
     train_unsupervised,
 )
 from madapt_cli.methods.pca import fit_pca
+from madapt_cli.methods.smec import SMECOptions, train_smec
 from madapt_cli.retrieval.evaluate import ndcg_at_10
 from madapt_cli.training.anchors import read_query_ids
 from madapt_cli.training.config import TrainConfig
@@ -69,6 +72,12 @@ def main() -> None:
         action="append",
         default=[],
         help="TrainConfig override, e.g. --set lr=5e-4 (repeatable)",
+    )
+    parser.add_argument(
+        "--smec-set",
+        action="append",
+        default=[],
+        help="SMECOptions override for the smec method, e.g. --smec-set ads=false",
     )
     parser.add_argument(
         "--query-ids",
@@ -173,6 +182,24 @@ def main() -> None:
                 on_epoch=report,
             )
             adaptor = _wrap(result.module, data)
+        elif method == "smec":
+            options = SMECOptions()
+            for assignment in args.smec_set:
+                key, value = assignment.split("=", 1)
+                setattr(options, key, json.loads(value))
+            result = train_smec(
+                data["doc_vectors"],
+                config,
+                options,
+                corpus_ids=data["doc_ids"],
+                queries=data["query_vectors"],
+                query_ids=data["query_ids"],
+                qrels=train_qrels,
+                on_epoch=report,
+            )
+            adaptor = Adaptor(
+                result.module, {"method": "smec", "dimension": data["doc_vectors"].shape[1]}
+            )
         else:
             raise SystemExit(f"unknown method {method}")
         timings[method] = time.perf_counter() - started

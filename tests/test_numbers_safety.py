@@ -194,7 +194,7 @@ def test_smec_training_stops_on_a_nan_loss(monkeypatch):
     monkeypatch.setattr(smec.MemorySimilarityLoss, "forward", loss)
     config = TrainConfig(train_dims=[4, 8], epochs=2, batch_size=32, topk=3, device="cpu")
     with pytest.raises(TrainingDiverged, match=r"stage 'smec 8', epoch 1, step 2"):
-        train_smec(_corpus(), config, SMECOptions(to_dim=4))
+        train_smec(_corpus(), config, SMECOptions(to_dim=4, sequential=True))
     assert calls["n"] == 2
 
 

@@ -205,6 +205,8 @@ def test_cli_fits_resumes_and_rejects_bad_input(capsys, tmp_path):
         "supervised",
         "--qrels",
         qrels,
+        "--sequential",
+        "--ads",
         "--json",
     )
     assert code == 0, err
@@ -243,6 +245,10 @@ def test_cli_fits_resumes_and_rejects_bad_input(capsys, tmp_path):
     assert code == 0, err
     plain = Adaptor.load(tmp_path / "plain")
     assert plain.module.rotation is None and plain.config["architecture"]["rotation"] is False
+    # the defaults: one stage of every size, no ADS, S-XBM on
+    assert plain.config["smec"]["stages"] == [{"sizes": [16, 12], "ads": False}]
+    options = plain.config["smec"]["options"]
+    assert (options["sequential"], options["ads"], options["xbm"]) == (False, False, True)
 
     for extra, message in [
         (["--resume", out, "--to-dim", "16"], "--to-dim 16 is not below 12"),
@@ -259,5 +265,5 @@ def test_cli_fits_resumes_and_rejects_bad_input(capsys, tmp_path):
     assert _fit(capsys, store, "--out", pca, "--method", "pca")[0] == 0
     code, _, err = _fit(capsys, store, "--out", tmp_path / "bad", *common, "--resume", pca)
     assert code == 2 and "a 'pca' adaptor; only smec adaptors can be resumed" in err
-    code, _, err = _fit(capsys, store, "--out", tmp_path / "bad", "--no-ads")
-    assert code == 2 and "--no-ads" in err and "--method smec" in err
+    code, _, err = _fit(capsys, store, "--out", tmp_path / "bad", "--ads")
+    assert code == 2 and "--ads" in err and "--method smec" in err

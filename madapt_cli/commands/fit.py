@@ -76,7 +76,8 @@ def register(app: typer.Typer) -> None:
         alpha: float | None = typer.Option(
             None,
             "--alpha",
-            help="Weight of L_pair (unsupervised, default 1) or L_topk (supervised, default 0.3).",
+            help="Weight of L_pair (unsupervised, default 1) or L_topk (supervised, default "
+            "0.3); smec: of L_unsup (supervised default 0.3, unsupervised 1).",
         ),
         beta: float | None = typer.Option(
             None,
@@ -129,10 +130,14 @@ def register(app: typer.Typer) -> None:
             None, "--resume", help="smec: continue this SMEC adaptor to a smaller --to-dim."
         ),
         sequential: bool = typer.Option(
-            True, "--sequential/--no-sequential", help="smec: one stage per size (SMRL)."
+            False,
+            "--sequential/--no-sequential",
+            help="smec: one stage per size (SMRL; off by default: docs/smec.md).",
         ),
         ads: bool = typer.Option(
-            True, "--ads/--no-ads", help="smec: learn which dimensions to keep (ADS)."
+            False,
+            "--ads/--no-ads",
+            help="smec: learn which dimensions to keep (ADS; off by default: docs/smec.md).",
         ),
         xbm: bool = typer.Option(
             True, "--xbm/--no-xbm", help="smec: neighbours from a cross-batch memory (S-XBM)."

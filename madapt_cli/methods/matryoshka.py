@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +254,9 @@ def train_supervised(  # noqa: PLR0913 - the public training API (bench/, tests)
     history: list[dict[str, Any]] = []
     module, mined = None, 0.0
     if two_stage:
-        stage1 = train_unsupervised(corpus, config, validation_data, on_epoch)
+        stage1 = _supervised_stage1(
+            corpus, queries, query_ids, train_ids, config, validation_data, on_epoch
+        )
         module, history, mined = stage1.module, stage1.history, stage1.topk_mining_seconds
     seed_everything(config.seed)
     vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
@@ -282,6 +285,27 @@ def train_supervised(  # noqa: PLR0913 - the public training API (bench/, tests)
     stage = Stage("supervised", config.supervised_epochs, steps, config.supervised_lr)
     stage2, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
     return TrainResult(module.cpu().eval(), history + stage2, best, mined)
+
+
+def _supervised_stage1(
+    corpus: np.ndarray,
+    queries: np.ndarray,
+    query_ids: Sequence[str],
+    train_ids: Sequence[str],
+    config: TrainConfig,
+    validation_data: dict[str, Any] | None,
+    on_epoch: EpochCallback | None,
+) -> TrainResult:
+    """Supervised stage 1: the paper's unsupervised losses over ``config.epochs`` epochs at
+    ``config.lr``, or (``config.stage1_objective`` "distill") L_distill with the training
+    queries as unlabelled anchors over ``config.epochs`` epochs at ``config.distill_lr``;
+    both stop early on the held-out judged queries."""
+    if config.stage1_objective == "paper":
+        return train_unsupervised(corpus, config, validation_data, on_epoch)
+    row = {query_id: i for i, query_id in enumerate(query_ids)}
+    anchors = np.asarray(queries[[row[q] for q in train_ids]], np.float32)
+    stage1_config = replace(config, distill_epochs=config.epochs)
+    return train_distill(corpus, anchors, stage1_config, validation_data, on_epoch)
 
 
 class Matryoshka(Method):

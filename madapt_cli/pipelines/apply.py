@@ -98,7 +98,34 @@ class ApplySummary:
         return asdict(self)
 
 
-def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
+@dataclass
+class ApplyPlan:
+    """What `madapt apply` checked and decided before writing anything (see
+    :func:`plan_apply`); the local engine and ``--engine ray`` write from the same plan."""
+
+    adaptor: Adaptor
+    source: Any
+    sizes: list[int]
+    names: list[str]
+    codes: Coding
+    summary: ApplySummary
+
+    def schema(self, name: str) -> pa.Schema:
+        """Table ``name``'s output schema (its metadata holds the adaptor and the ranges)."""
+        return output_schema(
+            self.source.schema(name),
+            self.source.metadata(name),
+            self.adaptor,
+            self.sizes,
+            self.codes.dtype,
+            self.codes,
+        )
+
+    def where(self, name: str) -> str:
+        return f"table '{name}' of {self.source.path}"
+
+
+def plan_apply(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     adaptor_path: str | Path,
     store_path: str | Path,
     dims: str | Sequence[int],
@@ -108,22 +135,14 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
     tables: Sequence[str] | None = None,
     chunk_rows: int = 65_536,
     overwrite: bool = False,
-    progress: Progress | None = None,
     dtype: str = "float32",
     precision: str | Sequence[str] = "float32",
     calibration: str = "minmax",
     calibration_from: str | Path | None = None,
-) -> ApplySummary:
-    """Write every table (or ``tables``) of ``store_path`` into a new store ``out`` with
-    columns ``id``, ``text_sha256`` and ``text`` (when present) and, for each size and each
-    of ``precision`` (one name or a list: float32, float16, int8, binary), its column; the
-    float32 column stored as ``dtype`` (float32 or float16; computed in float32 either way).
-    int8 ranges: fitted with ``calibration`` ("minmax" or "percentile:P") on the source's
-    corpus table, or read from ``calibration_from`` (an applied store or a JSON file).
-    ``progress`` gets ProgressEvent(task="apply <table>", unit="rows") per chunk."""
-    out = Path(out)
-    inputs = (adaptor_path, store_path)
-    check_output(out, "store", overwrite=overwrite, inputs=inputs)
+) -> ApplyPlan:
+    """Every check of :func:`apply_adaptor`, in its order, and the int8 ranges: raises
+    before anything is written or dispatched."""
+    check_output(Path(out), "store", overwrite=overwrite, inputs=(adaptor_path, store_path))
     adaptor = Adaptor.load(adaptor_path)
     source = open_store(store_path)
     sizes = parse_dims(dims, adaptor.dimension)
@@ -157,18 +176,58 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
         },
         calibration=codes.source,
     )
-    with staged_output(out, "store", overwrite=overwrite, inputs=inputs) as staging:
+    return ApplyPlan(adaptor, source, sizes, names, codes, summary)
+
+
+def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
+    adaptor_path: str | Path,
+    store_path: str | Path,
+    dims: str | Sequence[int],
+    out: str | Path,
+    *,
+    format: str | None = None,
+    tables: Sequence[str] | None = None,
+    chunk_rows: int = 65_536,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    dtype: str = "float32",
+    precision: str | Sequence[str] = "float32",
+    calibration: str = "minmax",
+    calibration_from: str | Path | None = None,
+) -> ApplySummary:
+    """Write every table (or ``tables``) of ``store_path`` into a new store ``out`` with
+    columns ``id``, ``text_sha256`` and ``text`` (when present) and, for each size and each
+    of ``precision`` (one name or a list: float32, float16, int8, binary), its column; the
+    float32 column stored as ``dtype`` (float32 or float16; computed in float32 either way).
+    int8 ranges: fitted with ``calibration`` ("minmax" or "percentile:P") on the source's
+    corpus table, or read from ``calibration_from`` (an applied store or a JSON file).
+    ``progress`` gets ProgressEvent(task="apply <table>", unit="rows") per chunk."""
+    plan = plan_apply(
+        adaptor_path,
+        store_path,
+        dims,
+        out,
+        format=format,
+        tables=tables,
+        chunk_rows=chunk_rows,
+        overwrite=overwrite,
+        dtype=dtype,
+        precision=precision,
+        calibration=calibration,
+        calibration_from=calibration_from,
+    )
+    source, inputs = plan.source, (adaptor_path, store_path)
+    with staged_output(Path(out), "store", overwrite=overwrite, inputs=inputs) as staging:
         target = open_store(staging, format=format or source.format, create=True)
-        for name in names:
-            schema = output_schema(
-                source.schema(name), source.metadata(name), adaptor, sizes, dtype, codes
+        for name in plan.names:
+            schema = plan.schema(name)
+            batches = adapted_batches(
+                source, name, plan.adaptor, plan.sizes, schema, chunk_rows, plan.where(name)
             )
-            where = f"table '{name}' of {store_path}"
-            batches = _adapted_batches(source, name, adaptor, sizes, schema, chunk_rows, where)
             if progress is not None:
-                batches = _reported(batches, progress, f"apply {name}", source.num_rows(name))
-            summary.tables[name] = target.write_table(name, schema, batches)
-    return summary
+                batches = reported(batches, progress, f"apply {name}", source.num_rows(name))
+            plan.summary.tables[name] = target.write_table(name, schema, batches)
+    return plan.summary
 
 
 def _check_options(format: str | None, chunk_rows: int, dtype: str) -> None:
@@ -339,7 +398,7 @@ def _coding_of(schema: pa.Schema) -> Coding:
     return codes
 
 
-def _adapted_batches(
+def adapted_batches(
     source: Any,
     name: str,
     adaptor: Adaptor,
@@ -348,6 +407,9 @@ def _adapted_batches(
     chunk_rows: int,
     where: str,
 ) -> Iterator[pa.RecordBatch]:
+    """Table ``name`` of ``source`` adapted batch by batch into ``schema``: the vector check,
+    the transform, the columns of every size and precision. The one per-batch path of both
+    engines (``--engine ray`` runs it in its actors)."""
     kept = [column for column in KEPT_COLUMNS if column in schema.names]
     codes = _coding_of(schema)
     for batch in source.iter_batches(
@@ -361,7 +423,7 @@ def _adapted_batches(
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _reported(
+def reported(
     batches: Iterator[pa.RecordBatch], progress: Progress, task: str, total: int
 ) -> Iterator[pa.RecordBatch]:
     """``batches``, reporting the rows written so far after each (and a last, finished

@@ -70,7 +70,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group("hidden positives_per_query", _optional(_count(1)), "a whole number >= 1"),
     *_group("lr supervised_lr temperature", _positive, "a positive finite number"),
     *_group(
-        "weight_decay alpha beta gamma distill_rec_weight",
+        "weight_decay alpha beta gamma distill_rec_weight distill_weight",
         _optional(_non_negative),
         "a finite number >= 0",
     ),
@@ -90,6 +90,11 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "objective",
         lambda value: value in ("auto", "distill", "paper"),
         "'auto', 'distill' or 'paper'",
+    ),
+    *_group(
+        "stage1_objective",
+        lambda value: value in ("paper", "distill"),
+        "'paper' or 'distill'",
     ),
     *_group(
         "dim_weighting",
@@ -115,7 +120,8 @@ class TrainConfig:
     query_batch_size: int = 64  # training queries per supervised step
     rotation: bool = True  # start from the corpus' principal rotation (not the identity)
     lr: float = 3e-3  # stage 1 (peak; linear warm-up, cosine decay)
-    supervised_lr: float = 1e-3  # stage 2
+    # stage 2; 3e-3 (was 1e-3): SciFact held-out train queries 0.730 against 0.671 at 64 dims
+    supervised_lr: float = 3e-3
     weight_decay: float = 0.0
     topk: int = 10
     alpha: float | None = None  # None: the mode's default (see weights())
@@ -144,6 +150,10 @@ class TrainConfig:
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
     quantization_aware: str | None = None  # int8/binary: training/quantization.py's term
+    # --- supervised: stage 1's objective ("distill": the training queries as unlabelled
+    # anchors) and the weight of L_distill over the training queries beside L_rank in stage 2
+    stage1_objective: str = "paper"
+    distill_weight: float = 0.0
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in

@@ -100,6 +100,12 @@ class SupervisedObjective:
         self.unsupervised = UnsupervisedObjective(
             corpus, dims, config.topk, {"topk": 1.0, "pair": 1.0, "rec": 1.0}, dim_weights
         )
+        # L_distill over the training queries' full-size neighbours (config.distill_weight)
+        self.distill = (
+            DistillationObjective(corpus, queries, dims, config, dim_weights)
+            if config.distill_weight > 0
+            else None
+        )
 
     def grades_of(self, query_rows: torch.Tensor, corpus_rows: torch.Tensor) -> torch.Tensor:
         """Grade of each (query, corpus row): (Q,) x (Q, C) -> (Q, C); 0 when unjudged."""
@@ -130,6 +136,8 @@ class SupervisedObjective:
         queries = module(self.queries[batch])
         documents = module(self.corpus[candidates])
         loss = self.weights["rank"] * self.rank_loss(queries, documents, relevance)
+        if self.distill is not None:
+            loss = loss + self.config.distill_weight * self.distill(module, batch, self.generator)
         return loss + self.unsupervised.terms(module, corpus_batch, self.weights)
 
 
