@@ -121,9 +121,6 @@ def register(app: typer.Typer) -> None:
             help="torch, onnx or openvino (local models). Default: the store's; else onnx "
             "on the CPU when installed (madapt[fast]), else torch.",
         ),
-        precision: str | None = typer.Option(
-            None, "--precision", help="fp32 or int8 (int8: --backend onnx only)."
-        ),
         normalize: bool = typer.Option(
             True, "--normalize/--no-normalize", help="L2-normalise the vectors."
         ),
@@ -221,7 +218,6 @@ def register(app: typer.Typer) -> None:
             "query_prompt": query_prompt,
             "document_prompt": document_prompt,
             "backend": backend,
-            "precision": precision,
             "dimensions": dimensions,
             "base_url": base_url,
             "project": project,
