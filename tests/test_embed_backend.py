@@ -159,3 +159,22 @@ def test_backends_never_mix_in_a_table(tmp_path: Path, small_scifact):
 @needs_onnx
 def test_the_cpu_default_is_onnx_for_a_new_store(tmp_path: Path):
     assert default_backend(tmp_path / "new", "cpu") == "onnx"
+
+
+@needs_onnx
+def test_an_adaptor_fitted_on_onnx_vectors_encodes_with_onnx():
+    from conftest import residual_adaptor
+
+    from madapt_cli.pipelines.encode import provider_for_adaptor
+
+    onnx = {"backend": "onnx", "precision": "fp32"}
+    adaptor = residual_adaptor(
+        384,
+        "sentence-transformers/all-MiniLM-L6-v2",
+        base_settings={"document": onnx, "query": onnx},
+    )
+    built = provider_for_adaptor(adaptor)
+    assert built.backend == "onnx" and built.settings("query") == onnx
+    # torch-made adaptors (nothing recorded) keep torch
+    plain = residual_adaptor(384, model, base_settings={"document": {}, "query": {}})
+    assert provider_for_adaptor(plain).backend == "torch"
