@@ -168,11 +168,8 @@ def test_an_adaptor_fitted_on_onnx_vectors_encodes_with_onnx():
     from madapt_cli.pipelines.encode import provider_for_adaptor
 
     onnx = {"backend": "onnx", "precision": "fp32"}
-    adaptor = residual_adaptor(
-        384,
-        "sentence-transformers/all-MiniLM-L6-v2",
-        base_settings={"document": onnx, "query": onnx},
-    )
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    adaptor = residual_adaptor(384, model, base_settings={"document": onnx, "query": onnx})
     built = provider_for_adaptor(adaptor)
     assert built.backend == "onnx" and built.settings("query") == onnx
     # torch-made adaptors (nothing recorded) keep torch
