@@ -50,8 +50,13 @@ def scifact(tmp_path_factory) -> dict:
 
 
 def test_fit_records_the_provider_settings(scifact):
+    from madapt_cli.pipelines.embed_plan import default_backend
+    from madapt_cli.providers.local_onnx import describe
+
     config = json.loads((scifact["root"] / "ad" / "config.json").read_text())
-    assert config["base_settings"] == {"document": {}, "query": {}}
+    # `embed` without --backend: onnx on the CPU when installed (recorded), else torch (nothing)
+    made_by = describe(default_backend(scifact["root"] / "new", "cpu"), "fp32")
+    assert config["base_settings"] == {"document": made_by, "query": made_by}
 
 
 def test_encoder_matches_embed_and_apply(scifact):
