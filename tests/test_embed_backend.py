@@ -157,8 +157,16 @@ def test_backends_never_mix_in_a_table(tmp_path: Path, small_scifact):
 
 
 @needs_onnx
-def test_the_cpu_default_is_onnx_for_a_new_store(tmp_path: Path):
-    assert default_backend(tmp_path / "new", "cpu") == "onnx"
+def test_the_default_is_torch_for_a_new_store_and_the_held_one_otherwise(
+    tmp_path: Path, small_scifact
+):
+    assert default_backend(tmp_path / "new", "cpu") == "torch"
+    out = tmp_path / "store"
+    code, output = cli(str(small_scifact(4)), "--out", str(out), "--backend", "onnx")
+    assert code == 0, output
+    assert default_backend(out, "cpu") == "onnx"
+    code, output = cli(str(small_scifact(4)), "--out", str(out), "--json")
+    assert code == 0 and json.loads(output)["rows_reused"] == 4
 
 
 @needs_onnx

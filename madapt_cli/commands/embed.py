@@ -118,8 +118,8 @@ def register(app: typer.Typer) -> None:
         backend: str | None = typer.Option(
             None,
             "--backend",
-            help="torch, onnx or openvino (local models). Default: the store's; else onnx "
-            "on the CPU when installed (madapt[fast]), else torch.",
+            help="torch, onnx or openvino (local models; onnx/openvino: madapt[fast]). "
+            "Default: the store's, else torch.",
         ),
         normalize: bool = typer.Option(
             True, "--normalize/--no-normalize", help="L2-normalise the vectors."
