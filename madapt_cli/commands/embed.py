@@ -17,6 +17,7 @@ from madapt_cli.pipelines.embed import (
     estimate_embedding,
     run_embed,
 )
+from madapt_cli.pipelines.embed_plan import default_backend
 from madapt_cli.providers.base import PROVIDERS, build_provider
 from madapt_cli.store.base import FORMATS
 
@@ -114,6 +115,12 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
         batch_size: int = typer.Option(64, "--batch-size", min=1, help="Texts per model batch."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (local models)."),
+        backend: str | None = typer.Option(
+            None,
+            "--backend",
+            help="torch, onnx or openvino (local models; onnx/openvino: madapt[fast]). "
+            "Default: the store's, else torch.",
+        ),
         normalize: bool = typer.Option(
             True, "--normalize/--no-normalize", help="L2-normalise the vectors."
         ),
@@ -220,6 +227,7 @@ def register(app: typer.Typer) -> None:
             "device": device,
             "query_prompt": query_prompt,
             "document_prompt": document_prompt,
+            "backend": backend,
             "dimensions": dimensions,
             "base_url": base_url,
             "project": project,
@@ -234,6 +242,8 @@ def register(app: typer.Typer) -> None:
             "retry_base_delay": retry_base_delay,
         }
         adaptation = _adaptation(adaptor, dims, no_raw)
+        if adaptation is None and (provider_name or "local") == "local" and backend is None:
+            values["backend"] = default_backend(out, device)
         if adaptation is None:
             provider = build_provider(provider_name or "local", model, values)
         else:
