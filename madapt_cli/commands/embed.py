@@ -203,7 +203,6 @@ def register(app: typer.Typer) -> None:
         no_raw: bool = typer.Option(
             False, "--no-raw", help="With --adaptor: do not keep the raw vector (no refits)."
         ),
-        # --- ray engine (issue 15) ---
         engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data)."),
         ray_address: str | None = typer.Option(
             None, "--ray-address", help="--engine ray: auto, HOST:PORT or ray://HOST:10001."
@@ -212,7 +211,6 @@ def register(app: typer.Typer) -> None:
         gpus_per_worker: float = typer.Option(
             0.0, "--gpus-per-worker", help="--engine ray: GPUs each actor reserves."
         ),
-        # --- end ray engine ---
     ) -> None:
         """Embed a corpus (and its queries) into a store; reruns resume and reuse."""
         if dtype not in ("float32", "float16"):
@@ -221,6 +219,9 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--format must be parquet or lance, not {store_format!r}")
         if role not in ("document", "query"):
             raise InputError(f"--role must be document or query, not {role!r}")
+        from madapt_cli.pipelines.ray_engine import check_engine
+
+        check_engine(engine)  # before --dry-run too: a bad engine is a bad command line
         # every provider option of the command line: the provider takes its own
         values = {
             "batch_size": batch_size,
@@ -284,10 +285,6 @@ def register(app: typer.Typer) -> None:
             else:
                 _print_dry_run(estimate)
             return
-        # --- ray engine (issue 15) ---
-        from madapt_cli.pipelines.ray_engine import check_engine
-
-        check_engine(engine)
         run = run_embed
         if engine == "ray":
             from functools import partial
@@ -298,7 +295,6 @@ def register(app: typer.Typer) -> None:
             spec = ProviderSpec(provider.name, provider.model, values)
             ray_options = RayOptions(ray_address, workers, gpus_per_worker)
             run = partial(run_embed_ray, spec=spec, ray_options=ray_options)  # type: ignore[assignment]
-        # --- end ray engine ---
         try:
             with console.ProgressPrinter(quiet=quiet or as_json) as progress:
                 summary = run(
