@@ -41,7 +41,17 @@ def scifact(tmp_path_factory) -> dict:
     queries = read_jsonl("queries.jsonl.gz", QUERIES)
     for name, rows in (("corpus", read_jsonl("corpus.jsonl.gz", DOCS)), ("queries", queries)):
         (root / "beir" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run("embed", root / "beir", "--out", root / "store", "--device", "cpu", "--quiet")
+    run(
+        "embed",
+        root / "beir",
+        "--out",
+        root / "store",
+        "--device",
+        "cpu",
+        "--backend",
+        "torch",
+        "-q",
+    )
     run("fit", root / "store", "--method", "pca", "--out", root / "ad")
     run("apply", root / "ad", root / "store", "--dims", "64,128", "--out", root / "applied")
     ids, applied = open_store(root / "applied").read_vectors("queries", "vector_128")

@@ -46,19 +46,15 @@ def register(app: typer.Typer) -> None:
             False, "--overwrite", help="Replace an existing --out store that madapt wrote."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
-        # --- ray engine (issue 15) ---
         engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data)."),
         ray_address: str | None = typer.Option(
             None, "--ray-address", help="--engine ray: auto, HOST:PORT or ray://HOST:10001."
         ),
         workers: int = typer.Option(1, "--workers", help="--engine ray: actors in the pool."),
-        # --- end ray engine ---
     ) -> None:
         """Write each table of STORE with adapted, truncated, re-normalised vectors:
         one column vector_<d> per size, the same ids (and text, when STORE keeps it)."""
         from madapt_cli.pipelines.apply import apply_adaptor
-
-        # --- ray engine (issue 15) ---
         from madapt_cli.pipelines.ray_engine import check_engine
 
         check_engine(engine)
@@ -70,7 +66,6 @@ def register(app: typer.Typer) -> None:
 
             options = RayOptions(address=ray_address, workers=workers)
             apply_adaptor = partial(apply_adaptor_ray, ray_options=options)  # type: ignore[assignment]
-        # --- end ray engine ---
         # a bar on a terminal only: in a log, a fast apply's lines would come before its
         # one-line error
         with console.ProgressPrinter(quiet=not console.err.is_terminal) as printer:

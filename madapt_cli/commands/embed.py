@@ -17,6 +17,7 @@ from madapt_cli.pipelines.embed import (
     estimate_embedding,
     run_embed,
 )
+from madapt_cli.pipelines.embed_plan import default_backend
 from madapt_cli.providers.base import PROVIDERS, build_provider
 from madapt_cli.store.base import FORMATS
 
@@ -114,6 +115,12 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
         batch_size: int = typer.Option(64, "--batch-size", min=1, help="Texts per model batch."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (local models)."),
+        backend: str | None = typer.Option(
+            None,
+            "--backend",
+            help="torch, onnx or openvino (local models; onnx/openvino: madapt[fast]). "
+            "Default: the store's, else torch.",
+        ),
         normalize: bool = typer.Option(
             True, "--normalize/--no-normalize", help="L2-normalise the vectors."
         ),
@@ -196,7 +203,6 @@ def register(app: typer.Typer) -> None:
         no_raw: bool = typer.Option(
             False, "--no-raw", help="With --adaptor: do not keep the raw vector (no refits)."
         ),
-        # --- ray engine (issue 15) ---
         engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data)."),
         ray_address: str | None = typer.Option(
             None, "--ray-address", help="--engine ray: auto, HOST:PORT or ray://HOST:10001."
@@ -205,7 +211,6 @@ def register(app: typer.Typer) -> None:
         gpus_per_worker: float = typer.Option(
             0.0, "--gpus-per-worker", help="--engine ray: GPUs each actor reserves."
         ),
-        # --- end ray engine ---
     ) -> None:
         """Embed a corpus (and its queries) into a store; reruns resume and reuse."""
         if dtype not in ("float32", "float16"):
@@ -214,12 +219,16 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--format must be parquet or lance, not {store_format!r}")
         if role not in ("document", "query"):
             raise InputError(f"--role must be document or query, not {role!r}")
+        from madapt_cli.pipelines.ray_engine import check_engine
+
+        check_engine(engine)  # before --dry-run too: a bad engine is a bad command line
         # every provider option of the command line: the provider takes its own
         values = {
             "batch_size": batch_size,
             "device": device,
             "query_prompt": query_prompt,
             "document_prompt": document_prompt,
+            "backend": backend,
             "dimensions": dimensions,
             "base_url": base_url,
             "project": project,
@@ -234,6 +243,8 @@ def register(app: typer.Typer) -> None:
             "retry_base_delay": retry_base_delay,
         }
         adaptation = _adaptation(adaptor, dims, no_raw)
+        if adaptation is None and (provider_name or "local") == "local" and backend is None:
+            values["backend"] = default_backend(out, device)
         if adaptation is None:
             provider = build_provider(provider_name or "local", model, values)
         else:
@@ -274,10 +285,6 @@ def register(app: typer.Typer) -> None:
             else:
                 _print_dry_run(estimate)
             return
-        # --- ray engine (issue 15) ---
-        from madapt_cli.pipelines.ray_engine import check_engine
-
-        check_engine(engine)
         run = run_embed
         if engine == "ray":
             from functools import partial
@@ -288,7 +295,6 @@ def register(app: typer.Typer) -> None:
             spec = ProviderSpec(provider.name, provider.model, values)
             ray_options = RayOptions(ray_address, workers, gpus_per_worker)
             run = partial(run_embed_ray, spec=spec, ray_options=ray_options)  # type: ignore[assignment]
-        # --- end ray engine ---
         try:
             with console.ProgressPrinter(quiet=quiet or as_json) as progress:
                 summary = run(

@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         ),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         seed: int = typer.Option(0, "--seed"),
-        sample: int | None = typer.Option(  # issue 15
+        sample: int | None = typer.Option(
             None, "--sample", help="Train on a uniform random sample of N corpus rows (--seed)."
         ),
         name: str | None = typer.Option(
@@ -205,7 +205,7 @@ def register(app: typer.Typer) -> None:
                 overwrite=overwrite,
                 queries_table=queries_table,
                 query_ids_path=query_ids,
-                sample=sample,  # issue 15
+                sample=sample,
             )
         _print_summary(result.config, out, as_json)
 

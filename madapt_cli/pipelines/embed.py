@@ -58,12 +58,15 @@ from madapt_cli.pipelines.embed_plan import (
     estimate_embedding,
     flush_policy_for,
     limited,
+    longest_first,
     plan_embedding,
     plan_jobs,
     plan_requests,
     row_key,
 )
 from madapt_cli.providers.base import BadVectors, EmbeddingProvider, Role
+from madapt_cli.providers.local_onnx import check_same_backend
+from madapt_cli.providers.remote import RemoteProvider
 from madapt_cli.store.base import (
     LOCK_FILE,
     MARKER,
@@ -162,6 +165,7 @@ class _TableWriter:
         if self.store.has_table(self.table):
             existing, incoming = self.store.metadata(self.table), self._metadata()
             check_appendable(self.table, existing, incoming)
+            check_same_backend(self.table, existing, incoming)
             _check_same_adaptation(self.table, existing, incoming)
 
     def flush(self) -> None:
@@ -213,8 +217,10 @@ class _TableWriter:
         if self.schema is None:
             metadata = self._metadata()
             if self.store.has_table(self.table):
-                check_appendable(self.table, self.store.metadata(self.table), metadata)
-                _check_same_adaptation(self.table, self.store.metadata(self.table), metadata)
+                existing = self.store.metadata(self.table)
+                check_appendable(self.table, existing, metadata)
+                check_same_backend(self.table, existing, metadata)
+                _check_same_adaptation(self.table, existing, metadata)
             self.schema = _table_schema(self.provider.dimension, options, metadata)
         columns = {
             "id": pa.array([i.id for i in items], pa.string()),
@@ -322,7 +328,8 @@ def embed_source(
     if plan.to_embed:
         writer.check_table()
         try:
-            requests = plan_requests(pending(), provider)
+            rows = pending() if isinstance(provider, RemoteProvider) else longest_first(pending())
+            requests = plan_requests(rows, provider)
             _run_requests(requests, provider, job.role, writer.write, tally.advance)
         except BadVectors as error:  # found by the provider: add the table
             raise InputError(f"{writer.where}: {error}") from None

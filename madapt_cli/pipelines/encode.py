@@ -43,7 +43,12 @@ ROLES: tuple[Role, ...] = ("query", "document")
 
 #: recorded setting -> the provider keyword that reproduces it ("{role}": the role's own);
 #: settings not here (a Vertex task type) follow from the role itself
-_SETTING_KEYWORDS = {"prompt": "{role}_prompt", "dimensions": "dimensions"}
+_SETTING_KEYWORDS = {
+    "prompt": "{role}_prompt",
+    "dimensions": "dimensions",
+    "backend": "backend",  # a local model's --backend (onnx, openvino; torch is recorded as none)
+    "precision": "precision",
+}
 
 
 def check_role(role: str) -> Role:

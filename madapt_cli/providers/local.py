@@ -21,6 +21,7 @@ import numpy as np
 from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
 from madapt_cli.providers.base import BatchLimits, EmbeddingProvider, Role
+from madapt_cli.providers.local_onnx import Runner, check_backend, describe, exported_model
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
@@ -114,7 +115,9 @@ class LocalProvider(EmbeddingProvider):
     name = "local"
     default_model = "all-MiniLM-L6-v2"
     family = "local"
-    accepts = frozenset({"batch_size", "device", "query_prompt", "document_prompt"})
+    accepts = frozenset(
+        {"batch_size", "device", "query_prompt", "document_prompt", "backend", "precision"}
+    )
     #: the API providers' options that have a command-line default
     ignores = frozenset({"max_retries", "timeout"})
 
@@ -125,12 +128,19 @@ class LocalProvider(EmbeddingProvider):
         device: str = "auto",
         query_prompt: str | None = None,
         document_prompt: str | None = None,
+        backend: str = "torch",
+        precision: str = "fp32",
         **_ignored: Any,
     ) -> None:
         super().__init__(canonical_model_name(model))
+        check_backend(backend, precision)
         self._requested = model
         self.batch_size = batch_size
         self.device = device
+        #: what runs the forward pass: "torch" (sentence-transformers), "onnx", "openvino"
+        self.backend = backend
+        self.precision = precision
+        self._runner: Runner | None = None
         self.prompts: dict[Role, str | None] = {
             "query": query_prompt,
             "document": document_prompt,
@@ -149,7 +159,8 @@ class LocalProvider(EmbeddingProvider):
 
             transformers_logging.disable_progress_bar()  # keep stderr for our own progress
 
-            device = str(resolve_device(self.device))
+            # ONNX Runtime and OpenVINO run on the CPU; the model only tokenises there
+            device = "cpu" if self.backend != "torch" else str(resolve_device(self.device))
             path = resolve_local_model(self._requested)
             try:
                 self._model = SentenceTransformer(path, device=device)
@@ -157,6 +168,9 @@ class LocalProvider(EmbeddingProvider):
                 raise ProviderError(
                     f"cannot load model {self._requested!r} from {path}: {error}", exit_code=2
                 ) from None
+            if self.backend != "torch":
+                onnx_file = exported_model(self._model, Path(path), self.precision, _cache_dir())
+                self._runner = Runner(onnx_file, self.backend)
         return self._model
 
     @property
@@ -175,13 +189,16 @@ class LocalProvider(EmbeddingProvider):
         return int(getter())
 
     def settings(self, role: Role) -> dict[str, Any]:
+        # the backend too: its vectors differ from torch's by rounding, and never mix silently
         prompt = self.prompts[role]
-        return {"prompt": prompt} if prompt else {}
+        return {**({"prompt": prompt} if prompt else {}), **describe(self.backend, self.precision)}
 
     def embed_batch(self, items: list[TextItem], role: Role) -> np.ndarray:
         model = self._load()
         texts = [item.joined for item in items]
         prompt = self.prompts[role]
+        if self._runner is not None:
+            return self._run_graph(texts, prompt, lambda _: None)
         vectors = model.encode(
             texts,
             batch_size=self.batch_size,
@@ -200,6 +217,9 @@ class LocalProvider(EmbeddingProvider):
         length and then cuts it into batches), so the vectors are those of :meth:`embed_batch`:
         a forward hook on the model's last module only counts the batches."""
         model = self._load()
+        if self._runner is not None:
+            texts = [item.joined for item in items]
+            return self._run_graph(texts, self.prompts[role], on_rows)
         left = len(items)
 
         def batch_done(*_: Any) -> None:
@@ -216,4 +236,32 @@ class LocalProvider(EmbeddingProvider):
             hook.remove()
         if left:  # a model whose batches the hook did not see: the request at once
             on_rows(left)
+        return vectors
+
+    def _run_graph(
+        self, texts: list[str], prompt: str | None, on_rows: Callable[[int], None]
+    ) -> np.ndarray:
+        """The ONNX/OpenVINO forward pass, batch by batch, longest texts first (as
+        sentence-transformers orders a request: batches of like lengths pad little)."""
+        model, runner = self._model, self._runner
+        assert runner is not None
+        if prompt:
+            if not getattr(model[1], "include_prompt", True):
+                raise ProviderError(
+                    f"model {self._requested!r} pools without its prompt tokens: "
+                    "use --backend torch with a prompt",
+                    exit_code=2,
+                )
+            texts = [prompt + text for text in texts]
+        # sentence-transformers 5.2+ renamed tokenize to preprocess; accept both spellings
+        tokenize = getattr(model, "preprocess", None) or model.tokenize
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            features = tokenize([texts[i] for i in rows])
+            vectors[rows] = runner(
+                features["input_ids"].numpy(), features["attention_mask"].numpy()
+            )
+            on_rows(len(rows))
         return vectors
