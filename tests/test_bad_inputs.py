@@ -785,7 +785,7 @@ CASES += [
     case(
         "fit-quantization-aware-unknown",
         lambda c: fit(c, "--quantization-aware", "int4"),
-        r"--quantization-aware must be int8/binary, not 'int4'",
+        r"--quantization-aware must be binary, not 'int4'",
     ),
     case(
         "fit-quantization-aware-pca",

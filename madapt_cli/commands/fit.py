@@ -105,8 +105,8 @@ def register(app: typer.Typer) -> None:
         quantization_aware: str | None = typer.Option(
             None,
             "--quantization-aware",
-            help="int8 or binary: also train each prefix's ranking as the database scores "
-            "its codes (straight-through sign or rounding). --method matryoshka.",
+            help="binary: also train each prefix's ranking as a database scores its sign "
+            "bits (straight-through sign). --method matryoshka.",
         ),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         seed: int = typer.Option(0, "--seed"),

@@ -102,7 +102,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "'equal', 'small' or 'full'",
     ),
     *_group("activation", lambda value: value in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
-    *_group("quantization_aware", lambda value: value in (None, "int8", "binary"), "int8/binary"),
+    *_group("quantization_aware", lambda value: value in (None, "binary"), "binary"),
 ]
 
 
@@ -149,7 +149,7 @@ class TrainConfig:
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
-    quantization_aware: str | None = None  # int8/binary: training/quantization.py's term
+    quantization_aware: str | None = None  # "binary": training/quantization.py's term
     # --- supervised: stage 1's objective ("distill": the training queries as unlabelled
     # anchors) and the weight of L_distill over the training queries beside L_rank in stage 2
     stage1_objective: str = "paper"

@@ -1,8 +1,7 @@
-"""Quantisation-aware training (``madapt fit --quantization-aware int8|binary``).
+"""Quantisation-aware training (``madapt fit --quantization-aware binary``).
 
-A vector database stores the prefix ``v_m`` of an adapted vector as codes: int8 (each
-coordinate rounded to one of 256 levels between a per-dimension lower and upper bound) or
-binary (one sign bit per coordinate, searched by Hamming distance). Nothing in the float
+A vector database may store the prefix ``v_m`` of an adapted vector as binary codes (one
+sign bit per coordinate, searched by Hamming distance). Nothing in the float
 objectives asks the codes to keep the ranking: at 64 dimensions the signs of a supervised
 adaptor's prefix rank far worse than its floats. This module adds a term that scores each
 trained prefix *as the database will* and trains it with the objective's own ranking loss:
@@ -19,25 +18,18 @@ estimator (STE; Bengio, Leonard and Courville, "Estimating or Propagating Gradie
 Stochastic Neurons for Conditional Computation", 2013; the clipped form of Hubara et al.,
 "Binarized Neural Networks", NeurIPS 2016):
 
-* binary: forward ``sign(x)`` (+1 where x > 0, else -1: the bit ``pack_binary`` stores), the
-  cosine of two sign vectors at size m being ``1 - 2 hamming / m``, so the term ranks
-  exactly by Hamming distance; backward the identity where ``|v| <= 1`` (always, for unit
-  prefixes). The sign is scale-free, so ``Q_m(x) = sign(x[:m])``.
-* int8: forward ``lo + step * clamp(round((v - lo) / step), 0, 255)``, ``step = (hi - lo) /
-  255``, per dimension of the size-m prefix (the dequantised code a database scores); backward
-  the identity inside ``[lo, hi]`` and zero outside (clipped STE). ``lo``/``hi`` are a running
-  estimate (exponential moving average, momentum 0.9) of the per-dimension min/max of the
-  batch's documents at size m, so the ranges follow f as it trains, as the corpus calibration
-  `madapt apply` fits on the final f will.
+The code is binary: forward ``sign(x)`` (+1 where x > 0, else -1: the bit ``pack_binary``
+stores), the cosine of two sign vectors at size m being ``1 - 2 hamming / m``, so the term
+ranks exactly by Hamming distance; backward the identity where ``|v| <= 1`` (always, for unit
+prefixes). The sign is scale-free, so ``Q_m(x) = sign(x[:m])``.
 
-Gradients flow through the codes to f, so training moves the first coordinates' signs (or
-their spread within the int8 ranges) to carry the ranking.
+int8 has no such term: int8 codes with corpus ranges already score as the floats do, and a
+straight-through int8 term measured no gain (``bench/qat.py``; docs/benchmarks.md, "Stored
+precisions and quantisation-aware training").
 
-Measured (``bench/qat.py``, SciFact, MiniLM, seeds 0 and 1; docs/benchmarks.md): binary lifts
-the binary cells of a supervised adaptor by 0.02-0.05 nDCG@10 (128 dims with a float query
-against the bits: 0.618 -> 0.641) and of the unsupervised one at 64 and 128 dims by 0.04-0.06,
-at a cost of 0.014-0.021 for float32 at 32-64 dims; int8 changes nothing measurable (int8
-codes already score within 0.003 of float32).
+Gradients flow through the codes to f, so training moves the first coordinates' signs to
+carry the ranking; what it gains on binary cells and costs in float32 is measured in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -50,16 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QUANTIZATION_AWARE = ("int8", "binary")
+QUANTIZATION_AWARE = ("binary",)
 SCORINGS = ("symmetric", "asymmetric")
 
 #: w: the weight of the quantised term beside the float objective
 DEFAULT_WEIGHT = 1.0
 #: S: how the quantised prefixes are scored (averaged)
 DEFAULT_SCORING: tuple[str, ...] = ("symmetric", "asymmetric")
-#: momentum of the int8 ranges' running estimate
-RANGE_MOMENTUM = 0.9
-_LEVELS = 255  # int8: 256 codes, 255 steps
 
 
 def binary_ste(x: torch.Tensor) -> torch.Tensor:
@@ -67,15 +56,6 @@ def binary_ste(x: torch.Tensor) -> torch.Tensor:
     hard = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
     clipped = x.clamp(-1.0, 1.0)
     return clipped + (hard - clipped).detach()
-
-
-def int8_ste(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """The dequantised int8 code of ``x`` (per last-axis ranges ``lower``..``upper``) forward;
-    the identity inside the range and zero outside (clipped STE) backward."""
-    step = ((upper - lower) / _LEVELS).clamp_min(1e-12)
-    clipped = torch.maximum(torch.minimum(x, upper), lower)
-    codes = torch.round((clipped - lower) / step).clamp(0, _LEVELS)
-    return clipped + (lower + codes * step - clipped).detach()
 
 
 def unit_prefix(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -98,7 +78,7 @@ class QuantizationAwareLoss(nn.Module):
     ) -> None:
         super().__init__()
         if precision not in QUANTIZATION_AWARE:
-            raise ValueError(f"precision must be int8 or binary, not {precision!r}")
+            raise ValueError(f"precision must be binary, not {precision!r}")
         if not scoring or any(s not in SCORINGS for s in scoring):
             raise ValueError(f"scoring must be among {SCORINGS}, not {scoring!r}")
         self.base, self.precision = base, precision
@@ -107,8 +87,6 @@ class QuantizationAwareLoss(nn.Module):
         weights = base.size_weights
         self.per_size = nn.ModuleList(self._at_size(base, m) for m in self.dims)
         self.register_buffer("size_weights", weights.detach().clone())
-        # int8: running per-dimension ranges of each size (empty until the first batch)
-        self.ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @staticmethod
     def _at_size(base: nn.Module, m: int) -> nn.Module:
@@ -118,25 +96,10 @@ class QuantizationAwareLoss(nn.Module):
         single.size_weights = torch.ones(1, device=base.size_weights.device)
         return single
 
-    def code(self, x: torch.Tensor, m: int, documents: torch.Tensor | None = None) -> torch.Tensor:
-        """Q_m(x) with the STE; ``documents`` (int8): the batch's documents, which update the
-        running ranges of size m first."""
-        prefix = unit_prefix(x, m)
-        if self.precision == "binary":
-            return binary_ste(prefix)
-        if documents is not None:
-            self._update_ranges(unit_prefix(documents, m).detach().reshape(-1, m), m)
-        lower, upper = self.ranges[m]
-        return int8_ste(prefix, lower, upper)
-
-    @torch.no_grad()
-    def _update_ranges(self, vectors: torch.Tensor, m: int) -> None:
-        low, high = vectors.min(dim=0).values, vectors.max(dim=0).values
-        if m in self.ranges:
-            old_low, old_high = self.ranges[m]
-            low = RANGE_MOMENTUM * old_low + (1 - RANGE_MOMENTUM) * low
-            high = RANGE_MOMENTUM * old_high + (1 - RANGE_MOMENTUM) * high
-        self.ranges[m] = (low, high)
+    @staticmethod
+    def code(x: torch.Tensor, m: int) -> torch.Tensor:
+        """Q_m(x): the sign bits of the unit prefix, with the STE."""
+        return binary_ste(unit_prefix(x, m))
 
     def quantized_term(
         self, anchors: torch.Tensor, documents: torch.Tensor, *rest: Any
@@ -144,7 +107,7 @@ class QuantizationAwareLoss(nn.Module):
         """sum over m of w_m * mean over the scorings of L_base^m (module docstring)."""
         total = anchors.new_zeros(())
         for index, (m, single) in enumerate(zip(self.dims, self.per_size, strict=True)):
-            coded_documents = self.code(documents, m, documents=documents)
+            coded_documents = self.code(documents, m)
             terms = []
             if "symmetric" in self.scoring:
                 terms.append(single(self.code(anchors, m), coded_documents, *rest))
