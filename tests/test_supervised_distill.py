@@ -91,7 +91,17 @@ def test_bad_supervised_distill_settings(changes, message):
         _config(**changes).validate("supervised")
 
 
-def test_smec_supervised_default_alpha_is_0_3():
+@pytest.fixture()
+def one_thread():
+    """Bit-equal weights across two fits need one torch thread: on two, the order of float
+    sums (and so the last bits) varies from run to run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_smec_supervised_default_alpha_is_0_3(one_thread):
     """SMEC's supervised L_unsup weight: 0.3 unless --alpha says otherwise (docs/smec.md)."""
     from madapt_cli.methods.smec import SMECOptions, train_smec
 
