@@ -18,7 +18,7 @@ table and `madapt encode` code queries with the corpus' ranges.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,10 @@ class ApplyPlan:
     names: list[str]
     codes: Coding
     summary: ApplySummary
+    out: Path
+    overwrite: bool
+    format: str | None
+    inputs: tuple[str | Path, ...]
 
     def schema(self, name: str) -> pa.Schema:
         """Table ``name``'s output schema (its metadata holds the adaptor and the ranges)."""
@@ -123,6 +127,25 @@ class ApplyPlan:
 
     def where(self, name: str) -> str:
         return f"table '{name}' of {self.source.path}"
+
+    def write(
+        self,
+        batches: Callable[[str, pa.Schema], Iterator[pa.RecordBatch]],
+        progress: Progress | None = None,
+    ) -> ApplySummary:
+        """Each table's ``batches(name, schema)`` into the staged output, published whole at
+        the end (a killed run leaves no output)."""
+        inputs = self.inputs
+        with staged_output(self.out, "store", overwrite=self.overwrite, inputs=inputs) as staging:
+            target = open_store(staging, format=self.format or self.source.format, create=True)
+            for name in self.names:
+                schema = self.schema(name)
+                written = batches(name, schema)
+                if progress is not None:
+                    total = self.source.num_rows(name)
+                    written = reported(written, progress, f"apply {name}", total)
+                self.summary.tables[name] = target.write_table(name, schema, written)
+        return self.summary
 
 
 def plan_apply(  # noqa: PLR0913 - the keyword API behind `madapt apply`
@@ -176,7 +199,10 @@ def plan_apply(  # noqa: PLR0913 - the keyword API behind `madapt apply`
         },
         calibration=codes.source,
     )
-    return ApplyPlan(adaptor, source, sizes, names, codes, summary)
+    inputs = (adaptor_path, store_path)
+    return ApplyPlan(
+        adaptor, source, sizes, names, codes, summary, Path(out), overwrite, format, inputs
+    )
 
 
 def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
@@ -216,18 +242,12 @@ def apply_adaptor(  # noqa: PLR0913 - the keyword API behind `madapt apply`
         calibration=calibration,
         calibration_from=calibration_from,
     )
-    source, inputs = plan.source, (adaptor_path, store_path)
-    with staged_output(Path(out), "store", overwrite=overwrite, inputs=inputs) as staging:
-        target = open_store(staging, format=format or source.format, create=True)
-        for name in plan.names:
-            schema = plan.schema(name)
-            batches = adapted_batches(
-                source, name, plan.adaptor, plan.sizes, schema, chunk_rows, plan.where(name)
-            )
-            if progress is not None:
-                batches = reported(batches, progress, f"apply {name}", source.num_rows(name))
-            plan.summary.tables[name] = target.write_table(name, schema, batches)
-    return plan.summary
+    return plan.write(
+        lambda name, schema: adapted_batches(
+            plan.source, name, plan.adaptor, plan.sizes, schema, chunk_rows, plan.where(name)
+        ),
+        progress,
+    )
 
 
 def _check_options(format: str | None, chunk_rows: int, dtype: str) -> None:

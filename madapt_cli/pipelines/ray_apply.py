@@ -22,8 +22,7 @@ from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.pipelines import apply as local
 from madapt_cli.pipelines.ray_engine import RayOptions, blocks_of, ray_session, run_waves
-from madapt_cli.store.base import VECTOR_COLUMN, open_store
-from madapt_cli.util.files import staged_output
+from madapt_cli.store.base import VECTOR_COLUMN
 from madapt_cli.util.progress import Progress
 
 __all__ = ["apply_adaptor_ray"]
@@ -97,29 +96,33 @@ def apply_adaptor_ray(  # noqa: PLR0913 - the keyword API of `madapt apply`, plu
         calibration=calibration,
         calibration_from=calibration_from,
     )
-    source, inputs = plan.source, (adaptor_path, store_path)
-    with (
-        ray_session(ray_options) as ray,
-        staged_output(Path(out), "store", overwrite=overwrite, inputs=inputs) as staging,
-    ):
-        target = open_store(staging, format=format or source.format, create=True)
-        for name in plan.names:
-            schema = plan.schema(name)
-            kept = [c for c in local.KEPT_COLUMNS if c in schema.names]
-            read = source.iter_batches(
-                name, columns=["id", *kept, VECTOR_COLUMN], batch_rows=rows_per_block
-            )
-            kwargs = {
-                "adaptor": plan.adaptor,
-                "dims": plan.sizes,
-                "schema": schema,
-                "where": plan.where(name),
-            }
-            tables_out = run_waves(
-                ray, blocks_of(read, rows_per_block), ray_options, ApplyWorker, kwargs
-            )
-            batches = (b for t in tables_out for b in t.cast(schema).to_batches())
-            if progress is not None:
-                batches = local.reported(batches, progress, f"apply {name}", source.num_rows(name))
-            plan.summary.tables[name] = target.write_table(name, schema, batches)
-    return plan.summary
+    with ray_session(ray_options) as ray:
+        return plan.write(
+            lambda name, schema: _adapted_on_ray(
+                ray, plan, name, schema, ray_options, rows_per_block
+            ),
+            progress,
+        )
+
+
+def _adapted_on_ray(
+    ray: Any,
+    plan: local.ApplyPlan,
+    name: str,
+    schema: pa.Schema,
+    ray_options: RayOptions,
+    rows_per_block: int,
+) -> Iterator[pa.RecordBatch]:
+    """Table ``name`` read through the store layer, in blocks, adapted by the actor pool."""
+    kept = [c for c in local.KEPT_COLUMNS if c in schema.names]
+    read = plan.source.iter_batches(
+        name, columns=["id", *kept, VECTOR_COLUMN], batch_rows=rows_per_block
+    )
+    kwargs = {
+        "adaptor": plan.adaptor,
+        "dims": plan.sizes,
+        "schema": schema,
+        "where": plan.where(name),
+    }
+    tables_out = run_waves(ray, blocks_of(read, rows_per_block), ray_options, ApplyWorker, kwargs)
+    return (b for t in tables_out for b in t.cast(schema).to_batches())
