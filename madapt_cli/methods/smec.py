@@ -269,8 +269,8 @@ def _stage_step(
         if options.xbm
         else None
     )
-    # supervised default 0.3, as the Matryoshka-Adaptor's regularisers: SciFact seed 0,
-    # held-out train queries 0.729 against 0.711 at 64 dims with 1.0 (docs/smec.md)
+    # supervised default 0.3, as the Matryoshka-Adaptor's regularisers: chosen on held-out
+    # train queries against 1.0 (figures in docs/smec.md)
     alpha = SUPERVISED_ALPHA if config.alpha is None else float(config.alpha)
     step = StageStep(
         module=module,

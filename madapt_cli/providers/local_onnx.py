@@ -4,7 +4,7 @@ The model's modules (transformer, pooling, normalisation) are exported once to O
 ``torch.onnx`` from the weights already on this machine (nothing is downloaded) and cached
 under the madapt cache directory, keyed by the model's files and the versions that shape the
 graph. (ONNX Runtime's dynamic int8 quantisation was measured and left out: its vectors fell
-to a cosine of 0.90 to torch's on SciFact, far below the 0.999 kept here.)
+far below the cosine to torch kept here; docs/benchmarks.md.)
 
 Texts are tokenised by the sentence-transformers model itself (same truncation, same prompt
 handling as a torch ``encode``); only the forward pass runs in ONNX Runtime or OpenVINO,
@@ -174,8 +174,8 @@ class Runner:
             import openvino as ov
 
             core = ov.Core()
-            # f32 as recorded: OpenVINO's own CPU default is bf16 where the CPU has it (measured
-            # 6-8x torch at cosine 0.99997, but hardware-dependent vectors under one label)
+            # f32 as recorded: OpenVINO's own CPU default is bf16 where the CPU has it, which
+            # would put hardware-dependent vectors under one label
             config = {
                 "INFERENCE_NUM_THREADS": threads,
                 "PERFORMANCE_HINT": "LATENCY",

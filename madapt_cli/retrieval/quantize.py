@@ -21,10 +21,8 @@ PRECISIONS = ("float32", "float16", "int8", "binary")
 
 _BYTES_PER_VALUE = {"float32": 4, "float16": 2, "int8": 1}
 
-#: the int8 ranges `madapt eval` and `plan` fit by default. Measured on SciFact (original,
-#: supervised and unsupervised adaptors, sizes 32-384, bench/precision.py): min/max and the
-#: 0.01th/0.1th percentiles are within 0.001 nDCG@10 of each other and of float32 when the
-#: decoded codes are scored; the 0.5th and 1st percentiles lose 0.001-0.004. So min/max,
+#: the int8 ranges `madapt eval` and `plan` fit by default: percentile ranges measured no
+#: better (bench/precision.py; docs/benchmarks.md, "int8 ranges"), so min/max, as
 #: sentence-transformers' and `madapt apply`'s default too.
 DEFAULT_INT8_CALIBRATION = "minmax"
 
