@@ -53,6 +53,21 @@ class ExportResult:
     seconds: float
 
 
+def _result(
+    to: str, out: Path, adaptor: Adaptor, dim: int, error: float, started: float
+) -> ExportResult:
+    return ExportResult(
+        to,
+        out,
+        adaptor.name,
+        adaptor.method,
+        adaptor.dimension,
+        dim,
+        error,
+        time.perf_counter() - started,
+    )
+
+
 def check_format(to: str) -> str:
     if to not in FORMATS:
         raise InputError(f"--to {to!r} is not a format madapt exports: use {', '.join(FORMATS)}")
@@ -241,16 +256,7 @@ def export_sentence_transformers(
         _set_prompts(staging, _prompts(adaptor, dict(base.prompts or {})))
         _write_readme(staging, adaptor, dim)
         _umask_modes(staging)
-    return ExportResult(
-        "sentence-transformers",
-        out,
-        adaptor.name,
-        adaptor.method,
-        adaptor.dimension,
-        dim,
-        error,
-        time.perf_counter() - started,
-    )
+    return _result("sentence-transformers", out, adaptor, dim, error, started)
 
 
 def _append_module(folder: Path, module: export_module.MadaptAdaptor) -> None:
@@ -394,16 +400,7 @@ def export_onnx(
         os.replace(staging, out)
     finally:
         staging.unlink(missing_ok=True)
-    return ExportResult(
-        "onnx",
-        out,
-        adaptor.name,
-        adaptor.method,
-        adaptor.dimension,
-        dim,
-        error,
-        time.perf_counter() - started,
-    )
+    return _result("onnx", out, adaptor, dim, error, started)
 
 
 def _check_onnx(runtime: Any, path: Path, adaptor: Adaptor, dim: int) -> float:
