@@ -225,9 +225,7 @@ def run_waves(
     """Send ``blocks`` (each ``batch_rows`` rows or fewer) through ``worker`` (a callable
     class: built once per actor with ``worker_kwargs``, called once per block) in waves of
     ``wave_rows`` rows; yield each output table in input order, as the driver receives it."""
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # output in the source's order
-    context.enable_progress_bars = False  # madapt reports progress itself
+    _configure(ray)
     wave: list[pa.Table] = []
     rows = 0
     for block in blocks:
@@ -238,6 +236,34 @@ def run_waves(
             wave, rows = [], 0
     if wave:
         yield from _one_wave(ray, wave, options, worker, worker_kwargs)
+
+
+def _configure(ray: Any) -> None:
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # output in the source's order
+    context.enable_progress_bars = False  # madapt reports progress itself
+
+
+def run_fragments(
+    ray: Any,
+    fragments: list[dict[str, Any]],
+    options: RayOptions,
+    worker: type,
+    worker_kwargs: dict[str, Any],
+) -> Iterator[pa.Table]:
+    """Send each of ``fragments`` (a few bytes saying what to read: the workers read the rows
+    themselves) to ``worker``, whose call yields the output tables of one fragment; yield
+    every output table in fragment order, as the driver receives it. The driver holds no
+    rows: the actors start on the first fragment at once."""
+    if not fragments:
+        return
+    _configure(ray)
+    dataset = ray.data.from_items(fragments, override_num_blocks=len(fragments))
+    keywords = {**actor_pool(options), "batch_size": 1}  # one fragment a call
+    mapped = dataset.map_batches(worker, fn_constructor_kwargs=worker_kwargs, **keywords)
+    with worker_errors():
+        for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
 
 
 def _one_wave(
