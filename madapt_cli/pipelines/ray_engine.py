@@ -163,6 +163,23 @@ def _quiet(ray: Any) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _quiet_console() -> Iterator[None]:
+    """Silence Ray Data's console handlers for a run: its INFO lines and the traceback it
+    prints for a failed worker would bury madapt's progress and one-line error. Its log file
+    (``ray-data.log`` in the Ray session's logs) still gets everything."""
+    handlers = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler)]  # fmt: skip
+    levels = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
+
+
 def madapt_error(error: BaseException) -> MadaptError | None:
     """The madapt error a Ray worker raised, found in the chain Ray wraps it in (a
     ``RayTaskError`` and Ray Data's ``UserCodeException``), or None."""
@@ -173,7 +190,7 @@ def madapt_error(error: BaseException) -> MadaptError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, MadaptError):
+        if isinstance(current, MadaptError) and not _wrapped_by_ray(current):
             return current
         stack += [current.__cause__, current.__context__]
         as_instance = getattr(current, "as_instanceof_cause", None)
@@ -184,18 +201,25 @@ def madapt_error(error: BaseException) -> MadaptError | None:
     return None
 
 
+def _wrapped_by_ray(error: BaseException) -> bool:
+    """Ray re-raises a worker's error as a class deriving from both ``RayTaskError`` and the
+    error's own class, whose message is the worker's whole traceback."""
+    return type(error).__module__.startswith("ray.")
+
+
 @contextlib.contextmanager
 def worker_errors() -> Iterator[None]:
     """Re-raise a madapt error from a worker as itself (one line, its exit code)."""
     try:
         yield
-    except MadaptError:
-        raise
     except Exception as error:
+        if isinstance(error, MadaptError) and not _wrapped_by_ray(error):
+            raise
         found = madapt_error(error)
         if found is None:
             raise
-        raise type(found)(str(found), found.exit_code) from None
+        # Ray Data appends its retry advice to the message on new lines: madapt's is one line
+        raise type(found)(str(found).split("\n", 1)[0], found.exit_code) from None
 
 
 def actor_pool(options: RayOptions) -> dict[str, Any]:
@@ -261,7 +285,7 @@ def run_fragments(
     dataset = ray.data.from_items(fragments, override_num_blocks=len(fragments))
     keywords = {**actor_pool(options), "batch_size": 1}  # one fragment a call
     mapped = dataset.map_batches(worker, fn_constructor_kwargs=worker_kwargs, **keywords)
-    with worker_errors():
+    with _quiet_console(), worker_errors():
         for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
 
@@ -271,7 +295,7 @@ def _one_wave(
 ) -> Iterator[pa.Table]:
     dataset = ray.data.from_arrow_refs([ray.put(block) for block in wave])
     mapped = dataset.map_batches(worker, fn_constructor_kwargs=kwargs, **actor_pool(options))
-    with worker_errors():
+    with _quiet_console(), worker_errors():
         for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
 

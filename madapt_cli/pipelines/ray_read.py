@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,8 @@ LANCE_BLOCKS_PER_FRAGMENT = 8
 class Fragment:
     """A piece of a table one worker reads: a Parquet file's row group (``part``), with the
     packed mask of its live rows (None: all live), or a Lance range (``part``: the first
-    row, ``rows`` rows, table ``version``)."""
+    row, ``rows`` rows, table ``version``). ``start``: the index of its first row in its
+    file or table (for error messages)."""
 
     format: str
     path: str
@@ -43,6 +45,7 @@ class Fragment:
     rows: int
     live: bytes | None = None
     version: int | None = None
+    start: int = 0
 
     def to_item(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,14 +79,31 @@ def table_fragments(store: Store, name: str, block_rows: int) -> list[Fragment]:
     return fragments
 
 
-def _lance_fragments(store: Store, name: str, block_rows: int) -> list[Fragment]:
-    table = store._open(name)  # type: ignore[attr-defined] - LanceStore
+def file_fragments(path: Path, table: str = "") -> list[Fragment]:
+    """One fragment per row group of the Parquet file ``path`` (every row live)."""
+    metadata = pq.ParquetFile(path).metadata
+    fragments, start = [], 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        fragments.append(Fragment("parquet", str(path), table, group, rows, start=start))
+        start += rows
+    return fragments
+
+
+def lance_fragments(database: str, table: Any, block_rows: int) -> list[Fragment]:
+    """Ranges of the LanceDB ``table`` (of ``database``), at its current version."""
     total, version = table.count_rows(), table.version
     step = block_rows * LANCE_BLOCKS_PER_FRAGMENT
     return [
-        Fragment("lance", str(store.path), name, start, min(step, total - start), None, version)
-        for start in range(0, total, step)
+        Fragment(
+            "lance", database, table.name, first, min(step, total - first), None, version, first
+        )
+        for first in range(0, total, step)
     ]
+
+
+def _lance_fragments(store: Store, name: str, block_rows: int) -> list[Fragment]:
+    return lance_fragments(str(store.path), store._open(name), block_rows)  # type: ignore[attr-defined]
 
 
 def read_fragment(
