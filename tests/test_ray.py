@@ -317,22 +317,10 @@ def test_import_on_ray_matches_local_and_merges_on_rerun(tmp_path, kind):
 
 def test_import_on_ray_refuses_a_bad_row_with_one_line_and_writes_nothing(tmp_path):
     vectors = np.random.default_rng(4).normal(size=(300, 16)).astype(np.float32)
-    vectors[217, 3] = np.nan  # in the second file, read by a worker
+    vectors[217, 3] = np.nan  # in a row group a worker reads
     source = _vector_source(tmp_path, "parquet", vectors, [f"v{i}" for i in range(300)])
-    result = CliRunner().invoke(
-        app,
-        [
-            "import",
-            source,
-            "--out",
-            str(tmp_path / "out"),
-            "--engine",
-            "ray",
-            "--workers",
-            "2",
-            "-q",
-        ],
-    )
+    args = ["import", source, "--out", str(tmp_path / "out"), "--engine", "ray", "--workers", "2"]
+    result = CliRunner().invoke(app, [*args, "-q"])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "v217" in lines[0], lines
