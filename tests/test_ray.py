@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import REPO
 from test_apply import make_adaptor, make_store
 from typer.testing import CliRunner
@@ -25,6 +26,7 @@ from madapt_cli.cli import app
 from madapt_cli.pipelines import ray_apply, ray_embed
 from madapt_cli.pipelines.apply import apply_adaptor
 from madapt_cli.pipelines.embed import run_embed
+from madapt_cli.pipelines.embed_plan import VectorOptions
 from madapt_cli.pipelines.import_vectors import import_vectors
 from madapt_cli.pipelines.ray_apply import apply_adaptor_ray
 from madapt_cli.pipelines.ray_embed import ProviderSpec, run_embed_ray
@@ -348,3 +350,29 @@ def test_import_bad_input_fails_before_dispatch(tmp_path, monkeypatch, option, m
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_embed_on_ray_with_an_adaptor_writes_the_local_columns(tmp_path, small_scifact):
+    from conftest import residual_adaptor
+
+    docs = small_scifact(40)
+    values = {"batch_size": 16}
+    provider = build_provider("local", None, values)
+    torch.manual_seed(0)
+    adaptor = residual_adaptor(384, provider.model)
+    with torch.no_grad():
+        for parameter in adaptor.module.parameters():
+            parameter.normal_(0, 0.02)
+    vectors = VectorOptions(adaptor=adaptor, dims=(32, 64), raw=False)
+    run_embed(docs, tmp_path / "local", provider, vectors=vectors)
+    run_embed_ray(docs, tmp_path / "ray", build_provider("local", None, values),
+                  vectors=vectors, spec=ProviderSpec("local", None, values),
+                  ray_options=RayOptions(workers=1, batch_rows=16))  # fmt: skip
+    local, on_ray = open_store(tmp_path / "local"), open_store(tmp_path / "ray")
+    assert on_ray.schema("corpus").names == local.schema("corpus").names
+    assert on_ray.read_keys("corpus") == local.read_keys("corpus")
+    for column in ("vector_32", "vector_64"):
+        local_ids, expected = local.read_vectors("corpus", column)
+        ray_ids, got = on_ray.read_vectors("corpus", column)
+        order = {row_id: i for i, row_id in enumerate(ray_ids)}
+        np.testing.assert_allclose(got[[order[i] for i in local_ids]], expected, atol=1e-6)
