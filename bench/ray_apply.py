@@ -71,13 +71,22 @@ def make_inputs(work: Path, rows: int, dim: int, chunk: int = 65_536) -> None:
 
 
 def timed(label: str, run, rows: int) -> dict:
+    """Run ``run(progress)``; its seconds, rows/s and when the first rows were written (for
+    Ray: the actor pool's start plus the first fragment)."""
+    first: list[float] = []
+
+    def progress(event) -> None:
+        if not first and event.done:
+            first.append(time.perf_counter() - started)
+
     started = time.perf_counter()
-    run()
+    run(progress)
     seconds = time.perf_counter() - started
     result = {
         "run": label,
         "seconds": round(seconds, 2),
         "rows_per_s": round(rows / seconds),
+        "first_rows_written_after_s": round(first[0], 2) if first else None,
         "load_average_1min_after": round(os.getloadavg()[0], 1),
     }
     print(json.dumps(result), flush=True)
@@ -102,16 +111,20 @@ def main() -> None:
     store, adaptor = args.work / "store", args.work / "adaptor"
 
     def local(threads: int, out: str):
-        def run() -> None:
+        def run(progress) -> None:
             torch.set_num_threads(threads)
-            apply_adaptor(adaptor, store, args.dims, args.work / out)
+            apply_adaptor(adaptor, store, args.dims, args.work / out, progress=progress)
 
         return run
 
     def on_ray(workers: int, out: str):
         options = RayOptions(workers=workers, batch_rows=args.block_rows, num_cpus=2)
-        return lambda: apply_adaptor_ray(adaptor, store, args.dims, args.work / out,
-                                         ray_options=options)  # fmt: skip
+
+        def run(progress) -> None:
+            apply_adaptor_ray(adaptor, store, args.dims, args.work / out, ray_options=options,
+                              progress=progress)  # fmt: skip
+
+        return run
 
     results = [timed("local, 1 thread", local(1, "local1"), args.rows)]
     started = time.perf_counter()
