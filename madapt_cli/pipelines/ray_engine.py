@@ -7,9 +7,14 @@ turning an error raised inside a Ray worker back into madapt's one-line error.
 The division of labour, the same for every command:
 
 * the driver (this process) validates everything with the local engine's code before any
-  work is dispatched, reads the source through madapt's own readers (the store layer, the
-  text sources: one implementation of parsing, supersession and validation) and drops the
-  rows already stored (by content key);
+  work is dispatched and drops the rows already stored (by content key);
+* who reads the source: for ``apply`` (a store's table) and ``import`` (a Parquet or Lance
+  SOURCE) the driver lists it in fragments, a few bytes each (a Parquet row group, a Lance
+  range: :mod:`madapt_cli.pipelines.ray_read`), and each worker reads its own
+  (:func:`run_fragments`), so the actors start at once and the driver ships no rows; texts
+  to embed, JSONL and ``.npy`` sources are read in order by the driver through madapt's own
+  readers (one implementation of parsing, supersession and validation) and handed to Ray in
+  bounded waves (:func:`run_waves`);
 * Ray Data runs the per-batch function in an actor pool (``map_batches`` with
   ``compute=ActorPoolStrategy``), each actor holding the model, the API client or the
   adaptor, once;
