@@ -1,6 +1,6 @@
 """`--engine ray`: running madapt's own per-batch functions on Ray Data.
 
-What is shared by ``embed``, ``apply`` (and the tests): the options, connecting to (or
+What is shared by ``embed``, ``apply``, ``import`` (and the tests): the options, connecting to (or
 starting) a Ray cluster without hanging, feeding rows to Ray Data in bounded waves, and
 turning an error raised inside a Ray worker back into madapt's one-line error.
 
@@ -25,10 +25,13 @@ The division of labour, the same for every command:
   ``base-/part-NNNNNNNN.parquet`` files where a later file supersedes an earlier one), do not
   take the store's lock, and publish file by file rather than atomically.
 
-Exactly-once: Ray Data hands the driver the output of a task only once the task has
-finished, and an actor that dies is restarted and its task retried (Ray Data's actor pools
-run with ``max_restarts=-1, max_task_retries=-1``), so a killed worker neither loses nor
-duplicates a row; a killed driver leaves only what it had stored, and a rerun filters it out.
+Exactly-once: an actor that dies is restarted and its task retried (Ray Data's actor pools
+run with ``max_restarts=-1, max_task_retries=-1``). A task's outputs reach the driver in
+order and each once: a block task's output only when it finished, a fragment task's blocks
+as its generator yields them, and a retried fragment yields the same blocks again, of which
+Ray's streaming generator hands on only those not yet delivered (tests/test_ray.py kills an
+actor mid-fragment). So a killed worker neither loses nor duplicates a row; a killed driver
+leaves only what it had stored, and a rerun filters it out.
 
 Ray is imported lazily: the CLI starts without it.
 """
