@@ -104,19 +104,23 @@ def test_apply_on_ray_writes_what_the_local_engine_writes(tmp_path):
             np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def test_a_killed_actor_loses_and_duplicates_no_row(tmp_path):
+def test_a_killed_actor_loses_and_duplicates_no_row(tmp_path, monkeypatch):
     written = make_store(tmp_path / "in", {"corpus": 6000}, dimension=16, parts=2)
     make_adaptor(tmp_path / "ad")
     apply_adaptor(tmp_path / "ad", tmp_path / "in", "8", tmp_path / "local")
+    # every 20-row block its own output, so the driver has some blocks of a fragment (a row
+    # group of 3,000 rows) when its actor is killed: the retried fragment must not repeat them
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "target_max_block_size", 1024)
     killed: list[int] = []
 
-    def kill_one_actor(event) -> None:
+    def kill_the_actors(event) -> None:
         if killed or event.finished:
             return
         pids = _actor_pids("ApplyWorker")
         assert pids, "no actor process found"
-        os.kill(pids[0], signal.SIGKILL)
-        killed.append(pids[0])
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        killed.extend(pids)
 
     apply_adaptor_ray(
         tmp_path / "ad",
@@ -125,7 +129,7 @@ def test_a_killed_actor_loses_and_duplicates_no_row(tmp_path):
         tmp_path / "ray",
         ray_options=RayOptions(workers=2),
         chunk_rows=20,  # 300 blocks: the pool still has work when the first comes back
-        progress=kill_one_actor,
+        progress=kill_the_actors,
     )
     assert killed
     ids, vectors = open_store(tmp_path / "ray").read_vectors("corpus", "vector_8")

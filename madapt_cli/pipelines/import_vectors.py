@@ -252,7 +252,7 @@ class _Importer:
         return self.record(*self.convert(chunk))
 
     def record(self, batch: pa.RecordBatch, rescaled: int) -> pa.RecordBatch:
-        """Count a converted batch (its ids for the duplicate check, its rescaled rows)."""
+        """Count a converted batch: its ids (the duplicate check), its rows, rescaled rows."""
         self.digests.append(_digests(batch.column(0).to_pylist()))
         self.rows += batch.num_rows
         self.rescaled += rescaled
@@ -307,13 +307,9 @@ def _first_duplicate(source: VectorSource, repeated: set[int], batch_rows: int) 
     return ""
 
 
-#: how a run's chunks become checked batches, given (the importer, the SOURCE, its first chunk
-#: and the rest): (batch, rows rescaled) pairs in the SOURCE's order, each made by
-#: :meth:`_Importer.convert` (`madapt import --engine ray` converts them on Ray workers)
-Converter = Callable[
-    [_Importer, VectorSource, VectorChunk, Iterator[VectorChunk]],
-    Iterator[tuple[pa.RecordBatch, int]],
-]
+#: who converts the chunks: (importer, SOURCE, first chunk, the rest) -> (batch, rows
+#: rescaled) pairs in order, each from :meth:`_Importer.convert` (``--engine ray``: workers)
+Converter = Callable[..., Iterator[tuple[pa.RecordBatch, int]]]
 
 
 # --- the whole import ------------------------------------------------------------------------
@@ -346,8 +342,8 @@ def import_vectors(  # noqa: PLR0913 - the SOURCE, its fields and the declaratio
     progress: Progress | None = None,
     converter: Converter | None = None,
 ) -> ImportSummary:
-    """Import the vectors of ``source`` into ``out[table]`` (see the module docstring).
-    ``converter``: who converts the chunks (:data:`Converter`); None: this process."""
+    """Import the vectors of ``source`` into ``out[table]`` (see the module docstring);
+    ``converter`` (:data:`Converter`) None: the chunks are converted in this process."""
     started = time.perf_counter()
     out = Path(out)
     validate_table_name(table)
