@@ -275,7 +275,8 @@ def test_workers_read_superseded_rows_and_lance_tables_as_the_store_does(tmp_pat
 
 
 def _vector_source(tmp_path: Path, kind: str, vectors: np.ndarray, ids: list[str]) -> str:
-    """The same rows as a Parquet folder (2 files, several row groups), JSONL or .npy."""
+    """The same rows as a Parquet folder (2 files, several row groups), a LanceDB table,
+    JSONL or .npy."""
     if kind == "parquet":
         folder = tmp_path / "src"
         folder.mkdir()
@@ -284,6 +285,14 @@ def _vector_source(tmp_path: Path, kind: str, vectors: np.ndarray, ids: list[str
         pq.write_table(table.slice(0, 250), folder / "a.parquet", row_group_size=60)
         pq.write_table(table.slice(250), folder / "b.parquet", row_group_size=60)
         return str(folder)
+    if kind == "lance":
+        import lancedb
+
+        flat = pa.array(vectors.reshape(-1))
+        table = pa.table({"id": ids, "vector": pa.FixedSizeListArray.from_arrays(flat, 16)})
+        db = lancedb.connect(str(tmp_path / "db"))
+        db.create_table("src", table.slice(0, 250)).add(table.slice(250))  # 2 fragments
+        return f"{tmp_path / 'db'}::src"
     if kind == "jsonl":
         path = tmp_path / "src.jsonl"
         lines = (
@@ -296,7 +305,7 @@ def _vector_source(tmp_path: Path, kind: str, vectors: np.ndarray, ids: list[str
     return str(tmp_path / "src.npy")
 
 
-@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+@pytest.mark.parametrize("kind", ["parquet", "lance", "jsonl"])
 def test_import_on_ray_matches_local_and_merges_on_rerun(tmp_path, kind):
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(400, 16)).astype(np.float32)  # not unit: rescaled
