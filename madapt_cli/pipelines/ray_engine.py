@@ -306,20 +306,3 @@ def _one_wave(
     with _quiet_console(), worker_errors():
         for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-
-
-def blocks_of(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
-    """Re-cut a stream of batches into tables of at most ``rows`` rows."""
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for batch in batches:
-        while batch.num_rows:
-            take = min(rows - count, batch.num_rows)
-            pending.append(batch.slice(0, take))
-            count += take
-            batch = batch.slice(take)
-            if count == rows:
-                yield pa.Table.from_batches(pending)
-                pending, count = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending)
