@@ -1,9 +1,9 @@
 """`--engine ray`: running madapt's own per-batch functions on Ray Data.
 
-What is shared by ``embed``, ``apply``, ``import`` (and the tests): the options, connecting to (or
-starting) a Ray cluster without hanging, handing Ray Data fragments to read or rows in bounded
-waves, and
-turning an error raised inside a Ray worker back into madapt's one-line error.
+What is shared by ``embed``, ``apply``, ``import`` (and the tests): the options, connecting
+to (or starting) a Ray cluster without hanging, handing Ray Data fragments to read or rows in
+bounded waves, and turning an error raised inside a Ray worker back into madapt's one-line
+error.
 
 The division of labour, the same for every command:
 
