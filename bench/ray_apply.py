@@ -1,7 +1,8 @@
 """`madapt apply --engine ray` against the local engine, in one run, on synthetic vectors.
 
 Writes a Parquet store of ``--rows`` random unit vectors of ``--dim`` dimensions (through
-the store layer, as `madapt embed` would) and an adaptor with random weights of the
+the store layer, as `madapt embed` would: one file of 65,536 rows per append, the fragments
+the Ray workers read) and an adaptor with random weights of the
 architecture `madapt fit` trains (ResidualMLP, hidden 2 x dim), then applies it at
 ``--dims`` with: the local engine on 1 torch thread, Ray with 1 worker (1 CPU), Ray with 2
 workers (1 CPU each), and the local engine on 2 threads. Ray runs on a local Ray started
@@ -60,7 +61,7 @@ def make_inputs(work: Path, rows: int, dim: int, chunk: int = 65_536) -> None:
             pa.array(["0" * 64] * n, pa.string()),
         ]
         store.append("corpus", pa.Table.from_arrays(columns, schema=schema))
-    store.retain("corpus")  # one base file, as a finished `madapt embed` leaves it
+    store.retain("corpus")  # nothing superseded: the files stay, as `madapt embed` leaves them
     torch.manual_seed(0)
     adaptor = residual_adaptor(dim, MODEL)
     with torch.no_grad():
@@ -70,10 +71,24 @@ def make_inputs(work: Path, rows: int, dim: int, chunk: int = 65_536) -> None:
 
 
 def timed(label: str, run, rows: int) -> dict:
+    """Run ``run(progress)``; its seconds, rows/s and when the first rows were written (for
+    Ray: the actor pool's start plus the first fragment)."""
+    first: list[float] = []
+
+    def progress(event) -> None:
+        if not first and event.done:
+            first.append(time.perf_counter() - started)
+
     started = time.perf_counter()
-    run()
+    run(progress)
     seconds = time.perf_counter() - started
-    result = {"run": label, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
+    result = {
+        "run": label,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds),
+        "first_rows_written_after_s": round(first[0], 2) if first else None,
+        "load_average_1min_after": round(os.getloadavg()[0], 1),
+    }
     print(json.dumps(result), flush=True)
     return result
 
@@ -96,16 +111,20 @@ def main() -> None:
     store, adaptor = args.work / "store", args.work / "adaptor"
 
     def local(threads: int, out: str):
-        def run() -> None:
+        def run(progress) -> None:
             torch.set_num_threads(threads)
-            apply_adaptor(adaptor, store, args.dims, args.work / out)
+            apply_adaptor(adaptor, store, args.dims, args.work / out, progress=progress)
 
         return run
 
     def on_ray(workers: int, out: str):
         options = RayOptions(workers=workers, batch_rows=args.block_rows, num_cpus=2)
-        return lambda: apply_adaptor_ray(adaptor, store, args.dims, args.work / out,
-                                         ray_options=options)  # fmt: skip
+
+        def run(progress) -> None:
+            apply_adaptor_ray(adaptor, store, args.dims, args.work / out, ray_options=options,
+                              progress=progress)  # fmt: skip
+
+        return run
 
     results = [timed("local, 1 thread", local(1, "local1"), args.rows)]
     started = time.perf_counter()

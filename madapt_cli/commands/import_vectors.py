@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -26,6 +28,22 @@ def _print(summary: ImportSummary) -> None:
         f"{keys}, in {summary.seconds:.1f}s"
     )
     console.log(f"store: {summary.store} ({summary.format})")
+
+
+def _engine(engine: str, address: str | None, workers: int) -> Callable[..., ImportSummary]:
+    """The import function of ``--engine`` (its options checked before anything is read)."""
+    from madapt_cli.pipelines.ray_engine import check_engine
+
+    check_engine(engine)
+    if engine == "local":
+        return import_vectors
+    from madapt_cli.pipelines.ray_engine import RayOptions, import_ray
+    from madapt_cli.pipelines.ray_import import import_vectors_ray
+
+    options = RayOptions(address=address, workers=workers)
+    options.check()
+    import_ray()  # without Ray: say how to install it before reading anything
+    return partial(import_vectors_ray, ray_options=options)
 
 
 def register(app: typer.Typer) -> None:
@@ -70,6 +88,11 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data)."),
+        ray_address: str | None = typer.Option(
+            None, "--ray-address", help="--engine ray: auto, HOST:PORT or ray://HOST:10001."
+        ),
+        workers: int = typer.Option(1, "--workers", help="--engine ray: actors in the pool."),
     ) -> None:
         """Import existing vectors into a store, atomically and in bounded memory."""
         if store_format is not None and store_format not in FORMATS:
@@ -88,8 +111,9 @@ def register(app: typer.Typer) -> None:
             normalize=normalize,
             role=role,  # type: ignore[arg-type]
         )
+        run = _engine(engine, ray_address, workers)
         with console.ProgressPrinter(quiet=quiet or as_json) as progress:
-            summary = import_vectors(
+            summary = run(
                 source,
                 out,
                 fields,

@@ -31,7 +31,7 @@ import copy
 import hashlib
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ from madapt_cli.vector_sources import (
     row_label,
 )
 
-__all__ = ["ImportDeclaration", "ImportSummary", "import_vectors"]
+__all__ = ["Converter", "ImportDeclaration", "ImportSummary", "import_vectors"]
 
 #: |norm^2 - 1| under which a vector counts as unit-length and is stored as given
 UNIT_TOLERANCE = 1e-4
@@ -249,6 +249,18 @@ class _Importer:
         self.rescaled = 0
 
     def batch(self, chunk: VectorChunk) -> pa.RecordBatch:
+        return self.record(*self.convert(chunk))
+
+    def record(self, batch: pa.RecordBatch, rescaled: int) -> pa.RecordBatch:
+        """Count a converted batch: its ids (the duplicate check), its rows, rescaled rows."""
+        self.digests.append(_digests(batch.column(0).to_pylist()))
+        self.rows += batch.num_rows
+        self.rescaled += rescaled
+        return batch
+
+    def convert(self, chunk: VectorChunk) -> tuple[pa.RecordBatch, int]:
+        """One chunk checked and converted: (its rows, how many were rescaled). Changes
+        nothing here, so a Ray worker runs it as is (`madapt import --engine ray`)."""
         ids = _checked_ids(chunk)
         vectors = chunk_vectors(chunk)
         if vectors.shape[1] != self.width:
@@ -258,21 +270,20 @@ class _Importer:
             )
         squares, _ = _unit_rows(chunk, vectors)
         column: pa.Array | None = None
+        rescaled = 0
         if self.normalize and not np.all(np.abs(squares - 1.0) <= UNIT_TOLERANCE):
             off = np.abs(squares - 1.0) > UNIT_TOLERANCE
-            self.rescaled += int(off.sum())
+            rescaled = int(off.sum())
             scale = (1.0 / np.sqrt(squares)).astype(np.float32)
             vectors = vectors * scale[:, None]
         elif chunk.vectors.type == self.schema.field(1).type:
             column = chunk.vectors  # float32 FixedSizeList, unchanged: no copy
         if column is None:
             column = vectors_to_arrow(vectors)
-        self.digests.append(_digests(ids))
-        self.rows += len(ids)
         columns = [pa.array(ids, pa.string()), column, self.identity.keys(chunk, ids)]
         if "text" in self.schema.names:
             columns.append(pa.nulls(len(ids), pa.string()))
-        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema), rescaled
 
     def sorted_digests(self) -> np.ndarray:
         digests = np.concatenate(self.digests) if self.digests else np.zeros(0, np.uint64)
@@ -294,6 +305,11 @@ def _first_duplicate(source: VectorSource, repeated: set[int], batch_rows: int) 
                 return f"{where}: duplicate id {item_id!r} (first at {seen[item_id]})"
             seen[item_id] = where
     return ""
+
+
+#: who converts the chunks: (importer, SOURCE, first chunk, the rest) -> (batch, rows
+#: rescaled) pairs in order, each from :meth:`_Importer.convert` (``--engine ray``: workers)
+Converter = Callable[..., Iterator[tuple[pa.RecordBatch, int]]]
 
 
 # --- the whole import ------------------------------------------------------------------------
@@ -324,8 +340,10 @@ def import_vectors(  # noqa: PLR0913 - the SOURCE, its fields and the declaratio
     replace: bool = False,
     batch_rows: int = 65_536,
     progress: Progress | None = None,
+    converter: Converter | None = None,
 ) -> ImportSummary:
-    """Import the vectors of ``source`` into ``out[table]`` (see the module docstring)."""
+    """Import the vectors of ``source`` into ``out[table]`` (see the module docstring);
+    ``converter`` (:data:`Converter`) None: the chunks are converted in this process."""
     started = time.perf_counter()
     out = Path(out)
     validate_table_name(table)
@@ -358,6 +376,7 @@ def import_vectors(  # noqa: PLR0913 - the SOURCE, its fields and the declaratio
     task = f"import {table}"
 
     batches = _Stream(importer, reader, first, chunks, task, progress)
+    batches.converter = converter
     if merge:
         batches.merge_from = (store, table)
     try:
@@ -405,6 +424,7 @@ class _Stream:
         self.importer, self.reader, self.first, self.rest = importer, reader, first, rest
         self.task, self.progress = task, progress
         self.merge_from: tuple[Store, str] | None = None
+        self.converter: Converter | None = None
         self.failure: BaseException | None = None
         self.superseded = 0
 
@@ -418,8 +438,13 @@ class _Stream:
     def _batches(self) -> Iterator[pa.RecordBatch]:
         importer, total = self.importer, self.reader.rows
         # from the second chunk on: a small source that fails prints its one error line only
-        for index, chunk in enumerate(_chained(self.first, self.rest)):
-            yield importer.batch(chunk)
+        if self.converter is None:
+            batches = (importer.batch(c) for c in _chained(self.first, self.rest))
+        else:
+            converted = self.converter(importer, self.reader, self.first, self.rest)
+            batches = (importer.record(batch, rescaled) for batch, rescaled in converted)
+        for index, batch in enumerate(batches):
+            yield batch
             if index:
                 report(self.progress, ProgressEvent(self.task, importer.rows, total))
         digests = importer.sorted_digests()

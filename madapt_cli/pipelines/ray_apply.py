@@ -2,12 +2,15 @@
 
 Every check of the local engine runs first, on the driver, before any work is dispatched
 (the output, the adaptor, the sizes, each table's vectors and metadata). Each table is then
-read through the store layer (which resolves superseded rows), cut into blocks, sent to an
-actor pool where each actor holds the adaptor, and transformed by the local engine's own
+listed in fragments (:mod:`madapt_cli.pipelines.ray_read`: a Parquet row group with its
+superseded rows masked, or a Lance range); each actor holds the adaptor, reads the
+fragments it is given itself and transforms them block by block with the local engine's own
 per-batch code (:func:`madapt_cli.pipelines.apply.adapted_batches`: the vector check, the
-transform, the columns); the adapted blocks come back in order and are written by
+transform, the columns). The adapted blocks come back in order and are written by
 :meth:`Store.write_table` into the staged output, published atomically at the end, exactly
-as the local engine does. A run that is killed leaves no output; rerun it.
+as the local engine does. A run that is killed leaves no output; rerun it. The workers need
+the source store at the same path (a shared file system on a cluster); only the driver
+writes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import pyarrow as pa
 from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.pipelines import apply as local
-from madapt_cli.pipelines.ray_engine import RayOptions, blocks_of, ray_session, run_waves
+from madapt_cli.pipelines.ray_engine import RayOptions, ray_session, run_fragments
+from madapt_cli.pipelines.ray_read import Fragment, read_fragment, table_fragments
 from madapt_cli.store.base import VECTOR_COLUMN
 from madapt_cli.util.progress import Progress
 
@@ -34,27 +38,39 @@ BLOCK_ROWS = 16_384
 class _OneBatch:
     """A store of one batch, so the local engine's per-batch generator runs on it as is."""
 
-    def __init__(self, batch: pa.Table) -> None:
+    def __init__(self, batch: pa.RecordBatch) -> None:
         self.batch = batch
 
     def iter_batches(self, name: str, columns: list[str], batch_rows: int) -> Iterator[Any]:
-        yield from self.batch.select(columns).combine_chunks().to_batches()
+        yield self.batch.select(columns)
 
 
 class ApplyWorker:
-    """One actor: holds the adaptor; each call adapts one block as the local engine does."""
+    """One actor: holds the adaptor; each call reads one fragment of the source table itself
+    and adapts it block by block, as the local engine does."""
 
-    def __init__(self, adaptor: Adaptor, dims: list[int], schema: pa.Schema, where: str) -> None:
+    def __init__(
+        self,
+        adaptor: Adaptor,
+        dims: list[int],
+        schema: pa.Schema,
+        where: str,
+        columns: list[str],
+        block_rows: int,
+    ) -> None:
         # torch's threads: Ray sets OMP_NUM_THREADS to the actor's CPUs (--cpus-per-worker)
         self.adaptor, self.dims, self.schema, self.where = adaptor, dims, schema, where
+        self.columns, self.block_rows = columns, block_rows
 
-    def __call__(self, block: pa.Table) -> pa.Table:
-        batches = list(
-            local.adapted_batches(  # the local engine's per-batch path, unchanged
-                _OneBatch(block), "", self.adaptor, self.dims, self.schema, 1 << 62, self.where
-            )
-        )
-        return pa.Table.from_batches(batches, schema=self.schema)
+    def __call__(self, fragments: pa.Table) -> Iterator[pa.Table]:
+        for item in fragments.to_pylist():
+            fragment = Fragment.from_item(item)
+            for block in read_fragment(fragment, self.columns, self.block_rows):
+                batches = local.adapted_batches(  # the local engine's per-batch path
+                    _OneBatch(block), "", self.adaptor, self.dims, self.schema, 1 << 62,
+                    self.where,
+                )  # fmt: skip
+                yield pa.Table.from_batches(list(batches), schema=self.schema)
 
 
 def apply_adaptor_ray(  # noqa: PLR0913 - the keyword API of `madapt apply`, plus the engine's
@@ -113,16 +129,17 @@ def _adapted_on_ray(
     ray_options: RayOptions,
     rows_per_block: int,
 ) -> Iterator[pa.RecordBatch]:
-    """Table ``name`` read through the store layer, in blocks, adapted by the actor pool."""
+    """Table ``name``, listed in fragments the actors read and adapt themselves."""
     kept = [c for c in local.KEPT_COLUMNS if c in schema.names]
-    read = plan.source.iter_batches(
-        name, columns=["id", *kept, VECTOR_COLUMN], batch_rows=rows_per_block
-    )
+    fragments = table_fragments(plan.source, name, rows_per_block)
     kwargs = {
         "adaptor": plan.adaptor,
         "dims": plan.sizes,
         "schema": schema,
         "where": plan.where(name),
+        "columns": ["id", *kept, VECTOR_COLUMN],
+        "block_rows": rows_per_block,
     }
-    tables_out = run_waves(ray, blocks_of(read, rows_per_block), ray_options, ApplyWorker, kwargs)
+    items = [fragment.to_item() for fragment in fragments]
+    tables_out = run_fragments(ray, items, ray_options, ApplyWorker, kwargs)
     return (b for t in tables_out for b in t.cast(schema).to_batches())

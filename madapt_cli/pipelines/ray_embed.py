@@ -7,7 +7,8 @@ Each actor builds the provider once (a local model loads once per actor; an API 
 its share of ``--rpm``/``--tpm``) and runs each block through the local engine's own code:
 :func:`plan_requests` and :func:`_run_requests` (batching within the provider's limits,
 concurrent API requests), then :class:`_TableWriter` (the vector check, normalisation, the
-row schema and its metadata). The finished rows come back to the driver, which appends them
+row schema and its metadata, and with ``--adaptor`` the adapted ``vector_<d>`` columns:
+each actor holds the adaptor too). The finished rows come back to the driver, which appends them
 with :meth:`Store.append` (under the store's lock, one atomic file or version per block).
 
 A worker killed mid-run is restarted by Ray and its block done again; the driver only ever
@@ -226,8 +227,6 @@ def run_embed_ray(  # noqa: PLR0913 - run_embed's keywords, plus the engine's
     driver's copy, for content keys and metadata; a local model is not loaded by it unless
     the table exists and its metadata must be compared)."""
     ray_options.check()
-    if vectors.adaptor is not None:
-        raise InputError("--adaptor is not supported with --engine ray yet: use --engine local")
     existing, jobs, plans = plan_jobs(
         source, out, provider, options or SourceOptions(), store_format, limit, vectors.adaptation
     )

@@ -1,15 +1,21 @@
 """`--engine ray`: running madapt's own per-batch functions on Ray Data.
 
-What is shared by ``embed``, ``apply`` (and the tests): the options, connecting to (or
-starting) a Ray cluster without hanging, feeding rows to Ray Data in bounded waves, and
-turning an error raised inside a Ray worker back into madapt's one-line error.
+What is shared by ``embed``, ``apply``, ``import`` (and the tests): the options, connecting
+to (or starting) a Ray cluster without hanging, handing Ray Data fragments to read or rows in
+bounded waves, and turning an error raised inside a Ray worker back into madapt's one-line
+error.
 
 The division of labour, the same for every command:
 
 * the driver (this process) validates everything with the local engine's code before any
-  work is dispatched, reads the source through madapt's own readers (the store layer, the
-  text sources: one implementation of parsing, supersession and validation) and drops the
-  rows already stored (by content key);
+  work is dispatched and drops the rows already stored (by content key);
+* who reads the source: for ``apply`` (a store's table) and ``import`` (a Parquet or Lance
+  SOURCE) the driver lists it in fragments, a few bytes each (a Parquet row group, a Lance
+  range: :mod:`madapt_cli.pipelines.ray_read`), and each worker reads its own
+  (:func:`run_fragments`), so the actors start at once and the driver ships no rows; texts
+  to embed, JSONL and ``.npy`` sources are read in order by the driver through madapt's own
+  readers (one implementation of parsing, supersession and validation) and handed to Ray in
+  bounded waves (:func:`run_waves`);
 * Ray Data runs the per-batch function in an actor pool (``map_batches`` with
   ``compute=ActorPoolStrategy``), each actor holding the model, the API client or the
   adaptor, once;
@@ -20,10 +26,13 @@ The division of labour, the same for every command:
   ``base-/part-NNNNNNNN.parquet`` files where a later file supersedes an earlier one), do not
   take the store's lock, and publish file by file rather than atomically.
 
-Exactly-once: Ray Data hands the driver the output of a task only once the task has
-finished, and an actor that dies is restarted and its task retried (Ray Data's actor pools
-run with ``max_restarts=-1, max_task_retries=-1``), so a killed worker neither loses nor
-duplicates a row; a killed driver leaves only what it had stored, and a rerun filters it out.
+Exactly-once: an actor that dies is restarted and its task retried (Ray Data's actor pools
+run with ``max_restarts=-1, max_task_retries=-1``). A task's outputs reach the driver in
+order and each once: a block task's output only when it finished, a fragment task's blocks
+as its generator yields them, and a retried fragment yields the same blocks again, of which
+Ray's streaming generator hands on only those not yet delivered (tests/test_ray.py kills an
+actor mid-fragment). So a killed worker neither loses nor duplicates a row; a killed driver
+leaves only what it had stored, and a rerun filters it out.
 
 Ray is imported lazily: the CLI starts without it.
 """
@@ -163,6 +172,23 @@ def _quiet(ray: Any) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _quiet_console() -> Iterator[None]:
+    """Silence Ray Data's console handlers for a run: its INFO lines and the traceback it
+    prints for a failed worker would bury madapt's progress and one-line error. Its log file
+    (``ray-data.log`` in the Ray session's logs) still gets everything."""
+    handlers = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler)]  # fmt: skip
+    levels = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
+
+
 def madapt_error(error: BaseException) -> MadaptError | None:
     """The madapt error a Ray worker raised, found in the chain Ray wraps it in (a
     ``RayTaskError`` and Ray Data's ``UserCodeException``), or None."""
@@ -173,7 +199,7 @@ def madapt_error(error: BaseException) -> MadaptError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, MadaptError):
+        if isinstance(current, MadaptError) and not _wrapped_by_ray(current):
             return current
         stack += [current.__cause__, current.__context__]
         as_instance = getattr(current, "as_instanceof_cause", None)
@@ -184,18 +210,25 @@ def madapt_error(error: BaseException) -> MadaptError | None:
     return None
 
 
+def _wrapped_by_ray(error: BaseException) -> bool:
+    """Ray re-raises a worker's error as a class deriving from both ``RayTaskError`` and the
+    error's own class, whose message is the worker's whole traceback."""
+    return type(error).__module__.startswith("ray.")
+
+
 @contextlib.contextmanager
 def worker_errors() -> Iterator[None]:
     """Re-raise a madapt error from a worker as itself (one line, its exit code)."""
     try:
         yield
-    except MadaptError:
-        raise
     except Exception as error:
+        if isinstance(error, MadaptError) and not _wrapped_by_ray(error):
+            raise
         found = madapt_error(error)
         if found is None:
             raise
-        raise type(found)(str(found), found.exit_code) from None
+        # Ray Data appends its retry advice to the message on new lines: madapt's is one line
+        raise type(found)(str(found).split("\n", 1)[0], found.exit_code) from None
 
 
 def actor_pool(options: RayOptions) -> dict[str, Any]:
@@ -225,9 +258,7 @@ def run_waves(
     """Send ``blocks`` (each ``batch_rows`` rows or fewer) through ``worker`` (a callable
     class: built once per actor with ``worker_kwargs``, called once per block) in waves of
     ``wave_rows`` rows; yield each output table in input order, as the driver receives it."""
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # output in the source's order
-    context.enable_progress_bars = False  # madapt reports progress itself
+    _configure(ray)
     wave: list[pa.Table] = []
     rows = 0
     for block in blocks:
@@ -240,28 +271,39 @@ def run_waves(
         yield from _one_wave(ray, wave, options, worker, worker_kwargs)
 
 
+def _configure(ray: Any) -> None:
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # output in the source's order
+    context.enable_progress_bars = False  # madapt reports progress itself
+
+
+def run_fragments(
+    ray: Any,
+    fragments: list[dict[str, Any]],
+    options: RayOptions,
+    worker: type,
+    worker_kwargs: dict[str, Any],
+) -> Iterator[pa.Table]:
+    """Send each of ``fragments`` (a few bytes saying what to read: the workers read the rows
+    themselves) to ``worker``, whose call yields the output tables of one fragment; yield
+    every output table in fragment order, as the driver receives it. The driver holds no
+    rows: the actors start on the first fragment at once."""
+    if not fragments:
+        return
+    _configure(ray)
+    dataset = ray.data.from_items(fragments, override_num_blocks=len(fragments))
+    keywords = {**actor_pool(options), "batch_size": 1}  # one fragment a call
+    mapped = dataset.map_batches(worker, fn_constructor_kwargs=worker_kwargs, **keywords)
+    with _quiet_console(), worker_errors():
+        for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+
+
 def _one_wave(
     ray: Any, wave: list[pa.Table], options: RayOptions, worker: type, kwargs: dict[str, Any]
 ) -> Iterator[pa.Table]:
     dataset = ray.data.from_arrow_refs([ray.put(block) for block in wave])
     mapped = dataset.map_batches(worker, fn_constructor_kwargs=kwargs, **actor_pool(options))
-    with worker_errors():
+    with _quiet_console(), worker_errors():
         for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-
-
-def blocks_of(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
-    """Re-cut a stream of batches into tables of at most ``rows`` rows."""
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for batch in batches:
-        while batch.num_rows:
-            take = min(rows - count, batch.num_rows)
-            pending.append(batch.slice(0, take))
-            count += take
-            batch = batch.slice(take)
-            if count == rows:
-                yield pa.Table.from_batches(pending)
-                pending, count = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending)

@@ -1,0 +1,146 @@
+"""Reading a store's table on the Ray workers: the table cut into fragments the driver lists
+(a few bytes each) and each worker reads by itself, so the driver ships no rows and the
+workers start adapting as soon as the first fragment is read.
+
+* Parquet: one fragment per row group of each live file, with the mask of its rows that a
+  later file supersedes (the store layer's own :meth:`ParquetStore._live_masks`: one rule
+  for which rows are live, however the table is read). A worker reads its row group in
+  batches, drops the superseded rows and yields them in the table's order.
+* Lance: ranges of rows (``offset``/``limit`` of a plain scan) of the table version the
+  driver saw, so a write during the run changes nothing a worker reads.
+
+Read in fragment order, the batches are the rows of :meth:`Store.iter_batches`, in its
+order (the tests compare both engines row by row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from madapt_cli.store.base import Store
+
+#: Lance: rows per fragment, in blocks (a range is found by ``offset``, which pays for the
+#: rows it skips: fewer, longer ranges)
+LANCE_BLOCKS_PER_FRAGMENT = 8
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A piece of a table one worker reads: a Parquet file's row group (``part``), with the
+    packed mask of its live rows (None: all live), or a Lance range (``part``: the first
+    row, ``rows`` rows, table ``version``). ``start``: the index of its first row in its
+    file or table (for error messages)."""
+
+    format: str
+    path: str
+    table: str
+    part: int
+    rows: int
+    live: bytes | None = None
+    version: int | None = None
+    start: int = 0
+
+    def to_item(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Fragment:
+        return cls(**{name: item[name] for name in cls.__dataclass_fields__})
+
+
+def table_fragments(store: Store, name: str, block_rows: int) -> list[Fragment]:
+    """The fragments of ``store``'s table ``name``, in the order of its rows."""
+    store.require_table(name)
+    if store.format == "lance":
+        return _lance_fragments(store, name, block_rows)
+    from madapt_cli.store.parquet import _reading
+
+    fragments = []
+    live_masks = store._live_masks(name)  # type: ignore[attr-defined] - ParquetStore
+    for (_, _, path), mask in zip(store._files(name), live_masks, strict=True):  # type: ignore[attr-defined]
+        with _reading(path):
+            metadata = pq.ParquetFile(path).metadata
+        start = 0
+        for group in range(metadata.num_row_groups):
+            rows = metadata.row_group(group).num_rows
+            live = None if mask is None else mask[start : start + rows]
+            start += rows
+            if live is not None and not live.any():
+                continue
+            packed = None if live is None or live.all() else np.packbits(live).tobytes()
+            fragments.append(Fragment("parquet", str(path), name, group, rows, packed))
+    return fragments
+
+
+def file_fragments(path: Path, table: str = "") -> list[Fragment]:
+    """One fragment per row group of the Parquet file ``path`` (every row live)."""
+    metadata = pq.ParquetFile(path).metadata
+    fragments, start = [], 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        fragments.append(Fragment("parquet", str(path), table, group, rows, start=start))
+        start += rows
+    return fragments
+
+
+def lance_fragments(database: str, table: Any, block_rows: int) -> list[Fragment]:
+    """Ranges of the LanceDB ``table`` (of ``database``), at its current version."""
+    total, version = table.count_rows(), table.version
+    step = block_rows * LANCE_BLOCKS_PER_FRAGMENT
+    return [
+        Fragment(
+            "lance", database, table.name, first, min(step, total - first), None, version, first
+        )
+        for first in range(0, total, step)
+    ]
+
+
+def _lance_fragments(store: Store, name: str, block_rows: int) -> list[Fragment]:
+    return lance_fragments(str(store.path), store._open(name), block_rows)  # type: ignore[attr-defined]
+
+
+def read_fragment(
+    fragment: Fragment, columns: list[str], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The live rows of ``fragment`` (``columns`` only), at most ``batch_rows`` at a time."""
+    if fragment.format == "lance":
+        yield from _read_lance(fragment, columns, batch_rows)
+        return
+    from madapt_cli.store.parquet import _reading
+
+    live = None
+    if fragment.live is not None:
+        bits = np.frombuffer(fragment.live, np.uint8)
+        live = np.unpackbits(bits, count=fragment.rows).astype(bool)
+    with _reading(fragment.path):
+        batches = pq.ParquetFile(fragment.path).iter_batches(
+            batch_size=batch_rows, row_groups=[fragment.part], columns=columns
+        )
+    offset = 0
+    while True:
+        with _reading(fragment.path):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        rows = batch.num_rows
+        if live is not None:
+            batch = batch.filter(pa.array(live[offset : offset + rows]))
+        offset += rows
+        if batch.num_rows:
+            yield batch
+
+
+def _read_lance(fragment: Fragment, columns: list[str], batch_rows: int) -> Iterator[Any]:
+    import lancedb
+
+    table = lancedb.connect(fragment.path).open_table(fragment.table)
+    table.checkout(fragment.version)
+    query = table.search().select(columns).offset(fragment.part).limit(fragment.rows)
+    yield from query.to_batches(batch_rows)
