@@ -236,8 +236,11 @@ class Runner:
     def __init__(
         self, path: Path, backend: str, precision: str = "fp32", threads: int | None = None
     ) -> None:
+        import torch
+
         self.backend = backend
-        threads = threads or len(os.sched_getaffinity(0))
+        # torch's own count (OMP_NUM_THREADS, else the cores): every backend uses as many
+        threads = threads or torch.get_num_threads()
         if backend == "onnx":
             import onnxruntime as ort
 
