@@ -253,7 +253,8 @@ def register(app: typer.Typer) -> None:
         if adaptation is None and (provider_name or "local") == "local":
             held_backend, held_precision = default_backend(out, device)
             values["backend"] = backend or held_backend
-            values["precision"] = precision or (held_precision if backend is None else "fp32")
+            same = values["backend"] == held_backend  # the store's backend: its precision too
+            values["precision"] = precision or (held_precision if same else "fp32")
         if adaptation is None:
             provider = build_provider(provider_name or "local", model, values)
         else:
