@@ -99,7 +99,7 @@ def test_a_missing_package_names_the_extra(tmp_path: Path, small_scifact, monkey
         assert code == 2, output
         assert f"--backend {backend} needs {package}" in output and "madapt[fast]" in output
     # without them the default is torch, and embed works
-    assert default_backend(tmp_path / "new", "cpu") == "torch"
+    assert default_backend(tmp_path / "new", "cpu") == ("torch", "fp32")
     with pytest.raises(ProviderError, match=r"madapt\[fast\]"):
         LocalProvider(backend="onnx")
 
@@ -121,8 +121,76 @@ def test_backend_vectors_match_torch(scifact_docs, backend: str):
     assert seen == [8] * 5
     np.testing.assert_allclose(again, vectors, atol=1e-5)
     # the export is cached: a second provider reuses the file
-    exports = list(Path(local_onnx.os.environ["MADAPT_CACHE_DIR"]).rglob("model-fp32.onnx"))
+    name = "model-fused.onnx" if backend == "onnx" else "model.onnx"
+    exports = list(Path(local_onnx.os.environ["MADAPT_CACHE_DIR"]).rglob(name))
     assert len(exports) == 1
+
+
+@needs_onnx
+def test_onnx_runs_the_fused_graph(scifact_docs):
+    import onnx
+
+    LocalProvider(backend="onnx", batch_size=8).embed_batch(items(scifact_docs, 2), "document")
+    cache = Path(local_onnx.os.environ["MADAPT_CACHE_DIR"])
+    (fused,) = cache.rglob("model-fused.onnx")
+    (traced,) = cache.rglob("model.onnx")
+    fused_ops = {n.op_type for n in onnx.load(str(fused), load_external_data=False).graph.node}
+    traced_ops = {n.op_type for n in onnx.load(str(traced), load_external_data=False).graph.node}
+    # ONNX Runtime's own attention and residual-norm kernels replace the traced arithmetic
+    assert {"Attention", "SkipLayerNormalization"} <= fused_ops
+    assert "Attention" not in traced_ops
+
+
+needs_bf16 = pytest.mark.skipif(
+    not local_onnx.cpu_has_bf16(), reason="this CPU has no native bf16 (AVX-512 BF16 or AMX)"
+)
+
+
+@needs_bf16
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bf16_vectors_stay_close_to_fp32_and_say_so(scifact_docs, backend: str):
+    if not local_onnx.available(backend):
+        pytest.skip(f"{backend} not installed")
+    texts = items(scifact_docs, 24)
+    reference = LocalProvider(backend="torch", batch_size=8).embed_batch(texts, "document")
+    half = LocalProvider(backend=backend, precision="bf16", batch_size=8)
+    vectors = half.embed_batch(texts, "document")
+    assert vectors.dtype == np.float32
+    cosines = (unit(vectors) * unit(reference)).sum(axis=1)
+    # close, but not equal: the precision must be recorded, not passed off as fp32's rounding
+    assert cosines.min() >= 0.999 and cosines.min() < 0.999999
+    assert half.settings("query") == {"backend": backend, "precision": "bf16"}
+
+
+def test_bf16_is_refused_where_it_cannot_run(tmp_path: Path, small_scifact, monkeypatch):
+    with pytest.raises(ProviderError, match="--precision bf16 runs on --backend torch or openvino"):
+        LocalProvider(backend="onnx", precision="bf16")
+    with pytest.raises(ProviderError, match="precision must be one of fp32, bf16"):
+        LocalProvider(precision="int8")
+    monkeypatch.setattr(local_onnx, "cpu_has_bf16", lambda: False)
+    out = tmp_path / "s"
+    code, output = cli(str(small_scifact(3)), "--out", str(out), "--precision", "bf16")
+    assert code == 2, output
+    assert "needs a CPU with native bfloat16" in output and not out.exists()
+    code, output = cli(
+        str(small_scifact(3)), "--out", str(out), "--provider", "openai", "--precision", "bf16"
+    )
+    assert code == 2 and "--precision" in output, output
+
+
+@needs_bf16
+def test_bf16_and_fp32_never_mix_and_reruns_keep_the_precision(tmp_path: Path, small_scifact):
+    source, out = small_scifact(6), tmp_path / "store"
+    code, output = cli(str(source), "--out", str(out), "--precision", "bf16")
+    assert code == 0, output
+    meta = open_store(out).metadata("corpus")
+    assert (meta["backend"], meta["precision"]) == ("torch", "bf16")
+    assert default_backend(out, "cpu") == ("torch", "bf16")
+    code, output = cli(str(source), "--out", str(out), "--json")
+    assert code == 0 and json.loads(output)["rows_reused"] == 6
+    code, output = cli(str(source), "--out", str(out), "--precision", "fp32")
+    assert code == 2, output
+    assert "holds vectors of --backend torch (bf16), not torch (fp32)" in output
 
 
 @needs_onnx
@@ -132,7 +200,7 @@ def test_backends_never_mix_in_a_table(tmp_path: Path, small_scifact):
     assert code == 0, output
     assert "backend" not in open_store(out).metadata("corpus")
     # without --backend a rerun follows the store: nothing to embed again
-    assert default_backend(out, "cpu") == "torch"
+    assert default_backend(out, "cpu") == ("torch", "fp32")
     code, output = cli(str(source), "--out", str(out), "--json")
     assert code == 0 and json.loads(output)["rows_reused"] == 12
     # --backend onnx into the torch table is refused before any work, naming the way out
@@ -160,11 +228,11 @@ def test_backends_never_mix_in_a_table(tmp_path: Path, small_scifact):
 def test_the_default_is_torch_for_a_new_store_and_the_held_one_otherwise(
     tmp_path: Path, small_scifact
 ):
-    assert default_backend(tmp_path / "new", "cpu") == "torch"
+    assert default_backend(tmp_path / "new", "cpu") == ("torch", "fp32")
     out = tmp_path / "store"
     code, output = cli(str(small_scifact(4)), "--out", str(out), "--backend", "onnx")
     assert code == 0, output
-    assert default_backend(out, "cpu") == "onnx"
+    assert default_backend(out, "cpu") == ("onnx", "fp32")
     code, output = cli(str(small_scifact(4)), "--out", str(out), "--json")
     assert code == 0 and json.loads(output)["rows_reused"] == 4
 

@@ -230,3 +230,38 @@ def test_a_non_finite_or_zero_vector_names_the_input_and_is_not_retried(server, 
     with pytest.raises(BadVectors, match=r"id 'd2' has (a non-finite|an all-zero)"):
         make(server).embed_batch(batch, "document")
     assert len(server.state.requests()) == 1
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_the_direct_path_sends_and_reads_what_embed_content_does(server, strict):
+    """``direct`` (the client's HTTP layer) and ``models.embed_content``: the same request,
+    the same vectors, the same truncation notes."""
+    long_doc = TextItem("long", "word " * 3000, "Long title")
+    batch = [*docs(7), *([] if strict else [long_doc])]  # strict: the server refuses it
+    results = {}
+    for direct in (True, False):
+        provider = make(server, dimensions=32, direct=direct, strict=strict)
+        results[direct] = (provider.embed_batch(batch, "document"), provider.stats())
+    sent = server.state.requests()
+    assert len(sent) == 2 and sent[0].texts == [i.text for i in batch]
+    assert sent[0].path == sent[1].path and sent[0].body == sent[1].body
+    assert sent[0].headers["authorization"] == sent[1].headers["authorization"]
+    assert sent[0].body["parameters"]["autoTruncate"] is (not strict)
+    np.testing.assert_array_equal(results[True][0], results[False][0])
+    assert results[True][1].get("truncated") == results[False][1].get("truncated")
+    if not strict:  # the server cut the long input and said so
+        assert results[True][1]["truncated"] == 1
+
+
+def test_a_client_without_the_http_layer_falls_back_to_embed_content(server, monkeypatch):
+    provider = make(server, dimensions=16)
+    client = provider.client()
+    monkeypatch.delattr(client, "_api_client")
+    calls = []
+    real = client.models.embed_content
+    monkeypatch.setattr(client.models, "embed_content", lambda **kw: calls.append(kw) or real(**kw))
+    batch = docs(4)
+    vectors = provider.embed_batch(batch, "document")
+    assert len(calls) == 1
+    for item, vector in zip(batch, vectors, strict=True):
+        np.testing.assert_allclose(vector, expected(item, "document", 16), atol=1e-6)

@@ -121,6 +121,12 @@ def register(app: typer.Typer) -> None:
             help="torch, onnx or openvino (local models; onnx/openvino: madapt[fast]). "
             "Default: the store's, else torch.",
         ),
+        precision: str | None = typer.Option(
+            None,
+            "--precision",
+            help="fp32, or bf16 (torch/openvino on a CPU with native bf16, or a GPU). "
+            "Default: the store's, else fp32.",
+        ),
         normalize: bool = typer.Option(
             True, "--normalize/--no-normalize", help="L2-normalise the vectors."
         ),
@@ -229,6 +235,7 @@ def register(app: typer.Typer) -> None:
             "query_prompt": query_prompt,
             "document_prompt": document_prompt,
             "backend": backend,
+            "precision": precision,
             "dimensions": dimensions,
             "base_url": base_url,
             "project": project,
@@ -243,8 +250,11 @@ def register(app: typer.Typer) -> None:
             "retry_base_delay": retry_base_delay,
         }
         adaptation = _adaptation(adaptor, dims, no_raw)
-        if adaptation is None and (provider_name or "local") == "local" and backend is None:
-            values["backend"] = default_backend(out, device)
+        if adaptation is None and (provider_name or "local") == "local":
+            held_backend, held_precision = default_backend(out, device)
+            values["backend"] = backend or held_backend
+            same = values["backend"] == held_backend  # the store's backend: its precision too
+            values["precision"] = precision or (held_precision if same else "fp32")
         if adaptation is None:
             provider = build_provider(provider_name or "local", model, values)
         else:

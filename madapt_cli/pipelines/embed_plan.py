@@ -306,19 +306,19 @@ def flush_policy_for(provider: EmbeddingProvider) -> FlushPolicy:
     return FlushPolicy() if isinstance(provider, RemoteProvider) else EVERY_REQUEST
 
 
-def default_backend(out: Path, device: str) -> str:
-    """``madapt embed``'s local backend without ``--backend``: the one the store at ``out``
-    already holds (so a rerun reuses its rows: tables without one were made by torch), else
-    torch. (ONNX Runtime was not reliably faster than torch on a 2-core VM: 0.73x to 2.8x in
-    four runs on a shared machine, so it stays opt-in; ``device`` is kept for a GPU rule.)"""
+def default_backend(out: Path, device: str) -> tuple[str, str]:
+    """``madapt embed``'s local backend and precision without ``--backend``/``--precision``:
+    those of the store at ``out`` (so a rerun reuses its rows: tables without them were made
+    by torch at fp32), else torch at fp32 (docs/benchmarks.md has the measurements behind
+    it; ``device`` is kept for a GPU rule)."""
     del device
     if out.is_dir() and (out / MARKER).is_file():
         store = open_store(out)
         for table in store.tables():
             metadata = store.metadata(table)
             if metadata.get("provider") == "local":
-                return str(metadata.get("backend", "torch"))
-    return "torch"
+                return str(metadata.get("backend", "torch")), str(metadata.get("precision", "fp32"))
+    return "torch", "fp32"
 
 
 @dataclass(frozen=True)

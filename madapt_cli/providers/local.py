@@ -21,7 +21,13 @@ import numpy as np
 from madapt_cli.data import TextItem
 from madapt_cli.errors import ProviderError
 from madapt_cli.providers.base import BatchLimits, EmbeddingProvider, Role
-from madapt_cli.providers.local_onnx import Runner, check_backend, describe, exported_model
+from madapt_cli.providers.local_onnx import (
+    Runner,
+    check_backend,
+    check_device_precision,
+    describe,
+    exported_model,
+)
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
@@ -161,6 +167,7 @@ class LocalProvider(EmbeddingProvider):
 
             # ONNX Runtime and OpenVINO run on the CPU; the model only tokenises there
             device = "cpu" if self.backend != "torch" else str(resolve_device(self.device))
+            check_device_precision(self.precision, device.split(":")[0])
             path = resolve_local_model(self._requested)
             try:
                 self._model = SentenceTransformer(path, device=device)
@@ -168,9 +175,15 @@ class LocalProvider(EmbeddingProvider):
                 raise ProviderError(
                     f"cannot load model {self._requested!r} from {path}: {error}", exit_code=2
                 ) from None
-            if self.backend != "torch":
-                onnx_file = exported_model(self._model, Path(path), self.precision, _cache_dir())
-                self._runner = Runner(onnx_file, self.backend)
+            if self.backend == "torch" and self.precision == "bf16":
+                import torch
+
+                self._model.to(torch.bfloat16)  # sentence-transformers returns float32 numpy
+            elif self.backend != "torch":
+                graph = exported_model(
+                    self._model, Path(path), _cache_dir(), fused=self.backend == "onnx"
+                )
+                self._runner = Runner(graph, self.backend, self.precision)
         return self._model
 
     @property

@@ -11,6 +11,11 @@ handling as a torch ``encode``); only the forward pass runs in ONNX Runtime or O
 whose CPU kernels beat torch's eager ones on small models. Vectors differ from torch's by
 float rounding only (cosine >= 0.999 at fp32; see docs/benchmarks.md).
 
+Precision (``--precision``): ``fp32`` everywhere; ``bf16`` for torch and OpenVINO on CPUs
+with native bfloat16 arithmetic (AVX-512 BF16 or AMX), refused elsewhere (emulated bf16 is
+slower than fp32). Its vectors differ from fp32's by more than rounding, so the precision is
+recorded beside the backend and a table never mixes them.
+
 onnxruntime, onnx and openvino are optional (``pip install 'madapt[fast]'``); without them
 ``--backend onnx|openvino`` is refused with a one-line error naming the extra.
 """
@@ -29,9 +34,11 @@ import numpy as np
 from madapt_cli.errors import ProviderError, StoreError
 
 BACKENDS = ("torch", "onnx", "openvino")
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
+#: the backends that run ``bf16`` (ONNX Runtime has no bf16 CPU kernels for these graphs)
+BF16_BACKENDS = ("torch", "openvino")
 #: bump when the exported graph changes, so old cached exports are not reused
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 EXTRA = "pip install 'madapt[fast]'"
 _NEEDS = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
 
@@ -56,15 +63,46 @@ def check_backend(backend: str, precision: str) -> None:
         raise ProviderError(
             f"--backend {backend} needs {' and '.join(missing)}: {EXTRA}", exit_code=2
         )
+    if precision == "bf16" and backend not in BF16_BACKENDS:
+        raise ProviderError(
+            f"--precision bf16 runs on --backend {' or '.join(BF16_BACKENDS)}, not {backend}",
+            exit_code=2,
+        )
 
 
-def _fingerprint(model_dir: Path, precision: str) -> str:
-    """What the exported graph depends on: the model's small files by content, its weights by
-    name, size and modification time (hashing gigabytes on every load would cost seconds),
-    the precision and the exporter's versions."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (AVX-512 BF16 or AMX); oneDNN, which
+    both torch and OpenVINO use on the CPU, asks the same question."""
     import torch
 
-    digest = hashlib.sha256(f"{EXPORT_VERSION}\0{precision}\0{torch.__version__}".encode())
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_device_precision(precision: str, device: str) -> None:
+    """Refuse ``bf16`` on a CPU without native bf16 (``device`` is where the model runs)."""
+    if precision == "bf16" and device == "cpu" and not cpu_has_bf16():
+        raise ProviderError(
+            "--precision bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX); "
+            "this one has neither: use --precision fp32",
+            exit_code=2,
+        )
+
+
+def _fingerprint(model_dir: Path) -> str:
+    """What the exported graph depends on: the model's small files by content, its weights by
+    name, size and modification time (hashing gigabytes on every load would cost seconds),
+    and the exporter's versions. (The graph is fp32 whatever the precision: OpenVINO lowers
+    it to bf16 when it compiles it.)"""
+    import torch
+
+    digest = hashlib.sha256(f"{EXPORT_VERSION}\0{torch.__version__}".encode())
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         stat = path.stat()
         digest.update(str(path.relative_to(model_dir)).encode())
@@ -75,17 +113,55 @@ def _fingerprint(model_dir: Path, precision: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def exported_model(model: Any, model_dir: Path, precision: str, cache_dir: Path) -> Path:
-    """The cached ONNX file of the sentence-transformers ``model`` loaded from ``model_dir``
-    at ``precision``; exported on first use, written atomically."""
-    folder = cache_dir / "onnx" / f"{model_dir.name}-{_fingerprint(model_dir, precision)}"
-    target = folder / f"model-{precision}.onnx"
+def exported_model(model: Any, model_dir: Path, cache_dir: Path, fused: bool = False) -> Path:
+    """The cached ONNX file of the sentence-transformers ``model`` loaded from ``model_dir``;
+    exported on first use, written atomically. ``fused``: with ONNX Runtime's transformer
+    fusions (its own operators, which only ONNX Runtime runs)."""
+    folder = cache_dir / "onnx" / f"{model_dir.name}-{_fingerprint(model_dir)}"
+    target = folder / ("model-fused.onnx" if fused else "model.onnx")
     if target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
     with _staged(target) as partial:
-        _export(model, partial)
+        if fused:
+            partial.write_bytes(exported_model(model, model_dir, cache_dir).read_bytes())
+            config = getattr(getattr(model[0], "auto_model", None), "config", None)
+            _fuse(
+                partial,
+                getattr(config, "num_attention_heads", 0),
+                getattr(config, "hidden_size", 0),
+            )
+        else:
+            _export(model, partial)
     return target
+
+
+def _fuse(path: Path, heads: int, hidden: int) -> None:
+    """Rewrite the traced graph with ONNX Runtime's transformer fusions (attention, layer
+    norm + residual, GELU, embeddings: fp32 kernels, the same arithmetic in fewer passes over
+    memory). ``heads``/``hidden``: the model's attention shape (0: let the fusion guess, which
+    misses the attention of traced graphs). A graph the fusions do not recognise is kept as
+    traced."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    import logging
+
+    try:
+        from onnxruntime.transformers import optimizer
+    except ImportError:
+        return
+    quiet = logging.getLogger("onnxruntime.transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        fused = optimizer.optimize_model(
+            str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
+        )
+        fused.save_model_to_file(str(path))
+    except Exception:  # an architecture the fusions do not know: the traced graph still runs
+        return
+    finally:
+        quiet.setLevel(level)
 
 
 class _staged:
@@ -157,13 +233,19 @@ def _export(model: Any, path: Path) -> None:
 class Runner:
     """One compiled ONNX graph: ``(input_ids, attention_mask) -> vectors``."""
 
-    def __init__(self, path: Path, backend: str, threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path, backend: str, precision: str = "fp32", threads: int | None = None
+    ) -> None:
+        import torch
+
         self.backend = backend
-        threads = threads or len(os.sched_getaffinity(0))
+        # torch's own count (OMP_NUM_THREADS, else the cores): every backend uses as many
+        threads = threads or torch.get_num_threads()
         if backend == "onnx":
             import onnxruntime as ort
 
             options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
@@ -174,12 +256,12 @@ class Runner:
             import openvino as ov
 
             core = ov.Core()
-            # f32 as recorded: OpenVINO's own CPU default is bf16 where the CPU has it, which
-            # would put hardware-dependent vectors under one label
+            # the precision asked for, always: OpenVINO's own CPU default is bf16 where the
+            # CPU has it, which would put hardware-dependent vectors under one label
             config = {
                 "INFERENCE_NUM_THREADS": threads,
                 "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_PRECISION_HINT": "f32",
+                "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             }
             self._compiled = core.compile_model(str(path), "CPU", config)
 
@@ -196,7 +278,7 @@ class Runner:
 def describe(backend: str, precision: str) -> dict[str, str]:
     """The settings (store metadata and content key) of vectors made by ``backend``: none for
     torch fp32, so stores embedded before backends existed keep their keys."""
-    if backend == "torch":
+    if backend == "torch" and precision == "fp32":
         return {}
     return {"backend": backend, "precision": precision}
 

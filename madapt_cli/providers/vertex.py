@@ -21,6 +21,15 @@ documented way to add request fields it does not model.
 
 Vertex truncates over-long inputs itself (``autoTruncate``) and says which it cut; with
 ``--strict`` we ask it not to, and the inputs it then rejects are named (or skipped).
+
+The ``:predict`` request goes through the client's own HTTP layer (``client._api_client.
+request``: its credentials and their refresh, base URL, API version, timeout and
+``errors.APIError``) with the body above built here and the JSON answer read here, rather
+than through ``models.embed_content``: that call turns every text into a pydantic
+``Content`` and walks every answer through its converters and models, milliseconds of CPU
+a request under the GIL, which capped a run at 8 requests in flight (docs/benchmarks.md).
+google-genai documents no public raw-request method, so this is its internal one; a client
+without it (another SDK version) gets ``models.embed_content``, as do Gemini models.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from madapt_cli.providers.base import BatchLimits, Role
 from madapt_cli.providers.remote import RemoteProvider
 from madapt_cli.providers.resilience import (
     Failure,
+    InvalidResponse,
     UnusableResponse,
     parse_retry_after,
     sdk_failure,
@@ -99,9 +109,13 @@ class VertexProvider(RemoteProvider):
         base_url: str | None = None,
         credentials: Any = None,
         api_version: str = "v1",
+        direct: bool = True,
         **options: Any,
     ) -> None:
+        """``direct``: send ``:predict`` requests through the client's HTTP layer (see the
+        module docstring); ``False`` keeps ``models.embed_content`` for every request."""
         super().__init__(model, **options)
+        self.direct = direct
         spec = MODELS.get(model)
         if spec is None:
             raise ProviderError(
@@ -178,6 +192,64 @@ class VertexProvider(RemoteProvider):
             return self._client
 
     def _send(self, items: list[TextItem], role: Role) -> np.ndarray:
+        texts = [i.text if role == "document" else self.render(i) for i in items]
+        raw = self._http() if not self.model.startswith("gemini") else None
+        if raw is not None:
+            vectors, truncated = self._predict(raw, items, texts, role)
+        else:
+            vectors, truncated = self._embed_content(items, texts, role)
+        array = self._check_vectors(vectors, items)
+        if array.shape[1] != self.dimension:
+            asked = (
+                f"output_dimensionality {self.requested_dimensions} was sent"
+                if self.requested_dimensions is not None
+                else "no --dimensions was sent"
+            )
+            raise UnusableResponse(
+                f"Vertex returned vectors of {array.shape[1]} dimensions where {self.model} "
+                f"gives {self.dimension} ({asked}); check --model and --dimensions"
+            )
+        for item, cut in zip(items, truncated, strict=False):
+            if cut:
+                self.counters.note("truncated", item.id)
+        return array
+
+    def _http(self) -> Any:
+        """The client's HTTP layer when ``direct`` and this SDK version has it, else None."""
+        if not self.direct:
+            return None
+        api = getattr(self.client(), "_api_client", None)
+        return api if callable(getattr(api, "request", None)) else None
+
+    def _predict(
+        self, api: Any, items: list[TextItem], texts: list[str], role: Role
+    ) -> tuple[list[Any], list[bool]]:
+        """One ``:predict`` request, built and read as the SDK would (module docstring)."""
+        task_type = TASK_TYPES[role]
+        instances: list[dict[str, Any]] = []
+        for item, text in zip(items, texts, strict=True):
+            instance = {"content": text, "task_type": task_type}
+            if role == "document" and item.title:
+                instance["title"] = item.title
+            instances.append(instance)
+        parameters: dict[str, Any] = {"autoTruncate": not self.strict}
+        if self.requested_dimensions is not None:
+            parameters["outputDimensionality"] = self.requested_dimensions
+        path = f"publishers/google/models/{self.model}:predict"
+        response = api.request("post", path, {"instances": instances, "parameters": parameters})
+        try:
+            predictions = json.loads(response.body or "{}")["predictions"]
+            embeddings = [p["embeddings"] for p in predictions]
+            vectors = [e["values"] for e in embeddings]
+            truncated = [bool((e.get("statistics") or {}).get("truncated")) for e in embeddings]
+        except (KeyError, TypeError, AttributeError):
+            raise InvalidResponse("a body that is not a list of predictions") from None
+        return vectors, truncated
+
+    def _embed_content(
+        self, items: list[TextItem], texts: list[str], role: Role
+    ) -> tuple[list[Any], list[bool]]:
+        """One request through ``models.embed_content`` (Gemini models, or ``direct=False``)."""
         _, types = _import_genai()
         task_type = TASK_TYPES[role]
         titled = role == "document" and any(i.title for i in items)
@@ -187,7 +259,6 @@ class VertexProvider(RemoteProvider):
         }
         if self.requested_dimensions is not None:
             config["output_dimensionality"] = self.requested_dimensions
-        texts = [i.text if role == "document" else self.render(i) for i in items]
         if titled and len(items) == 1:
             config["title"] = items[0].title
         elif titled:
@@ -206,22 +277,10 @@ class VertexProvider(RemoteProvider):
         )
         embeddings = list(getattr(response, "embeddings", None) or [])
         vectors = [getattr(e, "values", None) or [] for e in embeddings]
-        array = self._check_vectors(vectors, items)
-        if array.shape[1] != self.dimension:
-            asked = (
-                f"output_dimensionality {self.requested_dimensions} was sent"
-                if self.requested_dimensions is not None
-                else "no --dimensions was sent"
-            )
-            raise UnusableResponse(
-                f"Vertex returned vectors of {array.shape[1]} dimensions where {self.model} "
-                f"gives {self.dimension} ({asked}); check --model and --dimensions"
-            )
-        for item, embedding in zip(items, embeddings, strict=True):
-            statistics = getattr(embedding, "statistics", None)
-            if statistics is not None and getattr(statistics, "truncated", False):
-                self.counters.note("truncated", item.id)
-        return array
+        truncated = [
+            bool(getattr(getattr(e, "statistics", None), "truncated", False)) for e in embeddings
+        ]
+        return vectors, truncated
 
     def _classify(self, error: BaseException) -> Failure | None:
         from google.genai import errors
