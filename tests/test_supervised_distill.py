@@ -82,8 +82,8 @@ def test_distill_stage1_runs_on_the_training_queries_then_stage2():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"stage1_objective": "ranking"}, "stage1_objective must be 'paper' or 'distill'"),
-        ({"distill_weight": -1.0}, "distill_weight must be a finite number >= 0"),
+        ({"stage1_objective": "ranking"}, "^--stage1-objective must be 'paper' or 'distill'"),
+        ({"distill_weight": -1.0}, "^--distill-weight must be a finite number >= 0"),
     ],
 )
 def test_bad_supervised_distill_settings(changes, message):
