@@ -82,8 +82,8 @@ def test_distill_stage1_runs_on_the_training_queries_then_stage2():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"stage1_objective": "ranking"}, "stage1_objective must be 'paper' or 'distill'"),
-        ({"distill_weight": -1.0}, "distill_weight must be a finite number >= 0"),
+        ({"stage1_objective": "ranking"}, "^--stage1-objective must be 'paper' or 'distill'"),
+        ({"distill_weight": -1.0}, "^--distill-weight must be a finite number >= 0"),
     ],
 )
 def test_bad_supervised_distill_settings(changes, message):
@@ -123,3 +123,90 @@ def test_smec_supervised_default_alpha_is_0_3(one_thread):
     default, explicit, heavier = weights(None), weights(0.3), weights(1.0)
     assert all(torch.equal(a, b) for a, b in zip(default, explicit, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(default, heavier, strict=True))
+
+
+def test_smec_distill_term_changes_training_and_still_learns(one_thread):
+    """``distill_weight`` > 0 adds L_distill of the training queries at each SMEC size: the
+    weights differ from a fit without it, and the hidden signal is still learnt."""
+    from madapt_cli.methods.smec import SMECOptions, train_smec
+
+    data = _hidden_signal()
+
+    def fit(weight):
+        config = _config(distill_weight=weight, lr=1e-2, supervised_epochs=8)
+        result = train_smec(
+            data["docs"],
+            config,
+            SMECOptions(memory_size=200),
+            corpus_ids=data["doc_ids"],
+            queries=data["queries"],
+            query_ids=data["query_ids"],
+            qrels=data["qrels"],
+        )
+        with torch.no_grad():
+            docs = result.module(torch.from_numpy(data["docs"]))
+            queries = result.module(torch.from_numpy(data["queries"]))
+        score = ndcg_at_10(queries, data["query_ids"], docs, data["doc_ids"], data["qrels"], 8)
+        return list(result.module.state_dict().values()), score
+
+    plain, plain_score = fit(0.0)
+    mixed, mixed_score = fit(0.3)
+    # truncation to 8 of these dims retrieves nothing (< 0.1); the full-size teacher is
+    # mostly noise here, so the term costs some of what the labels teach, not all of it
+    assert plain_score > 0.5 and mixed_score > 0.25
+    assert not all(torch.equal(a, b) for a, b in zip(plain, mixed, strict=True))
+
+
+def test_cli_distill_options_reach_the_config_and_bad_ones_are_refused(
+    tmp_path, monkeypatch, capsys
+):
+    """`madapt fit --distill-weight/--stage1-objective` set the TrainConfig fields recorded in
+    config.json; out of range, or without --mode supervised, they are one-line errors."""
+    import sys
+
+    from test_apply import make_store
+    from test_fit_cli import write_qrels
+
+    from madapt_cli import Adaptor
+    from madapt_cli.cli import main
+
+    make_store(tmp_path / "store", {"corpus": 60, "queries": 12}, dimension=16)
+    qrels = write_qrels(
+        tmp_path / "train.tsv", [(f"queries-{i}", f"corpus-{i}", 1) for i in range(12)]
+    )
+
+    def run(*args) -> int:
+        monkeypatch.setattr(
+            sys, "argv", ["madapt", "fit", str(tmp_path / "store"), *map(str, args)]
+        )
+        try:
+            main()
+        except SystemExit as done:
+            return done.code if isinstance(done.code, int) else 0
+        return 0
+
+    common = ["--train-dims", "8,16", "--epochs", "1", "--stage1-epochs", "1", "--topk", "3"]
+    supervised = ["--mode", "supervised", "--qrels", qrels, *common]
+    out = tmp_path / "sup"
+    assert (
+        run(*supervised, "--distill-weight", "0.5", "--stage1-objective", "distill", "--out", out)
+        == 0
+    )
+    settings = Adaptor.load(out).config["hyperparameters"]
+    assert settings["distill_weight"] == 0.5 and settings["stage1_objective"] == "distill"
+    refused = [
+        [*supervised, "--distill-weight", "-1"],
+        [*supervised, "--stage1-objective", "ranking"],
+        [*common, "--distill-weight", "0.5"],
+        [*supervised, "--method", "smec", "--stage1-objective", "distill"],
+    ]
+    errors = []
+    for index, args in enumerate(refused):
+        bad = tmp_path / f"bad{index}"
+        capsys.readouterr()
+        assert run(*args, "--out", bad) == 2, args
+        errors.append(capsys.readouterr().err)
+        assert errors[-1].startswith("error: ") and "Traceback" not in errors[-1]
+        assert not bad.exists()
+    assert "--distill-weight must be a finite number >= 0" in errors[0]
+    assert "need --mode supervised" in errors[2] and "needs --method matryoshka" in errors[3]

@@ -108,6 +108,21 @@ def register(app: typer.Typer) -> None:
             help="binary: also train each prefix's ranking as a database scores its sign "
             "bits (straight-through sign). --method matryoshka.",
         ),
+        # --- sup: supervised distillation (issue 17) ---
+        distill_weight: float | None = typer.Option(
+            None,
+            "--distill-weight",
+            help="Supervised (matryoshka, smec): weight of L_distill beside L_rank, each "
+            "prefix learning the full-size ranking of every training query's top 100 "
+            "documents (default 0; docs/benchmarks.md: helps NFCorpus, costs SciFact).",
+        ),
+        stage1_objective: str | None = typer.Option(
+            None,
+            "--stage1-objective",
+            help="Supervised matryoshka: stage 1's objective, paper (default) or distill (the "
+            "training queries as unlabelled anchors, --stage1-epochs epochs).",
+        ),
+        # --- end sup ---
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         seed: int = typer.Option(0, "--seed"),
         sample: int | None = typer.Option(
@@ -174,8 +189,16 @@ def register(app: typer.Typer) -> None:
             patience=patience,
             objective=objective,
             quantization_aware=quantization_aware,
+            distill_weight=distill_weight,  # --- sup ---
+            stage1_objective=stage1_objective,  # --- sup ---
         )
         fitter = get_method(method, "--method")
+        # --- sup ---
+        if (distill_weight is not None or stage1_objective is not None) and mode != "supervised":
+            raise InputError("--distill-weight and --stage1-objective need --mode supervised")
+        if stage1_objective is not None and method != "matryoshka":
+            raise InputError("--stage1-objective needs --method matryoshka")
+        # --- end sup ---
         if quantization_aware is not None and method != "matryoshka":
             raise InputError("--quantization-aware needs --method matryoshka")
         if lr is not None and fitter.one_learning_rate:

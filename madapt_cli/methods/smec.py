@@ -164,7 +164,28 @@ class StageStep:
         rank = torch.stack(
             [self.rank_loss(queries * mask, documents * mask, relevance) for mask in masks]
         ).mean()
-        return rank + loss
+        return rank + loss + self.distill_term(queries, batch, masks, generator)
+
+    def distill_term(
+        self,
+        queries: torch.Tensor,
+        batch: torch.Tensor,
+        masks: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor | float:
+        """``config.distill_weight`` x L_distill of the training queries of ``batch`` (their
+        adapted vectors ``queries``) at each selected size, as the Matryoshka-Adaptor's
+        supervised objective adds it; 0 when the weight is 0."""
+        distill = self.supervised.distill
+        if distill is None:
+            return 0.0
+        rows, teacher, valid = distill.candidates(batch, generator)
+        unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
+        documents = self.module.residual(self.corpus[unique])[inverse].view(*rows.shape, -1)
+        term = torch.stack(
+            [distill.loss(queries * mask, documents * mask, teacher, valid) for mask in masks]
+        ).mean()
+        return self.supervised.config.distill_weight * term
 
 
 # --- the sequential trainer ---------------------------------------------------------------------

@@ -150,10 +150,15 @@ class TrainConfig:
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
     quantization_aware: str | None = None  # "binary": training/quantization.py's term
-    # --- supervised: stage 1's objective ("distill": the training queries as unlabelled
-    # anchors) and the weight of L_distill over the training queries beside L_rank in stage 2
+    # --- sup ---
+    # supervised: stage 1's objective ("distill": the training queries as unlabelled anchors;
+    # --stage1-objective) and the weight of L_distill over the training queries beside L_rank
+    # in stage 2 and in SMEC's stages (--distill-weight). Both off by default: on SciFact's
+    # held-out train queries each costs 64 dims and up; on NFCorpus' both help (see
+    # "Supervised: the distillation term on NFCorpus" in docs/benchmarks.md)
     stage1_objective: str = "paper"
     distill_weight: float = 0.0
+    # --- end sup ---
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in
@@ -182,6 +187,8 @@ class TrainConfig:
             cli.update(distill_epochs="--epochs", distill_lr="--lr", distill_temperature="--tau")
         if mode == "supervised":
             cli.update(epochs="--stage1-epochs", supervised_epochs="--epochs")
+            # --- sup ---
+            cli.update(distill_weight="--distill-weight", stage1_objective="--stage1-objective")
             if one_learning_rate:
                 cli["lr"] = "--lr"
             else:
