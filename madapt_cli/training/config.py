@@ -103,6 +103,13 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ),
     *_group("activation", lambda value: value in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
     *_group("quantization_aware", lambda value: value in (None, "binary"), "binary"),
+    # --- fitspeed ---
+    *_group(
+        "precision",
+        lambda value: value in ("auto", "bf16", "fp32"),
+        "'auto', 'bf16' or 'fp32'",
+    ),
+    # --- end fitspeed ---
 ]
 
 
@@ -154,6 +161,11 @@ class TrainConfig:
     # anchors) and the weight of L_distill over the training queries beside L_rank in stage 2
     stage1_objective: str = "paper"
     distill_weight: float = 0.0
+    # --- fitspeed ---
+    # training arithmetic of the adaptor's MLP: "auto" = bf16 autocast on a GPU that has it,
+    # float32 on the CPU; "bf16" or "fp32" to force. Evaluation is always float32.
+    precision: str = "auto"
+    # --- end fitspeed ---
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in

@@ -47,6 +47,8 @@ class ResidualMLP(nn.Module):
         nn.init.zeros_(layers[-1].bias)
         self.g = nn.Sequential(*layers)
         self.register_buffer("rotation", torch.eye(dimension) if rotation else None)
+        # set by the training loop (config.precision): g's arithmetic while training only
+        self.autocast_dtype: torch.dtype | None = None
 
     @classmethod
     def from_architecture(cls, dimension: int, architecture: dict[str, Any]) -> ResidualMLP:
@@ -65,6 +67,12 @@ class ResidualMLP(nn.Module):
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         x = self.start(e)
+        if self.training and self.autocast_dtype is not None:
+            # mixed precision: g in reduced precision, the residual sum (and so every
+            # loss) in float32; evaluation (eval mode) is always float32
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                residual = self.g(x)
+            return x + residual.float()
         return x + self.g(x)
 
 

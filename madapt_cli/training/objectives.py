@@ -51,13 +51,14 @@ class UnsupervisedObjective:
         )
         original = self.corpus[rows]
         adapted = module(original)
-        anchors = adapted[inverse[: len(batch)]]
-        adapted_neighbours = adapted[inverse[len(batch) :]].view(*neighbours.shape, -1)
-        target = torch.where(valid, self.neighbour_scores[batch], 1.0)  # a row vs itself: 1
-        adapted_neighbours = torch.where(
-            valid.unsqueeze(-1), adapted_neighbours, anchors.unsqueeze(1)
+        anchor_index = inverse[: len(batch)]
+        anchors = adapted[anchor_index]
+        # a missing neighbour is the anchor itself, with target 1
+        neighbour_index = torch.where(
+            valid, inverse[len(batch) :].view(neighbours.shape), anchor_index.unsqueeze(1)
         )
-        loss = weights["topk"] * self.topk_loss(anchors, adapted_neighbours, target)
+        target = torch.where(valid, self.neighbour_scores[batch], 1.0)
+        loss = weights["topk"] * self.topk_loss.gathered(anchors, adapted, neighbour_index, target)
         loss = loss + weights["pair"] * self.pair_loss(self.corpus[batch], anchors)
         return loss + weights["rec"] * self.rec_loss(module.start(original), adapted)
 
@@ -209,8 +210,12 @@ class DistillationObjective:
         rows, teacher, valid = self.candidates(batch, generator)
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
         adapted = module(self.corpus[unique])
-        documents = adapted[inverse].view(*rows.shape, -1)
-        loss = self.loss(module(self.anchors[batch]), documents, teacher, valid)
+        anchors = module(self.anchors[batch])
+        if isinstance(self.loss, ListwiseDistillationLoss):
+            loss = self.loss.gathered(anchors, adapted, inverse.view(rows.shape), teacher, valid)
+        else:  # a wrapped loss (quantisation-aware training) takes the candidates themselves
+            documents = adapted[inverse].view(*rows.shape, -1)
+            loss = self.loss(anchors, documents, teacher, valid)
         if self.rec_weight > 0:
             original = self.corpus[unique]
             loss = loss + self.rec_weight * self.rec_loss(module.start(original), adapted)
@@ -224,6 +229,8 @@ class DistillationObjective:
         batch = torch.arange(len(self.anchors), device=self.corpus.device)
         rows, teacher, valid = self.candidates(batch, generator)
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
-        documents = module(self.corpus[unique])[inverse].view(*rows.shape, -1)
-        per_size = self.loss.per_size(module(self.anchors), documents, teacher, valid)
+        documents = module(self.corpus[unique])
+        per_size = self.loss.per_size_gathered(
+            module(self.anchors), documents, inverse.view(rows.shape), teacher, valid
+        )
         return {str(d): float(v) for d, v in zip(self.loss.dims, per_size, strict=True)}
