@@ -79,6 +79,8 @@ def fit_loop(
     finally:
         if hasattr(module, "autocast_dtype"):
             module.autocast_dtype = None
+        if hasattr(module, "forget_start"):
+            module.forget_start()
 
 
 def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
