@@ -73,11 +73,13 @@ def run_objective(args: argparse.Namespace, objective: str) -> dict:
         device=args.device,
         seed=args.seed,
     )
+    ignored = []
     for assignment in args.set:
         key, value = assignment.split("=", 1)
-        if not hasattr(config, key):  # a setting this commit does not have
-            return {"objective": objective, "skipped": f"TrainConfig has no {key}"}
-        setattr(config, key, json.loads(value))
+        if hasattr(config, key):
+            setattr(config, key, json.loads(value))
+        else:  # a setting this commit does not have (e.g. an older --against commit)
+            ignored.append(key)
     marks: list[float] = []
 
     def on_epoch(record: dict) -> None:
@@ -109,6 +111,7 @@ def run_objective(args: argparse.Namespace, objective: str) -> dict:
         "seconds_per_epoch": [round(s, 2) for s in per_epoch],
         "mean_seconds_per_epoch": round(float(np.mean(per_epoch)), 3),
         "total_seconds": round(total, 2),
+        "ignored_settings": ignored,
     }
 
 
@@ -163,9 +166,6 @@ def side_by_side(args: argparse.Namespace, objectives: list[str]) -> dict:
 
 
 def _compare(runs: dict[str, list[dict]]) -> dict:
-    if any("skipped" in run for side in runs.values() for run in side):
-        return {"skipped": [run.get("skipped") for side in runs.values() for run in side]}
-
     def mean(side: str, key: str) -> float:
         return float(np.mean([run[key] for run in runs[side]]))
 
