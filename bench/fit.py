@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,8 @@ def side_by_side(args: argparse.Namespace, objectives: list[str]) -> dict:
     """Each objective ``args.repeats`` times in this tree and in ``args.against``,
     alternating; the ratio of the mean seconds per epoch (against / this)."""
     commit = _git("rev-parse", "--verify", f"{args.against}^{{commit}}")
+    # a SIGTERM unwinds like Ctrl-C, so the temporary worktree is always removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="madapt-fit-bench-") as scratch:
         other = Path(scratch) / "tree"
         _git("worktree", "add", "--detach", str(other), commit)
