@@ -143,6 +143,11 @@ class TrainConfig:
     dim_weighting: str = "equal"  # or "small": weight 1 + log2(D / m) on size m
     seed: int = 0
     device: str = "auto"
+    # --- fitspeed ---
+    # training arithmetic of the adaptor's MLP: "auto" = bf16 autocast on a GPU that has it,
+    # float32 on the CPU; "bf16" or "fp32" to force. Evaluation is always float32.
+    precision: str = "auto"
+    # --- end fitspeed ---
     # --- unsupervised objective (--objective): "auto" = distill when unlabelled queries are
     # given or found, else distill on corpus rows with checkpoint choice by the proxy;
     # "paper" = L_topk + L_pair + L_rec (the paper's, exactly as before)
@@ -161,11 +166,6 @@ class TrainConfig:
     # anchors) and the weight of L_distill over the training queries beside L_rank in stage 2
     stage1_objective: str = "paper"
     distill_weight: float = 0.0
-    # --- fitspeed ---
-    # training arithmetic of the adaptor's MLP: "auto" = bf16 autocast on a GPU that has it,
-    # float32 on the CPU; "bf16" or "fp32" to force. Evaluation is always float32.
-    precision: str = "auto"
-    # --- end fitspeed ---
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in
