@@ -72,7 +72,8 @@ class ResidualMLP(nn.Module):
         same corpus rows over and over, and the rotation is fixed while g trains."""
         if self.rotation is None:
             return corpus[rows]
-        key = (corpus.data_ptr(), *corpus.shape, self.rotation.data_ptr(), self.rotation._version)
+        key = (corpus.data_ptr(), corpus._version, *corpus.shape)
+        key += (self.rotation.data_ptr(), self.rotation._version)
         if self._started is None or self._started[0] != key:
             self._started = None  # free the old copy first
             with torch.no_grad():
