@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 _EPS = 1e-8
+# prefix_cosine_gathered multiplies B x U scores when U <= this x C: dense products beat
+# copying (B, C, D) candidates until U is far above C
+_GATHER_RATIO = 64
 
 
 def _size_weights(dims: Sequence[int], dim_weights: Sequence[float] | None) -> torch.Tensor:
@@ -25,23 +28,72 @@ def _size_weights(dims: Sequence[int], dim_weights: Sequence[float] | None) -> t
     return weights / weights.sum()
 
 
+def _cumulative_selector(dims: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """(D, |M|) 0/1 matrix whose column j selects the first ``dims[j]`` coordinates: ``x @ it``
+    sums each row's first m coordinates for every m at once (one pass, not one per size)."""
+    width = like.shape[-1]
+    coordinate = torch.arange(width, device=like.device).unsqueeze(1)
+    sizes = torch.as_tensor(list(dims), device=like.device).unsqueeze(0)
+    return (coordinate < sizes).to(like.dtype)
+
+
+def prefix_squared_norms(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """``|x[:m]|^2`` for each size m: (..., D) -> (..., |M|)."""
+    return (x * x) @ _cumulative_selector(dims, x)
+
+
+def _coordinate_blocks(dims: Sequence[int]) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """The coordinate blocks [0, m1), [m1, m2), ... of the distinct sorted sizes, and where
+    each size of ``dims`` (any order) sits among those cumulative blocks."""
+    sizes = sorted(set(dims))
+    blocks = list(zip([0, *sizes[:-1]], sizes, strict=True))
+    return blocks, torch.tensor([sizes.index(m) for m in dims])
+
+
 def prefix_cosine_pairs(a: torch.Tensor, b: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-    """``sim_m(a, b)`` of aligned rows: (..., D) x (..., D) -> (..., |M|), via running sums."""
-    index = torch.as_tensor([m - 1 for m in dims], device=a.device)
-    dot = torch.cumsum(a * b, dim=-1).index_select(-1, index)
-    norm_a = torch.cumsum(a * a, dim=-1).index_select(-1, index)
-    norm_b = torch.cumsum(b * b, dim=-1).index_select(-1, index)
+    """``sim_m(a, b)`` of aligned rows: (..., D) x (..., D) -> (..., |M|), every size from one
+    pass (each row's products summed by a cumulative 0/1 selector)."""
+    selector = _cumulative_selector(dims, a)
+    dot = (a * b) @ selector
+    norm_a, norm_b = (a * a) @ selector, (b * b) @ selector
     return dot / torch.sqrt(norm_a * norm_b).clamp_min(_EPS)
 
 
 def prefix_cosine_matrix(a: torch.Tensor, b: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-    """``sim_m(a_i, b_j)`` for all pairs: (A, D) x (B, D) -> (|M|, A, B)."""
-    return torch.stack(
-        [
-            F.normalize(a[:, :m], dim=-1, eps=_EPS) @ F.normalize(b[:, :m], dim=-1, eps=_EPS).T
-            for m in dims
-        ]
-    )
+    """``sim_m(a_i, b_j)`` for all pairs: (A, D) x (B, D) -> (|M|, A, B). The products over
+    coordinate block [m_(j-1), m_j) are added to those of the blocks before it, so all sizes
+    cost one full-size product; each size is then scaled by the inverse prefix norms."""
+    blocks, where = _coordinate_blocks(dims)
+    parts = torch.stack([a[:, lo:hi] @ b[:, lo:hi].T for lo, hi in blocks])
+    dot = parts.cumsum(0)[where.to(a.device)]
+    norm_a = prefix_squared_norms(a, dims).T.unsqueeze(-1)  # (|M|, A, 1)
+    norm_b = prefix_squared_norms(b, dims).T.unsqueeze(1)  # (|M|, 1, B)
+    return dot / torch.sqrt(norm_a * norm_b).clamp_min(_EPS)
+
+
+def prefix_cosine_gathered(
+    anchors: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, dims: Sequence[int]
+) -> torch.Tensor:
+    """``sim_m(anchors_i, rows_index[i, c])``: (B, D), (U, D), (B, C) -> (B, C, |M|).
+
+    Equal to ``prefix_cosine_pairs(anchors[:, None].expand(B, C, D), rows[index], dims)``
+    without its (B, C, D) copies: the norms are taken once per row and gathered; the dot
+    products come from one block product per size gathered by index when the B x U scores
+    are cheaper than the B x C x D copy (few distinct rows), else from the copy.
+    """
+    count = index.shape[1]
+    norm_a = prefix_squared_norms(anchors, dims).unsqueeze(1)  # (B, 1, |M|)
+    norm_r = prefix_squared_norms(rows, dims)[index]  # (B, C, |M|)
+    if rows.shape[0] <= _GATHER_RATIO * max(count, 1):
+        blocks, where = _coordinate_blocks(dims)
+        parts = torch.stack(
+            [(anchors[:, lo:hi] @ rows[:, lo:hi].T).gather(1, index) for lo, hi in blocks], -1
+        )
+        dot = parts.cumsum(-1)[..., where.to(anchors.device)]
+    else:
+        candidates = rows.index_select(0, index.flatten()).view(*index.shape, -1)
+        dot = (candidates * anchors.unsqueeze(1)) @ _cumulative_selector(dims, anchors)
+    return dot / torch.sqrt(norm_a * norm_r).clamp_min(_EPS)
 
 
 class PairwiseSimilarityLoss(nn.Module):
@@ -95,6 +147,21 @@ class TopKSimilarityLoss(nn.Module):
             adapted_neighbours,
             self.dims,
         )  # (B, k, |M|)
+        return self._mean_gap(predicted, original_similarity)
+
+    def gathered(
+        self,
+        adapted_anchors: torch.Tensor,  # (B, D)
+        adapted_rows: torch.Tensor,  # (U, D)
+        neighbours: torch.Tensor,  # (B, k): each neighbour's row of adapted_rows
+        original_similarity: torch.Tensor,  # (B, k)
+    ) -> torch.Tensor:
+        """:meth:`forward` with the neighbours given by index into ``adapted_rows`` (no
+        (B, k, D) copy; see :func:`prefix_cosine_gathered`)."""
+        predicted = prefix_cosine_gathered(adapted_anchors, adapted_rows, neighbours, self.dims)
+        return self._mean_gap(predicted, original_similarity)
+
+    def _mean_gap(self, predicted: torch.Tensor, original_similarity: torch.Tensor) -> torch.Tensor:
         per_size = (original_similarity.unsqueeze(-1) - predicted).abs().flatten(0, 1).mean(0)
         return (per_size * self.size_weights).sum()
 
@@ -265,7 +332,39 @@ class ListwiseDistillationLoss(nn.Module):
             adapted_anchors.unsqueeze(1).expand_as(adapted_candidates),
             adapted_candidates,
             self.dims,
-        ).movedim(-1, 0)  # (|M|, B, C)
+        )  # (B, C, |M|)
+        return self._kl(student, teacher_similarity, valid)
+
+    def gathered(
+        self,
+        adapted_anchors: torch.Tensor,  # (B, D)
+        adapted_rows: torch.Tensor,  # (U, D)
+        candidates: torch.Tensor,  # (B, C): each candidate's row of adapted_rows
+        teacher_similarity: torch.Tensor,  # (B, C)
+        valid: torch.Tensor | None = None,  # (B, C) bool
+    ) -> torch.Tensor:
+        """:meth:`forward` with the candidates given by index into ``adapted_rows``."""
+        per_size = self.per_size_gathered(
+            adapted_anchors, adapted_rows, candidates, teacher_similarity, valid
+        )
+        return (per_size * self.size_weights).sum()
+
+    def per_size_gathered(
+        self,
+        adapted_anchors: torch.Tensor,
+        adapted_rows: torch.Tensor,
+        candidates: torch.Tensor,
+        teacher_similarity: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`per_size` with the candidates given by index (see :meth:`gathered`)."""
+        student = prefix_cosine_gathered(adapted_anchors, adapted_rows, candidates, self.dims)
+        return self._kl(student, teacher_similarity, valid)
+
+    def _kl(
+        self, student: torch.Tensor, teacher_similarity: torch.Tensor, valid: torch.Tensor | None
+    ) -> torch.Tensor:
+        student = student.movedim(-1, 0)  # (|M|, B, C)
         teacher = teacher_similarity / self.temperature
         student = student / self.temperature
         if valid is not None:

@@ -103,6 +103,13 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ),
     *_group("activation", lambda value: value in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
     *_group("quantization_aware", lambda value: value in (None, "binary"), "binary"),
+    # --- fitspeed ---
+    *_group(
+        "precision",
+        lambda value: value in ("auto", "bf16", "fp32"),
+        "'auto', 'bf16' or 'fp32'",
+    ),
+    # --- end fitspeed ---
 ]
 
 
@@ -136,6 +143,11 @@ class TrainConfig:
     dim_weighting: str = "equal"  # or "small": weight 1 + log2(D / m) on size m
     seed: int = 0
     device: str = "auto"
+    # --- fitspeed ---
+    # training arithmetic of the adaptor's MLP: "auto" = bf16 autocast on a GPU that has it,
+    # float32 on the CPU; "bf16" or "fp32" to force. Evaluation is always float32.
+    precision: str = "auto"
+    # --- end fitspeed ---
     # --- unsupervised objective (--objective): "auto" = distill when unlabelled queries are
     # given or found, else distill on corpus rows with checkpoint choice by the proxy;
     # "paper" = L_topk + L_pair + L_rec (the paper's, exactly as before)

@@ -71,6 +71,38 @@ def fit_loop(
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=stage.lr, weight_decay=config.weight_decay
     )
+    device = next(module.parameters()).device
+    if hasattr(module, "autocast_dtype"):
+        module.autocast_dtype = training_dtype(config.precision, device)
+    try:
+        return _fit_epochs(module, step, stage, config, validation, on_epoch, generator, optimizer)
+    finally:
+        if hasattr(module, "autocast_dtype"):
+            module.autocast_dtype = None
+        if hasattr(module, "forget_start"):
+            module.forget_start()
+
+
+def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The reduced precision of training (None: float32): ``precision`` "bf16", or "auto"
+    on a GPU with bfloat16."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _fit_epochs(
+    module: torch.nn.Module,
+    step: Step,
+    stage: Stage,
+    config: TrainConfig,
+    validation: Validation | None,
+    on_epoch: EpochCallback | None,
+    generator: torch.Generator,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     total_steps = max(1, stage.steps_per_epoch * stage.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
     history: list[dict[str, Any]] = []

@@ -47,6 +47,9 @@ class ResidualMLP(nn.Module):
         nn.init.zeros_(layers[-1].bias)
         self.g = nn.Sequential(*layers)
         self.register_buffer("rotation", torch.eye(dimension) if rotation else None)
+        # set by the training loop (config.precision): g's arithmetic while training only
+        self.autocast_dtype: torch.dtype | None = None
+        self._started: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     @classmethod
     def from_architecture(cls, dimension: int, architecture: dict[str, Any]) -> ResidualMLP:
@@ -63,8 +66,35 @@ class ResidualMLP(nn.Module):
         """Where f starts before training: e, or e R."""
         return e if self.rotation is None else e @ self.rotation
 
+    def start_of(self, corpus: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``start(corpus[rows])``, from start(corpus) computed once and kept until the
+        rotation or the corpus changes (or :meth:`forget_start`): training steps rotate the
+        same corpus rows over and over, and the rotation is fixed while g trains."""
+        if self.rotation is None:
+            return corpus[rows]
+        key = (corpus.data_ptr(), corpus._version, *corpus.shape)
+        key += (self.rotation.data_ptr(), self.rotation._version)
+        if self._started is None or self._started[0] != key:
+            self._started = None  # free the old copy first
+            with torch.no_grad():
+                self._started = (key, self.start(corpus))
+        return self._started[1][rows]
+
+    def forget_start(self) -> None:
+        """Drop :meth:`start_of`'s copy of the rotated corpus."""
+        self._started = None
+
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        x = self.start(e)
+        return self.from_start(self.start(e))
+
+    def from_start(self, x: torch.Tensor) -> torch.Tensor:
+        """f from the started vectors x = start(e): x + g(x)."""
+        if self.training and self.autocast_dtype is not None:
+            # mixed precision: g in reduced precision, the residual sum (and so every
+            # loss) in float32; evaluation (eval mode) is always float32
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                residual = self.g(x)
+            return x + residual.float()
         return x + self.g(x)
 
 

@@ -18,6 +18,18 @@ from madapt_cli.retrieval.search import mine_topk, search_topk
 from madapt_cli.training.config import TrainConfig
 
 
+def adapt_rows(
+    module: torch.nn.Module, corpus: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start(e), f(e)) of the corpus rows ``rows``; a module with ``start_of`` (the
+    residual MLP) rotates the corpus once rather than at every step."""
+    if hasattr(module, "start_of"):
+        started = module.start_of(corpus, rows)
+        return started, module.from_start(started)
+    original = corpus[rows]
+    return module.start(original), module(original)
+
+
 # --- one step of each objective ---------------------------------------------------------------
 class UnsupervisedObjective:
     """L_topk + w_pair L_pair + w_rec L_rec on a batch of corpus rows and their neighbours."""
@@ -49,17 +61,17 @@ class UnsupervisedObjective:
         rows, inverse = torch.unique(
             torch.cat([batch, neighbours.clamp_min(0).flatten()]), return_inverse=True
         )
-        original = self.corpus[rows]
-        adapted = module(original)
-        anchors = adapted[inverse[: len(batch)]]
-        adapted_neighbours = adapted[inverse[len(batch) :]].view(*neighbours.shape, -1)
-        target = torch.where(valid, self.neighbour_scores[batch], 1.0)  # a row vs itself: 1
-        adapted_neighbours = torch.where(
-            valid.unsqueeze(-1), adapted_neighbours, anchors.unsqueeze(1)
+        started, adapted = adapt_rows(module, self.corpus, rows)
+        anchor_index = inverse[: len(batch)]
+        anchors = adapted[anchor_index]
+        # a missing neighbour is the anchor itself, with target 1
+        neighbour_index = torch.where(
+            valid, inverse[len(batch) :].view(neighbours.shape), anchor_index.unsqueeze(1)
         )
-        loss = weights["topk"] * self.topk_loss(anchors, adapted_neighbours, target)
+        target = torch.where(valid, self.neighbour_scores[batch], 1.0)
+        loss = weights["topk"] * self.topk_loss.gathered(anchors, adapted, neighbour_index, target)
         loss = loss + weights["pair"] * self.pair_loss(self.corpus[batch], anchors)
-        return loss + weights["rec"] * self.rec_loss(module.start(original), adapted)
+        return loss + weights["rec"] * self.rec_loss(started, adapted)
 
 
 class SupervisedObjective:
@@ -134,7 +146,7 @@ class SupervisedObjective:
     ) -> torch.Tensor:
         candidates, relevance = self.sample_candidates(batch)
         queries = module(self.queries[batch])
-        documents = module(self.corpus[candidates])
+        documents = adapt_rows(module, self.corpus, candidates)[1]
         loss = self.weights["rank"] * self.rank_loss(queries, documents, relevance)
         if self.distill is not None:
             loss = loss + self.config.distill_weight * self.distill(module, batch, self.generator)
@@ -208,12 +220,15 @@ class DistillationObjective:
     ) -> torch.Tensor:
         rows, teacher, valid = self.candidates(batch, generator)
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
-        adapted = module(self.corpus[unique])
-        documents = adapted[inverse].view(*rows.shape, -1)
-        loss = self.loss(module(self.anchors[batch]), documents, teacher, valid)
+        started, adapted = adapt_rows(module, self.corpus, unique)
+        anchors = module(self.anchors[batch])
+        if isinstance(self.loss, ListwiseDistillationLoss):
+            loss = self.loss.gathered(anchors, adapted, inverse.view(rows.shape), teacher, valid)
+        else:  # a wrapped loss (quantisation-aware training) takes the candidates themselves
+            documents = adapted[inverse].view(*rows.shape, -1)
+            loss = self.loss(anchors, documents, teacher, valid)
         if self.rec_weight > 0:
-            original = self.corpus[unique]
-            loss = loss + self.rec_weight * self.rec_loss(module.start(original), adapted)
+            loss = loss + self.rec_weight * self.rec_loss(started, adapted)
         return loss
 
     @torch.no_grad()
@@ -224,6 +239,8 @@ class DistillationObjective:
         batch = torch.arange(len(self.anchors), device=self.corpus.device)
         rows, teacher, valid = self.candidates(batch, generator)
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
-        documents = module(self.corpus[unique])[inverse].view(*rows.shape, -1)
-        per_size = self.loss.per_size(module(self.anchors), documents, teacher, valid)
+        documents = adapt_rows(module, self.corpus, unique)[1]
+        per_size = self.loss.per_size_gathered(
+            module(self.anchors), documents, inverse.view(rows.shape), teacher, valid
+        )
         return {str(d): float(v) for d, v in zip(self.loss.dims, per_size, strict=True)}

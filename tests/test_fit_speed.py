@@ -1,0 +1,198 @@
+"""The fast training paths equal the slow formulas: one block product for every prefix size,
+neighbours gathered by index, the rotated corpus kept once, bf16 only while training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from madapt_cli import losses
+from madapt_cli.losses import (
+    ListwiseDistillationLoss,
+    PairwiseSimilarityLoss,
+    RankingLoss,
+    TopKSimilarityLoss,
+    prefix_cosine_gathered,
+    prefix_cosine_matrix,
+    prefix_cosine_pairs,
+)
+from madapt_cli.methods.matryoshka import new_adaptor_module, train_distill
+from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.loop import training_dtype
+from madapt_cli.training.objectives import DistillationObjective, UnsupervisedObjective
+
+DIMS = [3, 8, 16, 5, 32]  # unsorted on purpose; 32 is the full width
+ATOL = dict(atol=2e-6, rtol=2e-5)
+
+
+def _slow_matrix(a: torch.Tensor, b: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """The old formula: one normalise-and-multiply per size."""
+    normal = [(F.normalize(a[:, :m], dim=-1), F.normalize(b[:, :m], dim=-1)) for m in dims]
+    return torch.stack([x @ y.T for x, y in normal])
+
+
+def _slow_pairs(a: torch.Tensor, b: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    return torch.stack(
+        [F.cosine_similarity(a[..., :m], b[..., :m], dim=-1, eps=1e-8) for m in dims], -1
+    )
+
+
+def test_every_size_from_one_pass_equals_one_pass_per_size():
+    torch.manual_seed(0)
+    a, b = torch.randn(7, 32), torch.randn(11, 32)
+    torch.testing.assert_close(prefix_cosine_matrix(a, b, DIMS), _slow_matrix(a, b, DIMS), **ATOL)
+    c = torch.randn(7, 32)
+    torch.testing.assert_close(prefix_cosine_pairs(a, c, DIMS), _slow_pairs(a, c, DIMS), **ATOL)
+
+
+@pytest.mark.parametrize("ratio", [64, 0])  # 64: block products gathered; 0: the copy
+def test_gathered_cosines_and_gradients_equal_the_copied_candidates(monkeypatch, ratio):
+    monkeypatch.setattr(losses, "_GATHER_RATIO", ratio)
+    torch.manual_seed(1)
+    anchors = torch.randn(6, 32, requires_grad=True)
+    rows = torch.randn(20, 32, requires_grad=True)
+    index = torch.randint(20, (6, 9))
+    fast = prefix_cosine_gathered(anchors, rows, index, DIMS)
+    slow = _slow_pairs(anchors.unsqueeze(1).expand(6, 9, 32), rows[index], DIMS)
+    torch.testing.assert_close(fast, slow, **ATOL)
+    weights = torch.randn_like(fast)
+    fast_grads = torch.autograd.grad((fast * weights).sum(), [anchors, rows])
+    slow_grads = torch.autograd.grad((slow * weights).sum(), [anchors, rows])
+    for fast_grad, slow_grad in zip(fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(fast_grad, slow_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_each_loss_equals_its_slow_reference_formula_at_every_size():
+    torch.manual_seed(2)
+    original = F.normalize(torch.randn(9, 32), dim=-1)
+    adapted = original + 0.3 * torch.randn(9, 32)
+    weights = [1.0, 2.0, 0.5, 1.0, 3.0]
+    w = torch.tensor(weights) / sum(weights)
+    off = 1.0 - torch.eye(9)
+    gaps = (original @ original.T - _slow_matrix(adapted, adapted, DIMS)).abs() * off
+    expected = (gaps.sum(dim=(1, 2)) * w).sum() / (9 * 8)
+    pair = PairwiseSimilarityLoss(DIMS, weights)(original, adapted)
+    torch.testing.assert_close(pair, expected, **ATOL)
+
+    rows, index = torch.randn(15, 32), torch.randint(15, (9, 4))
+    target = torch.rand(9, 4)
+    slow = _slow_pairs(adapted.unsqueeze(1).expand(9, 4, 32), rows[index], DIMS)
+    expected = ((target.unsqueeze(-1) - slow).abs().mean(dim=(0, 1)) * w).sum()
+    topk = TopKSimilarityLoss(DIMS, weights)
+    torch.testing.assert_close(topk(adapted, rows[index], target), expected, **ATOL)
+    torch.testing.assert_close(topk.gathered(adapted, rows, index, target), expected, **ATOL)
+
+    valid = torch.rand(9, 4) > 0.2
+    teacher = torch.rand(9, 4)
+    log_p = F.log_softmax((teacher / 0.05).masked_fill(~valid, -1e4), -1)
+    q = F.log_softmax((slow / 0.05).movedim(-1, 0).masked_fill(~valid, -1e4), -1)
+    expected = ((log_p.exp() * (log_p - q)).sum(-1).mean(-1) * w).sum()
+    distill = ListwiseDistillationLoss(DIMS, 0.05, weights)
+    torch.testing.assert_close(distill(adapted, rows[index], teacher, valid), expected, **ATOL)
+    gathered = distill.gathered(adapted, rows, index, teacher, valid)
+    torch.testing.assert_close(gathered, expected, **ATOL)
+
+
+def test_ranking_loss_equals_the_per_size_formula():
+    torch.manual_seed(3)
+    queries, documents = torch.randn(4, 32), torch.randn(10, 32)
+    relevance = (torch.rand(4, 10) > 0.6).float() * torch.randint(1, 3, (4, 10))
+    relevance[0, 0] = 2.0
+    total, pairs = torch.zeros(len(DIMS)), 0
+    scores = _slow_matrix(queries, documents, DIMS)
+    for i in range(4):
+        for j in range(10):
+            for k in range(10):
+                if relevance[i, j] > relevance[i, k]:
+                    gap = relevance[i, j] - relevance[i, k]
+                    total += gap * F.softplus((scores[:, i, k] - scores[:, i, j]) / 0.05)
+                    pairs += 1
+    expected = total.mean() / pairs  # equal size weights
+    loss = RankingLoss(DIMS, temperature=0.05, max_better=10)(queries, documents, relevance)
+    torch.testing.assert_close(loss, expected, **ATOL)
+
+
+def _corpus(n: int = 60, d: int = 32, seed: int = 4) -> torch.Tensor:
+    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _trained_module(corpus: torch.Tensor) -> torch.nn.Module:
+    module = new_adaptor_module(corpus, TrainConfig(hidden=16, seed=0))
+    with torch.no_grad():  # a non-zero g, so f is not the rotation alone
+        for parameter in module.g.parameters():
+            parameter.normal_(0.0, 0.2)
+    return module
+
+
+def test_objectives_equal_the_copying_formulas():
+    corpus = _corpus()
+    module = _trained_module(corpus)
+    dims = [4, 8, 32]
+    objective = UnsupervisedObjective(corpus, dims, 5, {"topk": 1.0, "pair": 0.5, "rec": 0.2})
+    batch = torch.tensor([0, 3, 7, 3, 59])
+    neighbours = objective.neighbours[batch]
+    adapted = module(corpus[batch])
+    expected = TopKSimilarityLoss(dims)(
+        adapted, module(corpus[neighbours]), objective.neighbour_scores[batch]
+    )
+    expected = expected + 0.5 * PairwiseSimilarityLoss(dims)(corpus[batch], adapted)
+    rows = torch.unique(torch.cat([batch, neighbours.flatten()]))
+    expected = expected + 0.2 * (module(corpus[rows]) - module.start(corpus[rows])).abs().mean()
+    torch.testing.assert_close(objective(module, batch), expected, **ATOL)
+
+    config = TrainConfig(distill_topk=6, distill_random=5)
+    anchors = _corpus(12, seed=5)
+    distill = DistillationObjective(corpus, anchors, dims, config)
+    batch = torch.tensor([1, 2, 11])
+    rows, teacher, valid = distill.candidates(batch, torch.Generator().manual_seed(9))
+    documents = module(corpus[rows.clamp_min(0)])
+    expected = distill.loss(module(anchors[batch]), documents, teacher, valid)
+    found = distill(module, batch, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(found, expected, **ATOL)
+
+
+def test_the_rotated_corpus_is_kept_once_and_follows_the_rotation():
+    corpus = _corpus()
+    module = _trained_module(corpus)
+    rows = torch.tensor([5, 1, 5])
+    torch.testing.assert_close(module.start_of(corpus, rows), module.start(corpus[rows]))
+    with torch.no_grad():
+        module.rotation.copy_(torch.eye(32))  # a new rotation (e.g. a restored state)
+    torch.testing.assert_close(module.start_of(corpus, rows), corpus[rows])
+    module.forget_start()
+    assert module._started is None
+
+
+def test_bf16_trains_in_reduced_precision_and_evaluates_in_float32():
+    assert training_dtype("auto", torch.device("cpu")) is None
+    assert training_dtype("fp32", torch.device("cuda")) is None
+    assert training_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    corpus = _corpus()
+    module = _trained_module(corpus)
+    module.autocast_dtype = torch.bfloat16
+    module.train()
+    reduced = module(corpus)
+    module.eval()
+    exact = module(corpus)
+    assert reduced.dtype == exact.dtype == torch.float32
+    gap = (reduced - exact).abs().max().item()
+    assert 0 < gap < 0.05  # bf16 arithmetic in training only
+    module.autocast_dtype = None
+    module.train()
+    torch.testing.assert_close(module(corpus), exact)
+
+
+def test_a_bf16_fit_learns_and_leaves_a_float32_module():
+    corpus = _corpus(200, 32, seed=6).numpy()
+    queries = _corpus(40, 32, seed=7).numpy()
+    losses_seen = {}
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig(hidden=32, distill_epochs=3, seed=0, device="cpu")
+        config.distill_topk, config.distill_random, config.train_dims = 20, 8, [4, 8, 32]
+        config.precision = precision
+        result = train_distill(corpus, queries, config)
+        assert result.module.autocast_dtype is None and result.module._started is None
+        losses_seen[precision] = [r["loss"] for r in result.history if r["loss"] is not None]
+    assert losses_seen["bf16"][-1] < losses_seen["bf16"][0]
+    assert losses_seen["bf16"][0] == pytest.approx(losses_seen["fp32"][0], rel=0.05)
