@@ -274,3 +274,60 @@ class ListwiseDistillationLoss(nn.Module):
         log_p = F.log_softmax(teacher, dim=-1)  # (B, C)
         log_q = F.log_softmax(student, dim=-1)  # (|M|, B, C)
         return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)  # (|M|,)
+
+
+# --- unsup ---
+def _masked_standardise(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(scores - mean) / std over the last axis, counting only ``valid`` entries."""
+    weight = valid.to(scores.dtype)
+    count = weight.sum(-1, keepdim=True).clamp_min(1.0)
+    mean = (scores * weight).sum(-1, keepdim=True) / count
+    spread = ((scores - mean) ** 2 * weight).sum(-1, keepdim=True) / count
+    return (scores - mean) / spread.clamp_min(_EPS).sqrt()
+
+
+class ScaleFreeDistillationLoss(ListwiseDistillationLoss):
+    """L_distill with the student's scores standardised per anchor and size.
+
+    L = sum over m in M of w_m * mean over anchors i of KL(p_i || q_i^m)
+
+        p_i(j)   = softmax over j in C_i of sim(e_i, e_j) / tau                    (teacher)
+        q_i^m(j) = softmax over j in C_i of sigma_i * z_m(f(e_i), f(e_j)) / tau    (student)
+
+    z_m the prefix-m cosines of the anchor's candidates standardised over C_i (minus their
+    mean, over their standard deviation), sigma_i the standard deviation of the teacher's
+    cosines over C_i. The student is scored on its order and relative spacing only: a
+    prefix whose cosines spread wider or narrower than the full-size ones (short prefixes
+    do) costs nothing, which :class:`ListwiseDistillationLoss` (student / tau, the same tau)
+    penalises. Per-query score standardisation before a listwise softmax is the usual
+    calibration-free form of score distillation (cf. "z-score normalisation" of teacher and
+    student logits, Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024).
+    """
+
+    def per_size(
+        self,
+        adapted_anchors: torch.Tensor,
+        adapted_candidates: torch.Tensor,
+        teacher_similarity: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if valid is None:
+            valid = torch.ones_like(teacher_similarity, dtype=torch.bool)
+        student = prefix_cosine_pairs(
+            adapted_anchors.unsqueeze(1).expand_as(adapted_candidates),
+            adapted_candidates,
+            self.dims,
+        ).movedim(-1, 0)  # (|M|, B, C)
+        weight = valid.to(teacher_similarity.dtype)
+        count = weight.sum(-1, keepdim=True).clamp_min(1.0)
+        mean = (teacher_similarity * weight).sum(-1, keepdim=True) / count
+        sigma = (((teacher_similarity - mean) ** 2 * weight).sum(-1, keepdim=True) / count).sqrt()
+        student = _masked_standardise(student, valid) * sigma / self.temperature
+        teacher = (teacher_similarity / self.temperature).masked_fill(~valid, -1e4)
+        student = student.masked_fill(~valid, -1e4)
+        log_p = F.log_softmax(teacher, dim=-1)  # (B, C)
+        log_q = F.log_softmax(student, dim=-1)  # (|M|, B, C)
+        return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)  # (|M|,)
+
+
+# --- end unsup ---

@@ -21,6 +21,7 @@ from torch import nn
 
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
+from madapt_cli.losses import ScaleFreeDistillationLoss
 from madapt_cli.methods.base import Fitted, Method, TrainingData
 from madapt_cli.training.anchors import anchor_record
 from madapt_cli.training.config import EpochCallback, TrainConfig, TrainResult, seed_everything
@@ -135,7 +136,7 @@ def train_distill(
     )
     started = time.perf_counter()
     train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
-    objective = DistillationObjective(
+    objective = distillation_objective(
         vectors,
         anchor_vectors[torch.from_numpy(train_index).to(device)],
         dims,
@@ -144,6 +145,7 @@ def train_distill(
         train_rows,
     )
     add_quantization_term(objective, config.quantization_aware)
+    corpus_objective = _corpus_anchor_objective(vectors, anchor_vectors, rows, dims, config)
     mined = time.perf_counter() - started
     validation = build_validation(vectors, validation_data, dims, config, device)
     if validation is None and len(proxy_index) > 0:
@@ -157,11 +159,59 @@ def train_distill(
     order = EpochOrder(len(train_index), batch_size, device)
 
     def step(gen: torch.Generator) -> torch.Tensor:
-        return objective(module, order.next(gen), gen)
+        loss = objective(module, order.next(gen), gen)
+        if corpus_objective is not None:
+            loss = loss + corpus_objective(module, corpus_order.next(gen), gen)
+        return loss
 
+    if corpus_objective is not None:
+        corpus_batch = max(1, round(batch_size * config.distill_corpus_ratio))
+        corpus_order = EpochOrder(len(corpus_objective.anchors), corpus_batch, device)
     stage = Stage("distill", config.distill_epochs, steps, config.distill_lr)
     history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
     return TrainResult(module.cpu().eval(), history, best, mined)
+
+
+def distillation_objective(  # noqa: PLR0913 - DistillationObjective's arguments
+    vectors: torch.Tensor,
+    anchors: torch.Tensor,
+    dims: list[int],
+    config: TrainConfig,
+    dim_weights: list[float] | None,
+    anchor_rows: torch.Tensor | None = None,
+) -> DistillationObjective:
+    """A :class:`DistillationObjective` whose loss is ``config.distill_loss``'s."""
+    objective = DistillationObjective(vectors, anchors, dims, config, dim_weights, anchor_rows)
+    if config.distill_loss == "scale-free":
+        objective.loss = ScaleFreeDistillationLoss(
+            dims, config.distill_temperature, dim_weights
+        ).to(vectors.device)
+    return objective
+
+
+def _corpus_anchor_objective(
+    vectors: torch.Tensor,
+    anchor_vectors: torch.Tensor,
+    rows: np.ndarray | None,
+    dims: list[int],
+    config: TrainConfig,
+) -> DistillationObjective | None:
+    """L_distill over corpus rows as extra anchors beside unlabelled queries
+    (``config.distill_corpus_ratio`` of them per query anchor of a step; None when 0 or when
+    the anchors already are corpus rows). With ``config.distill_corpus_shift`` each corpus
+    anchor moves by mean(queries) - mean(corpus) first, so that it sits where queries do."""
+    if config.distill_corpus_ratio <= 0 or rows is not None:
+        return None
+    device = vectors.device
+    rng = np.random.default_rng(config.seed + 1)
+    count = min(len(vectors), config.distill_max_anchors)
+    corpus_rows = torch.from_numpy(np.sort(rng.permutation(len(vectors))[:count])).to(device)
+    anchors = vectors[corpus_rows]
+    if config.distill_corpus_shift:
+        anchors = F.normalize(anchors + anchor_vectors.mean(0) - vectors.mean(0), dim=-1)
+    return distillation_objective(
+        vectors, anchors, dims, config, config.dim_weights(dims), corpus_rows
+    )
 
 
 def _split_anchors(
@@ -212,7 +262,7 @@ def _ranking_proxy(
         selection,
         held_rows,
         monitor,
-        held_out_kl=DistillationObjective(
+        held_out_kl=distillation_objective(
             vectors,
             held_out,
             dims,

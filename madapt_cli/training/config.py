@@ -70,7 +70,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group("hidden positives_per_query", _optional(_count(1)), "a whole number >= 1"),
     *_group("lr supervised_lr temperature", _positive, "a positive finite number"),
     *_group(
-        "weight_decay alpha beta gamma distill_rec_weight distill_weight",
+        "weight_decay alpha beta gamma distill_rec_weight distill_weight distill_corpus_ratio",
         _optional(_non_negative),
         "a finite number >= 0",
     ),
@@ -86,6 +86,11 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ),
     *_group("train_dims validation_dims", _sizes, "whole numbers >= 1"),
     *_group("proxy", lambda value: value in ("kl", "overlap"), "'kl' or 'overlap'"),
+    *_group(
+        "distill_loss",
+        lambda value: value in ("listwise", "scale-free"),
+        "'listwise' or 'scale-free'",
+    ),
     *_group(
         "objective",
         lambda value: value in ("auto", "distill", "paper"),
@@ -149,6 +154,14 @@ class TrainConfig:
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
+    # --- unsup ---
+    # corpus rows added as anchors beside unlabelled queries: per query anchor of a step
+    distill_corpus_ratio: float = 0.0
+    # shift those corpus anchors by mean(queries) - mean(corpus) (pseudo-queries)
+    distill_corpus_shift: bool = False
+    # "listwise": ListwiseDistillationLoss; "scale-free": ScaleFreeDistillationLoss
+    distill_loss: str = "listwise"
+    # --- end unsup ---
     quantization_aware: str | None = None  # "binary": training/quantization.py's term
     # --- supervised: stage 1's objective ("distill": the training queries as unlabelled
     # anchors) and the weight of L_distill over the training queries beside L_rank in stage 2
