@@ -38,6 +38,7 @@ from madapt_cli.training.objectives import (
     UnsupervisedObjective,
 )
 from madapt_cli.training.progress import EpochProgress
+from madapt_cli.training.student_negatives import StudentNegativesObjective
 from madapt_cli.training.quantization import add_quantization_term, quantization_record
 from madapt_cli.training.validation import (
     RankingProxy,
@@ -141,8 +142,9 @@ def train_distill(
         anchor_vectors[torch.from_numpy(train_index).to(device)],
         dims,
         config,
-        config.dim_weights(dims),
+        distill_size_weights(config, dims),
         train_rows,
+        mine=True,
     )
     add_quantization_term(objective, config.quantization_aware)
     corpus_objective = _corpus_anchor_objective(vectors, anchor_vectors, rows, dims, config)
@@ -158,7 +160,12 @@ def train_distill(
     generator = device_generator(device, config.seed)
     order = EpochOrder(len(train_index), batch_size, device)
 
+    taken = [0]
+
     def step(gen: torch.Generator) -> torch.Tensor:
+        if taken[0] % steps == 0 and isinstance(objective, StudentNegativesObjective):
+            objective.refresh(module)  # each epoch: the student's current mistakes
+        taken[0] += 1
         loss = objective(module, order.next(gen), gen)
         if corpus_objective is not None:
             loss = loss + corpus_objective(module, corpus_order.next(gen), gen)
@@ -172,6 +179,20 @@ def train_distill(
     return TrainResult(module.cpu().eval(), history, best, mined)
 
 
+def distill_size_weights(config: TrainConfig, dims: list[int]) -> list[float]:
+    """L_distill's weight of each trained size: ``config.distill_size_weights`` (one per
+    size) when given, else ``config.dim_weights``."""
+    weights = config.distill_size_weights
+    if weights is None:
+        return config.dim_weights(dims)
+    if len(weights) != len(dims):
+        raise InputError(
+            f"TrainConfig.distill_size_weights has {len(weights)} weights for {len(dims)} "
+            f"trained sizes ({', '.join(map(str, dims))})"
+        )
+    return [float(w) for w in weights]
+
+
 def distillation_objective(  # noqa: PLR0913 - DistillationObjective's arguments
     vectors: torch.Tensor,
     anchors: torch.Tensor,
@@ -179,9 +200,24 @@ def distillation_objective(  # noqa: PLR0913 - DistillationObjective's arguments
     config: TrainConfig,
     dim_weights: list[float] | None,
     anchor_rows: torch.Tensor | None = None,
+    mine: bool = False,
 ) -> DistillationObjective:
-    """A :class:`DistillationObjective` whose loss is ``config.distill_loss``'s."""
-    objective = DistillationObjective(vectors, anchors, dims, config, dim_weights, anchor_rows)
+    """A :class:`DistillationObjective` whose loss is ``config.distill_loss``'s; with
+    ``mine`` and ``config.distill_student_negatives``, a :class:`StudentNegativesObjective`
+    over the two smallest trained sizes."""
+    if mine and config.distill_student_negatives > 0:
+        objective: DistillationObjective = StudentNegativesObjective(
+            vectors,
+            anchors,
+            dims,
+            config,
+            dim_weights,
+            anchor_rows,
+            mined_dims=sorted(dims)[:2],
+            count=config.distill_student_negatives,
+        )
+    else:
+        objective = DistillationObjective(vectors, anchors, dims, config, dim_weights, anchor_rows)
     if config.distill_loss == "scale-free":
         objective.loss = ScaleFreeDistillationLoss(
             dims, config.distill_temperature, dim_weights
@@ -210,7 +246,7 @@ def _corpus_anchor_objective(
     if config.distill_corpus_shift:
         anchors = F.normalize(anchors + anchor_vectors.mean(0) - vectors.mean(0), dim=-1)
     return distillation_objective(
-        vectors, anchors, dims, config, config.dim_weights(dims), corpus_rows
+        vectors, anchors, dims, config, distill_size_weights(config, dims), corpus_rows
     )
 
 

@@ -60,7 +60,8 @@ def _group(
 #: (field, valid, what it must be), checked in this order by TrainConfig.validate
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group(
-        "epochs supervised_epochs hard_negatives distill_epochs distill_random",
+        "epochs supervised_epochs hard_negatives distill_epochs distill_random "
+        "distill_student_negatives",
         _count(0),
         "a whole number >= 0",
     ),
@@ -85,6 +86,12 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "a whole number in 0..4294967295",
     ),
     *_group("train_dims validation_dims", _sizes, "whole numbers >= 1"),
+    *_group(
+        "distill_size_weights",
+        lambda value: value is None
+        or (bool(value) and all(_non_negative(w) for w in value) and sum(value) > 0),
+        "non-negative numbers, not all 0",
+    ),
     *_group("proxy", lambda value: value in ("kl", "overlap"), "'kl' or 'overlap'"),
     *_group(
         "distill_loss",
@@ -161,6 +168,10 @@ class TrainConfig:
     distill_corpus_shift: bool = False
     # "listwise": ListwiseDistillationLoss; "scale-free": ScaleFreeDistillationLoss
     distill_loss: str = "listwise"
+    distill_size_weights: list[float] | None = None  # one per trained size; None: dim_weighting
+    # per anchor and epoch, the student's top-n rows at the two smallest sizes join the
+    # candidates (training/student_negatives.py); 0: off
+    distill_student_negatives: int = 0
     # --- end unsup ---
     quantization_aware: str | None = None  # "binary": training/quantization.py's term
     # --- supervised: stage 1's objective ("distill": the training queries as unlabelled
