@@ -21,7 +21,6 @@ from torch import nn
 
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
-from madapt_cli.losses import ScaleFreeDistillationLoss
 from madapt_cli.methods.base import Fitted, Method, TrainingData
 from madapt_cli.training.anchors import anchor_record
 from madapt_cli.training.config import EpochCallback, TrainConfig, TrainResult, seed_everything
@@ -38,8 +37,8 @@ from madapt_cli.training.objectives import (
     UnsupervisedObjective,
 )
 from madapt_cli.training.progress import EpochProgress
-from madapt_cli.training.student_negatives import StudentNegativesObjective
 from madapt_cli.training.quantization import add_quantization_term, quantization_record
+from madapt_cli.training.student_negatives import StudentNegativesObjective
 from madapt_cli.training.validation import (
     RankingProxy,
     build_validation,
@@ -147,7 +146,6 @@ def train_distill(
         mine=True,
     )
     add_quantization_term(objective, config.quantization_aware)
-    corpus_objective = _corpus_anchor_objective(vectors, anchor_vectors, rows, dims, config)
     mined = time.perf_counter() - started
     validation = build_validation(vectors, validation_data, dims, config, device)
     if validation is None and len(proxy_index) > 0:
@@ -166,14 +164,8 @@ def train_distill(
         if taken[0] % steps == 0 and isinstance(objective, StudentNegativesObjective):
             objective.refresh(module)  # each epoch: the student's current mistakes
         taken[0] += 1
-        loss = objective(module, order.next(gen), gen)
-        if corpus_objective is not None:
-            loss = loss + corpus_objective(module, corpus_order.next(gen), gen)
-        return loss
+        return objective(module, order.next(gen), gen)
 
-    if corpus_objective is not None:
-        corpus_batch = max(1, round(batch_size * config.distill_corpus_ratio))
-        corpus_order = EpochOrder(len(corpus_objective.anchors), corpus_batch, device)
     stage = Stage("distill", config.distill_epochs, steps, config.distill_lr)
     history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
     return TrainResult(module.cpu().eval(), history, best, mined)
@@ -193,7 +185,7 @@ def distill_size_weights(config: TrainConfig, dims: list[int]) -> list[float]:
     return [float(w) for w in weights]
 
 
-def distillation_objective(  # noqa: PLR0913 - DistillationObjective's arguments
+def distillation_objective(
     vectors: torch.Tensor,
     anchors: torch.Tensor,
     dims: list[int],
@@ -202,9 +194,9 @@ def distillation_objective(  # noqa: PLR0913 - DistillationObjective's arguments
     anchor_rows: torch.Tensor | None = None,
     mine: bool = False,
 ) -> DistillationObjective:
-    """A :class:`DistillationObjective` whose loss is ``config.distill_loss``'s; with
-    ``mine`` and ``config.distill_student_negatives``, a :class:`StudentNegativesObjective`
-    over the two smallest trained sizes."""
+    """A :class:`DistillationObjective`; with ``mine`` and
+    ``config.distill_student_negatives``, a :class:`StudentNegativesObjective` over the two
+    smallest trained sizes."""
     if mine and config.distill_student_negatives > 0:
         objective: DistillationObjective = StudentNegativesObjective(
             vectors,
@@ -218,36 +210,7 @@ def distillation_objective(  # noqa: PLR0913 - DistillationObjective's arguments
         )
     else:
         objective = DistillationObjective(vectors, anchors, dims, config, dim_weights, anchor_rows)
-    if config.distill_loss == "scale-free":
-        objective.loss = ScaleFreeDistillationLoss(
-            dims, config.distill_temperature, dim_weights
-        ).to(vectors.device)
     return objective
-
-
-def _corpus_anchor_objective(
-    vectors: torch.Tensor,
-    anchor_vectors: torch.Tensor,
-    rows: np.ndarray | None,
-    dims: list[int],
-    config: TrainConfig,
-) -> DistillationObjective | None:
-    """L_distill over corpus rows as extra anchors beside unlabelled queries
-    (``config.distill_corpus_ratio`` of them per query anchor of a step; None when 0 or when
-    the anchors already are corpus rows). With ``config.distill_corpus_shift`` each corpus
-    anchor moves by mean(queries) - mean(corpus) first, so that it sits where queries do."""
-    if config.distill_corpus_ratio <= 0 or rows is not None:
-        return None
-    device = vectors.device
-    rng = np.random.default_rng(config.seed + 1)
-    count = min(len(vectors), config.distill_max_anchors)
-    corpus_rows = torch.from_numpy(np.sort(rng.permutation(len(vectors))[:count])).to(device)
-    anchors = vectors[corpus_rows]
-    if config.distill_corpus_shift:
-        anchors = F.normalize(anchors + anchor_vectors.mean(0) - vectors.mean(0), dim=-1)
-    return distillation_objective(
-        vectors, anchors, dims, config, distill_size_weights(config, dims), corpus_rows
-    )
 
 
 def _split_anchors(

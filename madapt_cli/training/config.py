@@ -71,7 +71,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group("hidden positives_per_query", _optional(_count(1)), "a whole number >= 1"),
     *_group("lr supervised_lr temperature", _positive, "a positive finite number"),
     *_group(
-        "weight_decay alpha beta gamma distill_rec_weight distill_weight distill_corpus_ratio",
+        "weight_decay alpha beta gamma distill_rec_weight distill_weight",
         _optional(_non_negative),
         "a finite number >= 0",
     ),
@@ -88,16 +88,13 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group("train_dims validation_dims", _sizes, "whole numbers >= 1"),
     *_group(
         "distill_size_weights",
-        lambda value: value is None
-        or (bool(value) and all(_non_negative(w) for w in value) and sum(value) > 0),
+        lambda value: (
+            value is None
+            or (bool(value) and all(_non_negative(w) for w in value) and sum(value) > 0)
+        ),
         "non-negative numbers, not all 0",
     ),
     *_group("proxy", lambda value: value in ("kl", "overlap"), "'kl' or 'overlap'"),
-    *_group(
-        "distill_loss",
-        lambda value: value in ("listwise", "scale-free"),
-        "'listwise' or 'scale-free'",
-    ),
     *_group(
         "objective",
         lambda value: value in ("auto", "distill", "paper"),
@@ -162,12 +159,6 @@ class TrainConfig:
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
     # --- unsup ---
-    # corpus rows added as anchors beside unlabelled queries: per query anchor of a step
-    distill_corpus_ratio: float = 0.0
-    # shift those corpus anchors by mean(queries) - mean(corpus) (pseudo-queries)
-    distill_corpus_shift: bool = False
-    # "listwise": ListwiseDistillationLoss; "scale-free": ScaleFreeDistillationLoss
-    distill_loss: str = "listwise"
     distill_size_weights: list[float] | None = None  # one per trained size; None: dim_weighting
     # per anchor and epoch, the student's top-n rows at the two smallest sizes join the
     # candidates (training/student_negatives.py); 0: off

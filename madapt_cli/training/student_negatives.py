@@ -28,7 +28,7 @@ class StudentNegativesObjective(DistillationObjective):
     none before the first refresh). A mined row that is already a candidate, or the anchor
     itself, is masked out."""
 
-    def __init__(  # noqa: PLR0913 - DistillationObjective's arguments and the mining settings
+    def __init__(
         self,
         corpus: torch.Tensor,
         anchors: torch.Tensor,
