@@ -16,6 +16,10 @@ with the `madapt fit --method smec` defaults; ``--smec-set sequential=false`` ov
 ``SMECOptions`` field). For distill and distill-corpus the test
 nDCG@10 of every epoch is recorded beside the label-free proxy (never used to choose), so
 ``--json`` holds what the proxy/test correlation needs.
+
+``--labelled-validation 0.3`` (for choosing defaults without test): 30% of the train qrels'
+queries (one fixed split, the same for every seed and setting) are held out from the anchors
+and their nDCG@10 is printed and stored (``labelled_validation``) beside the test one.
 """
 
 from __future__ import annotations
