@@ -16,6 +16,10 @@ with the `madapt fit --method smec` defaults; ``--smec-set sequential=false`` ov
 ``SMECOptions`` field). For distill and distill-corpus the test
 nDCG@10 of every epoch is recorded beside the label-free proxy (never used to choose), so
 ``--json`` holds what the proxy/test correlation needs.
+
+``--labelled-validation 0.3`` (for choosing defaults without test): 30% of the train qrels'
+queries (one fixed split, the same for every seed and setting) are held out from the anchors
+and their nDCG@10 is printed and stored (``labelled_validation``) beside the test one.
 """
 
 from __future__ import annotations
@@ -84,6 +88,14 @@ def main() -> None:
         help="distill: the unlabelled queries to learn from (qrels TSV or one id a line; "
         "default the train qrels' queries)",
     )
+    parser.add_argument(
+        "--labelled-validation",
+        type=float,
+        default=0.0,
+        help="distill: hold out this fraction of the train qrels' queries (a fixed split, the "
+        "same for every seed and setting) as labelled validation: never anchors, never test; "
+        "their nDCG@10 is reported beside the test one (what chooses defaults)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -133,6 +145,12 @@ def main() -> None:
 
     anchor_ids = read_query_ids(args.query_ids) if args.query_ids else train_ids
     anchor_ids = [q for q in data["query_ids"] if q in set(anchor_ids)]
+    validation_ids: list[str] = []
+    if args.labelled_validation > 0:
+        split = np.random.default_rng(12345).permutation(len(train_ids))
+        held = round(len(train_ids) * args.labelled_validation)
+        validation_ids = sorted(train_ids[i] for i in split[:held])
+        anchor_ids = [q for q in anchor_ids if q not in set(validation_ids)]
     leaked = set(anchor_ids) & set(test_qrels)
     if leaked:
         raise SystemExit(f"{len(leaked)} of the --query-ids are test queries")
@@ -145,6 +163,8 @@ def main() -> None:
     }
     curves: dict[str, list] = {}
     table: dict[str, dict[str, float]] = {}
+    validation_table: dict[str, dict[str, float]] = {}
+    validation_qrels = {q: train_qrels[q] for q in validation_ids}
     timings: dict[str, float] = {}
     for method in args.methods.split(","):
         started = time.perf_counter()
@@ -204,6 +224,13 @@ def main() -> None:
             raise SystemExit(f"unknown method {method}")
         timings[method] = time.perf_counter() - started
         table[method] = evaluate(adaptor, data, test_qrels, dims)
+        if validation_ids:
+            validation_table[method] = evaluate(adaptor, data, validation_qrels, dims)
+            print(
+                f"{method:>12} labelled validation ({len(validation_ids)} train queries): "
+                + "  ".join(f"{d}:{v:.4f}" for d, v in validation_table[method].items()),
+                flush=True,
+            )
         print(
             f"{method:>12}: "
             + "  ".join(f"{d}:{v:.4f}" for d, v in table[method].items())
@@ -216,6 +243,7 @@ def main() -> None:
             json.dumps(
                 {
                     "results": table,
+                    "labelled_validation": validation_table,
                     "seconds": timings,
                     "config": vars(args),
                     "curves": curves,

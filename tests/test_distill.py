@@ -16,6 +16,7 @@ from madapt_cli.losses import ListwiseDistillationLoss
 from madapt_cli.methods.matryoshka import new_adaptor_module, train_distill
 from madapt_cli.training.anchors import anchor_record, learned_overlap, read_query_ids
 from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.student_negatives import StudentNegativesObjective
 from madapt_cli.training.validation import RankingProxy, topk_overlap
 
 
@@ -128,6 +129,41 @@ def test_choice_never_ends_below_the_start():
         start = new_adaptor_module(vectors, config).eval()
         with torch.no_grad():
             assert torch.allclose(result.module(vectors), start(vectors), atol=1e-6)
+
+
+def test_student_negatives_join_the_candidates_once_and_skip_the_anchor():
+    corpus, _ = _subspace_problem()
+    vectors = F.normalize(torch.from_numpy(corpus), dim=-1)
+    rows = torch.arange(20)
+    objective = StudentNegativesObjective(
+        vectors, vectors[rows], [4, 32], _config(), None, rows, mined_dims=[4, 8], count=15
+    )
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.arange(8)
+    before = objective.candidates(batch, torch.Generator().manual_seed(0))
+    objective.refresh(new_adaptor_module(vectors, _config()).eval())
+    assert objective.mined is not None and objective.mined.shape == (20, 30)
+    candidates, teacher, valid = objective.candidates(batch, generator)
+    assert candidates.shape[1] == before[0].shape[1] + 30
+    for i in range(len(batch)):
+        kept = candidates[i][valid[i]].tolist()
+        assert len(kept) == len(set(kept))  # no row twice
+        assert int(rows[i]) not in kept  # never the anchor itself
+        # the teacher scores a mined row by its full-size cosine
+        j = int(valid[i].nonzero()[-1])
+        expected = float(vectors[rows[i]] @ vectors[candidates[i, j]])
+        assert float(teacher[i, j]) == pytest.approx(expected, abs=1e-5)
+    # rows that the student ranks high at 4 dims but the teacher does not: some are new
+    assert int(valid[:, before[0].shape[1] :].sum()) > 0
+
+
+def test_student_negatives_train_and_size_weights_are_checked():
+    corpus, queries = _subspace_problem()
+    result = train_distill(corpus, queries, _config(distill_student_negatives=10))
+    start, best = result.history[0], result.best
+    assert best["held-out kl"]["4"] < 0.7 * start["held-out kl"]["4"]
+    with pytest.raises(InputError, match="distill_size_weights has 2 weights for 3"):
+        train_distill(corpus, queries, _config(distill_size_weights=[1.0, 2.0]))
 
 
 # --- --query-ids --------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ def test_binary_qat_distill_improves_the_codes_it_trains() -> None:
         config = TrainConfig(
             seed=0, device="cpu", train_dims=[4, 16], distill_epochs=12, distill_topk=20,
             distill_random=8, batch_size=32, patience=100, quantization_aware=qat,
+            distill_lr=1e-3, distill_student_negatives=0,  # the setting this was measured at
         )  # fmt: skip
         result = train_distill(corpus, corpus[:60] + 0.01, config)
         scores[qat] = _binary_agreement(result.module, corpus, 4)

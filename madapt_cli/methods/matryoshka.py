@@ -38,6 +38,7 @@ from madapt_cli.training.objectives import (
 )
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.training.quantization import add_quantization_term, quantization_record
+from madapt_cli.training.student_negatives import StudentNegativesObjective
 from madapt_cli.training.validation import (
     RankingProxy,
     build_validation,
@@ -135,13 +136,14 @@ def train_distill(
     )
     started = time.perf_counter()
     train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
-    objective = DistillationObjective(
+    objective = distillation_objective(
         vectors,
         anchor_vectors[torch.from_numpy(train_index).to(device)],
         dims,
         config,
-        config.dim_weights(dims),
+        distill_size_weights(config, dims),
         train_rows,
+        mine=True,
     )
     add_quantization_term(objective, config.quantization_aware)
     mined = time.perf_counter() - started
@@ -156,12 +158,59 @@ def train_distill(
     generator = device_generator(device, config.seed)
     order = EpochOrder(len(train_index), batch_size, device)
 
+    taken = [0]
+
     def step(gen: torch.Generator) -> torch.Tensor:
+        if taken[0] % steps == 0 and isinstance(objective, StudentNegativesObjective):
+            objective.refresh(module)  # each epoch: the student's current mistakes
+        taken[0] += 1
         return objective(module, order.next(gen), gen)
 
     stage = Stage("distill", config.distill_epochs, steps, config.distill_lr)
     history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
     return TrainResult(module.cpu().eval(), history, best, mined)
+
+
+def distill_size_weights(config: TrainConfig, dims: list[int]) -> list[float]:
+    """L_distill's weight of each trained size: ``config.distill_size_weights`` (one per
+    size) when given, else ``config.dim_weights``."""
+    weights = config.distill_size_weights
+    if weights is None:
+        return config.dim_weights(dims)
+    if len(weights) != len(dims):
+        raise InputError(
+            f"TrainConfig.distill_size_weights has {len(weights)} weights for {len(dims)} "
+            f"trained sizes ({', '.join(map(str, dims))})"
+        )
+    return [float(w) for w in weights]
+
+
+def distillation_objective(
+    vectors: torch.Tensor,
+    anchors: torch.Tensor,
+    dims: list[int],
+    config: TrainConfig,
+    dim_weights: list[float] | None,
+    anchor_rows: torch.Tensor | None = None,
+    mine: bool = False,
+) -> DistillationObjective:
+    """A :class:`DistillationObjective`; with ``mine`` and
+    ``config.distill_student_negatives``, a :class:`StudentNegativesObjective` over the two
+    smallest trained sizes."""
+    if mine and config.distill_student_negatives > 0:
+        objective: DistillationObjective = StudentNegativesObjective(
+            vectors,
+            anchors,
+            dims,
+            config,
+            dim_weights,
+            anchor_rows,
+            mined_dims=sorted(dims)[:2],
+            count=config.distill_student_negatives,
+        )
+    else:
+        objective = DistillationObjective(vectors, anchors, dims, config, dim_weights, anchor_rows)
+    return objective
 
 
 def _split_anchors(
@@ -212,7 +261,7 @@ def _ranking_proxy(
         selection,
         held_rows,
         monitor,
-        held_out_kl=DistillationObjective(
+        held_out_kl=distillation_objective(
             vectors,
             held_out,
             dims,

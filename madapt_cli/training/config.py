@@ -60,7 +60,8 @@ def _group(
 #: (field, valid, what it must be), checked in this order by TrainConfig.validate
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group(
-        "epochs supervised_epochs hard_negatives distill_epochs distill_random",
+        "epochs supervised_epochs hard_negatives distill_epochs distill_random "
+        "distill_student_negatives",
         _count(0),
         "a whole number >= 0",
     ),
@@ -85,6 +86,14 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "a whole number in 0..4294967295",
     ),
     *_group("train_dims validation_dims", _sizes, "whole numbers >= 1"),
+    *_group(
+        "distill_size_weights",
+        lambda value: (
+            value is None
+            or (bool(value) and all(_non_negative(w) for w in value) and sum(value) > 0)
+        ),
+        "non-negative numbers, not all 0",
+    ),
     *_group("proxy", lambda value: value in ("kl", "overlap"), "'kl' or 'overlap'"),
     *_group(
         "objective",
@@ -155,12 +164,18 @@ class TrainConfig:
     distill_topk: int = 100  # full-size neighbours per anchor (teacher candidates)
     distill_random: int = 64  # random corpus rows added to every anchor's candidates per step
     distill_temperature: float = 0.05
-    distill_lr: float = 1e-3
+    distill_lr: float = 2e-3  # was 1e-3: docs/benchmarks.md, chosen on labelled validation
     distill_rec_weight: float = 0.0  # weight of L_rec (stay near the start) beside L_distill
     distill_epochs: int = 16
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
+    # --- unsup ---
+    distill_size_weights: list[float] | None = None  # one per trained size; None: dim_weighting
+    # per anchor and epoch, the student's top-n rows at the two smallest sizes join the
+    # candidates (training/student_negatives.py); 0: off
+    distill_student_negatives: int = 20
+    # --- end unsup ---
     quantization_aware: str | None = None  # "binary": training/quantization.py's term
     # --- sup ---
     # supervised: stage 1's objective ("distill": the training queries as unlabelled anchors;

@@ -122,7 +122,11 @@ class QuantizationAwareLoss(nn.Module):
 
 
 #: the objective attribute holding its ranking loss, by objective class name
-_RANKING_LOSS = {"SupervisedObjective": "rank_loss", "DistillationObjective": "loss"}
+_RANKING_LOSS = {
+    "SupervisedObjective": "rank_loss",
+    "DistillationObjective": "loss",
+    "StudentNegativesObjective": "loss",  # training/student_negatives.py's subclass
+}
 
 
 def add_quantization_term(objective: Any, precision: str | None) -> None:
