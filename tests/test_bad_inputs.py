@@ -575,6 +575,12 @@ CASES = [
         r"/nope\b",
         absent=("qs",),
     ),
+    case(
+        "quickstart-unknown-backend",
+        lambda c: ["quickstart", "--backend", "tensorrt", "--out", c.p("qs")],
+        r"--backend.*'tensorrt'",
+        absent=("qs",),
+    ),
     case("quickstart-out-is-file", lambda c: ["quickstart", "--out", c.file("qs", "x")], r"/qs\b"),
     # import --------------------------------------------------------------------------------------
     case(

@@ -23,6 +23,12 @@ def register(app: typer.Typer) -> None:
             None, "--data", help="A BEIR folder [default: the bundled SciFact]."
         ),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        backend: str = typer.Option(
+            "torch",
+            "--backend",
+            help="torch, onnx or openvino: the local model's runtime, as in `madapt embed` "
+            "(onnx and openvino need the `fast` extra).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Embed SciFact, fit PCA and two adaptors, and compare them at 32-256 dimensions."""
@@ -31,7 +37,9 @@ def register(app: typer.Typer) -> None:
 
         started = time.perf_counter()
         with console.ProgressPrinter(quiet=as_json) as progress:
-            report = run_quickstart(out, data, device, log=console.log, progress=progress)
+            report = run_quickstart(
+                out, data, device, log=console.log, progress=progress, backend=backend
+            )
         if as_json:
             console.print_json(report.to_json())
             return

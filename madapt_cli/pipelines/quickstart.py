@@ -56,10 +56,12 @@ def run_quickstart(
     device: str = "auto",
     log: Callable[[str], None] = print,
     progress: Progress | None = None,
+    backend: str = "torch",
 ):  # -> EvaluationReport
     """Embed, fit (PCA, unsupervised, supervised), evaluate at 32-256 and full size, report.
 
-    ``log`` gets a line as each step starts; ``progress`` the embedding's events."""
+    ``backend``: the local model's (``madapt embed --backend``). ``log`` gets a line as each
+    step starts; ``progress`` the embedding's events."""
     from madapt_cli.data import BeirDataset
     from madapt_cli.pipelines.embed import run_embed
     from madapt_cli.pipelines.evaluate import EvalOptions, run_evaluation
@@ -70,6 +72,7 @@ def run_quickstart(
     from madapt_cli.util.files import check_output
 
     folder = find_example(data)
+    provider = LocalProvider("all-MiniLM-L6-v2", device=device, backend=backend)  # checks it
     beir = BeirDataset(folder)
     train_qrels, test_qrels = beir.qrels_path("train"), beir.qrels_path("test")
     paths = QuickstartPaths(out)
@@ -87,8 +90,7 @@ def run_quickstart(
         check_output(path, "adaptor", overwrite=True, inputs=fit_inputs, option="--out")
     check_output(paths.report, "report", overwrite=True, inputs=report_inputs, option="--out")
 
-    log(f"1/4 embedding {folder} with all-MiniLM-L6-v2 into {paths.store}")
-    provider = LocalProvider("all-MiniLM-L6-v2", device=device)
+    log(f"1/4 embedding {folder} with all-MiniLM-L6-v2 ({backend}) into {paths.store}")
     summary = run_embed(folder, paths.store, provider, progress=progress)
     log(
         f"    {summary.rows_embedded} rows embedded, {summary.rows_reused} reused "
