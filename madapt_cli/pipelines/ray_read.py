@@ -113,28 +113,13 @@ def read_fragment(
     if fragment.format == "lance":
         yield from _read_lance(fragment, columns, batch_rows)
         return
-    from madapt_cli.store.parquet import _reading
+    from madapt_cli.store.parquet import read_live_batches
 
     live = None
     if fragment.live is not None:
         bits = np.frombuffer(fragment.live, np.uint8)
         live = np.unpackbits(bits, count=fragment.rows).astype(bool)
-    with _reading(fragment.path):
-        batches = pq.ParquetFile(fragment.path).iter_batches(
-            batch_size=batch_rows, row_groups=[fragment.part], columns=columns
-        )
-    offset = 0
-    while True:
-        with _reading(fragment.path):
-            batch = next(batches, None)
-        if batch is None:
-            return
-        rows = batch.num_rows
-        if live is not None:
-            batch = batch.filter(pa.array(live[offset : offset + rows]))
-        offset += rows
-        if batch.num_rows:
-            yield batch
+    yield from read_live_batches(Path(fragment.path), live, columns, batch_rows, [fragment.part])
 
 
 def _read_lance(fragment: Fragment, columns: list[str], batch_rows: int) -> Iterator[Any]:

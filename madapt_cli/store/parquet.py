@@ -67,6 +67,34 @@ def _damaged(path: Path, error: BaseException) -> str:
     )
 
 
+def read_live_batches(
+    path: Path,
+    live: np.ndarray | None,
+    columns: list[str] | None,
+    batch_rows: int,
+    row_groups: list[int] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The rows of one table file (or of its ``row_groups``) whose entry in ``live`` is true
+    (every row when None), ``columns`` only, at most ``batch_rows`` at a time; a damaged
+    file is the store's one-line error."""
+    offset = 0
+    with _reading(path):
+        batches = pq.ParquetFile(path).iter_batches(
+            batch_size=batch_rows, row_groups=row_groups, columns=columns
+        )
+    while True:
+        with _reading(path):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        rows = batch.num_rows
+        if live is not None:
+            batch = batch.filter(pa.array(live[offset : offset + rows]))
+        offset += rows
+        if batch.num_rows:
+            yield batch
+
+
 class ParquetStore(Store):
     """A directory per table; immutable files; the newest ``base`` file starts the table."""
 
@@ -173,21 +201,7 @@ class ParquetStore(Store):
     ) -> Iterator[pa.RecordBatch]:
         self.require_table(name)
         for (_, _, path), mask in zip(self._files(name), self._live_masks(name), strict=True):
-            offset = 0
-            with _reading(path):
-                parquet = pq.ParquetFile(path)
-                batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
-            while True:
-                with _reading(path):
-                    batch = next(batches, None)
-                if batch is None:
-                    break
-                rows = batch.num_rows
-                if mask is not None:
-                    batch = batch.filter(pa.array(mask[offset : offset + rows]))
-                offset += rows
-                if batch.num_rows:
-                    yield batch
+            yield from read_live_batches(path, mask, columns, batch_rows)
 
     def _stage_file(self, name: str, table: pa.Table) -> Path:
         """Write ``table`` to a staging file of this process (no lock needed: its own name)."""
