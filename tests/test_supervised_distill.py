@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training import _hidden_signal
+from test_training import _hidden_signal, signal_config
 
 from madapt_cli.errors import InputError
 from madapt_cli.methods.matryoshka import train_supervised
@@ -15,26 +15,9 @@ from madapt_cli.training.config import TrainConfig
 
 
 def _config(**changes) -> TrainConfig:
-    settings = dict(
-        train_dims=[8, 32],
-        epochs=0,
-        supervised_epochs=12,
-        batch_size=128,
-        query_batch_size=64,
-        supervised_lr=1e-2,
-        alpha=0.1,
-        beta=0.1,
-        gamma=0.1,
-        temperature=0.1,
-        hard_negatives=10,
-        distill_topk=20,
-        distill_random=8,
-        device="cpu",
-        patience=20,
-        seed=0,
+    return signal_config(
+        **{"supervised_epochs": 12, "distill_topk": 20, "distill_random": 8, **changes}
     )
-    settings.update(changes)
-    return TrainConfig(**settings)
 
 
 def _train(config: TrainConfig, two_stage: bool = False):

@@ -18,6 +18,26 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def signal_config(**changes) -> TrainConfig:
+    """Supervised settings that learn :func:`_hidden_signal` in a few seconds on the CPU."""
+    settings = dict(
+        train_dims=[8, 32],
+        epochs=0,
+        batch_size=128,
+        query_batch_size=64,
+        supervised_lr=1e-2,
+        alpha=0.1,
+        beta=0.1,
+        gamma=0.1,
+        temperature=0.1,
+        hard_negatives=10,
+        device="cpu",
+        patience=20,
+        seed=0,
+    )
+    return TrainConfig(**{**settings, **changes})
+
+
 def _hidden_signal(n: int = 400, seed: int = 0) -> dict:
     """Documents and queries that match on the LAST 8 of 32 coordinates only; the first 24
     are independent noise. Truncation to 8 dims therefore cannot retrieve anything."""
@@ -105,22 +125,7 @@ def test_the_principal_rotation_start_keeps_full_size_cosines_and_helps_prefixes
 
 def test_supervised_training_moves_the_signal_into_the_first_dimensions():
     data = _hidden_signal()
-    config = TrainConfig(
-        train_dims=[8, 32],
-        epochs=0,
-        supervised_epochs=20,
-        batch_size=128,
-        query_batch_size=64,
-        supervised_lr=1e-2,
-        alpha=0.1,
-        beta=0.1,
-        gamma=0.1,
-        temperature=0.1,
-        hard_negatives=10,
-        device="cpu",
-        patience=20,
-        seed=0,
-    )
+    config = signal_config(supervised_epochs=20)
     result = train_supervised(
         data["docs"],
         data["doc_ids"],
