@@ -798,6 +798,7 @@ CASES += [
         lambda c: fit(c, "--method", "pca", "--quantization-aware", "binary"),
         r"--quantization-aware needs --method matryoshka",
     ),
+    case("fit-precision-unknown", lambda c: fit(c, "--precision", "fp16"), r"--precision\b.*fp16"),
     case(
         "fit-quantization-aware-paper",
         lambda c: fit(c, "--objective", "paper", "--quantization-aware", "binary"),

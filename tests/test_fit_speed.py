@@ -17,8 +17,9 @@ from madapt_cli.losses import (
     prefix_cosine_matrix,
     prefix_cosine_pairs,
 )
-from madapt_cli.methods.matryoshka import new_adaptor_module, train_distill
+from madapt_cli.methods.matryoshka import new_adaptor_module, train_distill, train_supervised
 from madapt_cli.training.config import TrainConfig
+from madapt_cli.training import loop
 from madapt_cli.training.loop import training_dtype
 from madapt_cli.training.objectives import DistillationObjective, UnsupervisedObjective
 
@@ -196,3 +197,47 @@ def test_a_bf16_fit_learns_and_leaves_a_float32_module():
         losses_seen[precision] = [r["loss"] for r in result.history if r["loss"] is not None]
     assert losses_seen["bf16"][-1] < losses_seen["bf16"][0]
     assert losses_seen["bf16"][0] == pytest.approx(losses_seen["fp32"][0], rel=0.05)
+
+
+def test_auto_trains_in_bf16_on_a_cpu_only_where_the_objective_allows_and_it_is_native(
+    monkeypatch,
+):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
+    assert training_dtype("auto", cpu, bf16_on_cpu=True) is torch.bfloat16
+    assert training_dtype("auto", cpu) is None  # e.g. the supervised stage
+    assert training_dtype("fp32", cpu, bf16_on_cpu=True) is None
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    assert training_dtype("auto", cpu, bf16_on_cpu=True) is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_each_epoch_record_says_what_arithmetic_trained_it(monkeypatch, native):
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: native)
+    corpus = _corpus(120, 16, seed=3).numpy()
+    queries = _corpus(30, 16, seed=4).numpy()
+    config = TrainConfig(hidden=16, distill_epochs=1, seed=0, device="cpu")
+    config.distill_topk, config.distill_random, config.train_dims = 10, 4, [4, 16]
+    distilled = train_distill(corpus, queries, config)
+    assert {r["precision"] for r in distilled.history} == {"bf16" if native else "fp32"}
+    config = TrainConfig(hidden=16, epochs=1, supervised_epochs=1, seed=0, device="cpu")
+    config.train_dims, config.hard_negatives = [4, 16], 5
+    ids = [f"d{i}" for i in range(len(corpus))]
+    qids = [f"q{i}" for i in range(len(queries))]
+    qrels = {q: {ids[i]: 1} for i, q in enumerate(qids)}
+    supervised = train_supervised(corpus, ids, queries, qids, qrels, config)
+    assert {r["precision"] for r in supervised.history} == {"fp32"}  # measured to move
+
+
+def test_fit_refuses_bf16_on_a_cpu_without_it_before_any_work(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from madapt_cli.cli import app
+    from madapt_cli.util import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    args = ["fit", str(tmp_path / "nope"), "--device", "cpu", "--precision", "bf16"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ad")])
+    assert result.exit_code == 2, result.output
+    assert "--precision bf16 needs a GPU or a CPU with native bfloat16" in result.stderr
+    assert not (tmp_path / "ad").exists()

@@ -124,6 +124,13 @@ def register(app: typer.Typer) -> None:
         ),
         # --- end sup ---
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        precision: str = typer.Option(
+            "auto",
+            "--precision",
+            help="Training arithmetic of the MLP: auto (bf16 on a GPU, and for the distill "
+            "objective on a CPU with native bf16; float32 otherwise), fp32 or bf16. The "
+            "adaptor is float32 either way; the choice is in config.json's validation_curve.",
+        ),
         seed: int = typer.Option(0, "--seed"),
         sample: int | None = typer.Option(
             None, "--sample", help="Train on a uniform random sample of N corpus rows (--seed)."
@@ -164,10 +171,15 @@ def register(app: typer.Typer) -> None:
         """Train an adaptor on STORE's corpus and write it to --out (safetensors + config.json)."""
         from madapt_cli.methods.base import get_method, method_options
         from madapt_cli.pipelines.fit import fit_store
-        from madapt_cli.util.device import resolve_device
+        from madapt_cli.util.device import cpu_has_bf16, resolve_device
         from madapt_cli.util.dims import split_sizes
 
-        resolve_device(device)  # a device this machine lacks is refused before any work
+        # a device this machine lacks, or bf16 it cannot do natively, is refused before any work
+        if resolve_device(device).type == "cpu" and precision == "bf16" and not cpu_has_bf16():
+            raise InputError(
+                "--precision bf16 needs a GPU or a CPU with native bfloat16 (AVX-512 BF16 or "
+                "AMX); this one has neither: use --precision fp32 or auto"
+            )
         config = _train_config(
             mode,
             device=device,
@@ -189,6 +201,7 @@ def register(app: typer.Typer) -> None:
             patience=patience,
             objective=objective,
             quantization_aware=quantization_aware,
+            precision=precision,
             distill_weight=distill_weight,  # --- sup ---
             stage1_objective=stage1_objective,  # --- sup ---
         )

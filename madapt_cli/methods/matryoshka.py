@@ -166,7 +166,7 @@ def train_distill(
         taken[0] += 1
         return objective(module, order.next(gen), gen)
 
-    stage = Stage("distill", config.distill_epochs, steps, config.distill_lr)
+    stage = Stage("distill", config.distill_epochs, steps, config.distill_lr, bf16_on_cpu=True)
     history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
     return TrainResult(module.cpu().eval(), history, best, mined)
 

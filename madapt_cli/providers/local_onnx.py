@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from madapt_cli.errors import ProviderError, StoreError
+from madapt_cli.util.device import cpu_has_bf16
 
 BACKENDS = ("torch", "onnx", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -68,21 +69,6 @@ def check_backend(backend: str, precision: str) -> None:
             f"--precision bf16 runs on --backend {' or '.join(BF16_BACKENDS)}, not {backend}",
             exit_code=2,
         )
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU does bfloat16 arithmetic natively (AVX-512 BF16 or AMX); oneDNN, which
-    both torch and OpenVINO use on the CPU, asks the same question."""
-    import torch
-
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    if probe is not None:
-        return bool(probe())
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def check_device_precision(precision: str, device: str) -> None:

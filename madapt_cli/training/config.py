@@ -209,6 +209,7 @@ class TrainConfig:
             "seed": "--seed",
             "device": "--device",
             "quantization_aware": "--quantization-aware",
+            "precision": "--precision",
         }
         if mode != "supervised":  # distill (--objective auto/distill) has its own settings
             cli.update(distill_epochs="--epochs", distill_lr="--lr", distill_temperature="--tau")

@@ -13,6 +13,7 @@ import torch
 from madapt_cli.errors import InputError
 from madapt_cli.training.config import EpochCallback, TrainConfig
 from madapt_cli.training.validation import Validation
+from madapt_cli.util.device import cpu_has_bf16
 
 Step = Callable[[torch.Generator], torch.Tensor]
 
@@ -24,12 +25,15 @@ class TrainingDiverged(InputError):
 @dataclass(frozen=True)
 class Stage:
     """One run of :func:`fit_loop`: its name in the epoch records, its epochs, the steps of
-    an epoch and the peak learning rate."""
+    an epoch and the peak learning rate. ``bf16_on_cpu``: precision "auto" trains in
+    bfloat16 on a CPU with native bfloat16 too (set by the objectives whose fits were
+    measured not to move in it: docs/benchmarks.md)."""
 
     name: str
     epochs: int
     steps_per_epoch: int
     lr: float
+    bf16_on_cpu: bool = False
 
 
 def _diverged(stage: Stage, epoch: int, step: int, loss: float | None) -> TrainingDiverged:
@@ -73,7 +77,7 @@ def fit_loop(
     )
     device = next(module.parameters()).device
     if hasattr(module, "autocast_dtype"):
-        module.autocast_dtype = training_dtype(config.precision, device)
+        module.autocast_dtype = training_dtype(config.precision, device, stage.bf16_on_cpu)
     try:
         return _fit_epochs(module, step, stage, config, validation, on_epoch, generator, optimizer)
     finally:
@@ -83,12 +87,18 @@ def fit_loop(
             module.forget_start()
 
 
-def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def training_dtype(
+    precision: str, device: torch.device, bf16_on_cpu: bool = False
+) -> torch.dtype | None:
     """The reduced precision of training (None: float32): ``precision`` "bf16", or "auto"
-    on a GPU with bfloat16."""
+    on a GPU with bfloat16, and (``bf16_on_cpu``) on a CPU with native bfloat16."""
     if precision == "bf16":
         return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if precision != "auto":
+        return None
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and bf16_on_cpu and cpu_has_bf16():
         return torch.bfloat16
     return None
 
@@ -103,19 +113,22 @@ def _fit_epochs(
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    # what the arithmetic was: a module without autocast_dtype always trains in float32
+    precision = "bf16" if getattr(module, "autocast_dtype", None) is not None else "fp32"
+    stage_record = {"stage": stage.name, "precision": precision}
     total_steps = max(1, stage.steps_per_epoch * stage.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state = None
     if validation is not None:  # epoch 0: where training starts (the identity, or stage 1)
-        best = {"stage": stage.name, "epoch": 0, "loss": None, **validation(module)}
+        best = {**stage_record, "epoch": 0, "loss": None, **validation(module)}
         best_state = copy.deepcopy(module.state_dict())
         _keep(history, best, on_epoch)
     stale = 0
     for epoch in range(1, stage.epochs + 1):
         loss = _train_epoch(module, step, optimizer, scheduler, stage, epoch, generator)
-        record: dict[str, Any] = {"stage": stage.name, "epoch": epoch, "loss": loss}
+        record: dict[str, Any] = {**stage_record, "epoch": epoch, "loss": loss}
         if validation is not None:
             record.update(validation(module))
         _keep(history, record, on_epoch)
