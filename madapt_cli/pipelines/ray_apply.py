@@ -2,7 +2,7 @@
 
 Every check of the local engine runs first, on the driver, before any work is dispatched
 (the output, the adaptor, the sizes, each table's vectors and metadata). Each table is then
-listed in fragments (:mod:`madapt_cli.pipelines.ray_read`: a Parquet row group with its
+listed in fragments (:mod:`madapt_cli.store.fragments`: a Parquet row group with its
 superseded rows masked, or a Lance range); each actor holds the adaptor, reads the
 fragments it is given itself and transforms them block by block with the local engine's own
 per-batch code (:func:`madapt_cli.pipelines.apply.adapted_batches`: the vector check, the
@@ -25,8 +25,8 @@ from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.pipelines import apply as local
 from madapt_cli.pipelines.ray_engine import RayOptions, ray_session, run_fragments
-from madapt_cli.pipelines.ray_read import Fragment, read_fragment, table_fragments
 from madapt_cli.store.base import VECTOR_COLUMN
+from madapt_cli.store.fragments import Fragment, read_fragment
 from madapt_cli.util.progress import Progress
 
 __all__ = ["apply_adaptor_ray"]
@@ -131,7 +131,7 @@ def _adapted_on_ray(
 ) -> Iterator[pa.RecordBatch]:
     """Table ``name``, listed in fragments the actors read and adapt themselves."""
     kept = [c for c in local.KEPT_COLUMNS if c in schema.names]
-    fragments = table_fragments(plan.source, name, rows_per_block)
+    fragments = plan.source.fragments(name, rows_per_block)
     kwargs = {
         "adaptor": plan.adaptor,
         "dims": plan.sizes,

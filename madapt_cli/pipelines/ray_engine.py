@@ -11,7 +11,7 @@ The division of labour, the same for every command:
   work is dispatched and drops the rows already stored (by content key);
 * who reads the source: for ``apply`` (a store's table) and ``import`` (a Parquet or Lance
   SOURCE) the driver lists it in fragments, a few bytes each (a Parquet row group, a Lance
-  range: :mod:`madapt_cli.pipelines.ray_read`), and each worker reads its own
+  range: :mod:`madapt_cli.store.fragments`), and each worker reads its own
   (:func:`run_fragments`), so the actors start at once and the driver ships no rows; texts
   to embed, JSONL and ``.npy`` sources are read in order by the driver through madapt's own
   readers (one implementation of parsing, supersession and validation) and handed to Ray in

@@ -11,7 +11,7 @@ merge with the existing rows, one atomic publication. A killed run leaves the st
 was; rerun it (re-importing is idempotent: rows merge by id).
 
 Who reads: a Parquet SOURCE (file or folder) is listed in row groups and a LanceDB table in
-ranges, which the workers read themselves (:mod:`madapt_cli.pipelines.ray_read`); a JSONL
+ranges, which the workers read themselves (:mod:`madapt_cli.store.fragments`); a JSONL
 file and a ``.npy`` matrix with its ids file can only be read in order, so the driver reads
 them and hands Ray their chunks in waves.
 """
@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from madapt_cli.pipelines import import_vectors as local
 from madapt_cli.pipelines.ray_engine import RayOptions, ray_session, run_fragments, run_waves
-from madapt_cli.pipelines.ray_read import Fragment, file_fragments, lance_fragments, read_fragment
+from madapt_cli.store.fragments import Fragment, lance_fragments, parquet_fragments, read_fragment
 from madapt_cli.vector_sources import (
     LANCE_SEPARATOR,
     LanceVectors,
@@ -143,7 +143,7 @@ def _chunk_table(chunk: VectorChunk) -> pa.Table:
 def _fragments(reader: VectorSource, batch_rows: int) -> list[Fragment] | None:
     """The SOURCE in fragments the workers read themselves, or None (read in order)."""
     if isinstance(reader, ParquetVectors):
-        return [f for file in reader.files for f in file_fragments(file) if f.rows]
+        return [f for file in reader.files for f in parquet_fragments(file) if f.rows]
     if isinstance(reader, LanceVectors):
         database = reader.where.rpartition(LANCE_SEPARATOR)[0]
         return lance_fragments(database, reader.table, batch_rows)

@@ -15,6 +15,7 @@ from madapt_cli.store.base import (
     decode_metadata,
     validate_table_name,
 )
+from madapt_cli.store.fragments import Fragment, lance_fragments
 
 
 # --- LanceDB backend -------------------------------------------------------------------------
@@ -54,6 +55,9 @@ class LanceStore(Store):
         if columns is not None:
             query = query.select(columns)
         yield from query.to_batches(batch_size=batch_rows)
+
+    def fragments(self, name: str, block_rows: int = 65_536) -> list[Fragment]:
+        return lance_fragments(str(self.path), self._open(name), block_rows)
 
     def append(self, name: str, rows: pa.Table) -> None:
         validate_table_name(name)

@@ -23,6 +23,7 @@ from madapt_cli.store.base import (
     decode_metadata,
     validate_table_name,
 )
+from madapt_cli.store.fragments import Fragment, parquet_fragments
 from madapt_cli.util.files import process_alive, replace_directory
 
 # --- Parquet backend -----------------------------------------------------------------------
@@ -202,6 +203,14 @@ class ParquetStore(Store):
         self.require_table(name)
         for (_, _, path), mask in zip(self._files(name), self._live_masks(name), strict=True):
             yield from read_live_batches(path, mask, columns, batch_rows)
+
+    def fragments(self, name: str, block_rows: int = 65_536) -> list[Fragment]:
+        self.require_table(name)
+        fragments = []
+        for (_, _, path), mask in zip(self._files(name), self._live_masks(name), strict=True):
+            with _reading(path):
+                fragments += parquet_fragments(path, name, mask)
+        return fragments
 
     def _stage_file(self, name: str, table: pa.Table) -> Path:
         """Write ``table`` to a staging file of this process (no lock needed: its own name)."""

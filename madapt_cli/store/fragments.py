@@ -1,16 +1,16 @@
-"""Reading a store's table on the Ray workers: the table cut into fragments the driver lists
-(a few bytes each) and each worker reads by itself, so the driver ships no rows and the
-workers start adapting as soon as the first fragment is read.
+"""A table cut into fragments that can be read independently, for readers on other
+processes or machines (the Ray engine's workers): the driver lists the fragments (a few bytes
+each, :meth:`Store.fragments`) and each worker reads its own with :func:`read_fragment`, so no
+rows pass through the driver.
 
 * Parquet: one fragment per row group of each live file, with the mask of its rows that a
-  later file supersedes (the store layer's own :meth:`ParquetStore._live_masks`: one rule
-  for which rows are live, however the table is read). A worker reads its row group in
-  batches, drops the superseded rows and yields them in the table's order.
+  later file supersedes (the same masks as :meth:`Store.iter_batches`: one rule for which
+  rows are live, however the table is read).
 * Lance: ranges of rows (``offset``/``limit`` of a plain scan) of the table version the
   driver saw, so a write during the run changes nothing a worker reads.
 
 Read in fragment order, the batches are the rows of :meth:`Store.iter_batches`, in its
-order (the tests compare both engines row by row).
+order.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from madapt_cli.store.base import Store
 
 #: Lance: rows per fragment, in blocks (a range is found by ``offset``, which pays for the
 #: rows it skips: fewer, longer ranges)
@@ -55,37 +53,21 @@ class Fragment:
         return cls(**{name: item[name] for name in cls.__dataclass_fields__})
 
 
-def table_fragments(store: Store, name: str, block_rows: int) -> list[Fragment]:
-    """The fragments of ``store``'s table ``name``, in the order of its rows."""
-    store.require_table(name)
-    if store.format == "lance":
-        return _lance_fragments(store, name, block_rows)
-    from madapt_cli.store.parquet import _reading
-
-    fragments = []
-    live_masks = store._live_masks(name)  # type: ignore[attr-defined] - ParquetStore
-    for (_, _, path), mask in zip(store._files(name), live_masks, strict=True):  # type: ignore[attr-defined]
-        with _reading(path):
-            metadata = pq.ParquetFile(path).metadata
-        start = 0
-        for group in range(metadata.num_row_groups):
-            rows = metadata.row_group(group).num_rows
-            live = None if mask is None else mask[start : start + rows]
-            start += rows
-            if live is not None and not live.any():
-                continue
-            packed = None if live is None or live.all() else np.packbits(live).tobytes()
-            fragments.append(Fragment("parquet", str(path), name, group, rows, packed))
-    return fragments
-
-
-def file_fragments(path: Path, table: str = "") -> list[Fragment]:
-    """One fragment per row group of the Parquet file ``path`` (every row live)."""
+def parquet_fragments(
+    path: Path, table: str = "", live: np.ndarray | None = None
+) -> list[Fragment]:
+    """One fragment per row group of the Parquet file ``path`` that holds a row of ``live``
+    (the file's live-row mask; None: every row live)."""
     metadata = pq.ParquetFile(path).metadata
     fragments, start = [], 0
     for group in range(metadata.num_row_groups):
         rows = metadata.row_group(group).num_rows
-        fragments.append(Fragment("parquet", str(path), table, group, rows, start=start))
+        mask = None if live is None else live[start : start + rows]
+        if mask is None or mask.any():
+            packed = None if mask is None or mask.all() else np.packbits(mask).tobytes()
+            fragments.append(
+                Fragment("parquet", str(path), table, group, rows, packed, None, start)
+            )
         start += rows
     return fragments
 
@@ -102,10 +84,6 @@ def lance_fragments(database: str, table: Any, block_rows: int) -> list[Fragment
     ]
 
 
-def _lance_fragments(store: Store, name: str, block_rows: int) -> list[Fragment]:
-    return lance_fragments(str(store.path), store._open(name), block_rows)  # type: ignore[attr-defined]
-
-
 def read_fragment(
     fragment: Fragment, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
@@ -113,7 +91,7 @@ def read_fragment(
     if fragment.format == "lance":
         yield from _read_lance(fragment, columns, batch_rows)
         return
-    from madapt_cli.store.parquet import read_live_batches
+    from madapt_cli.store.parquet import read_live_batches  # parquet.py lists fragments
 
     live = None
     if fragment.live is not None:
