@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from test_eval_cli import make_store, run_cli
 
@@ -121,3 +122,88 @@ def test_eval_reports_int2_cells_with_their_calibration(tmp_path, capsys) -> Non
         capsys, "eval", store, "--qrels", qrels_path, "--dims", "8", "--precision", "int4"
     )
     assert code == 2 and "int2" in err and "int4" in err
+
+
+# --- stored int2 cells: apply -> encode -> exact search, and plan's commands -----------------
+def test_apply_stores_int2_and_its_search_is_evals_cell(tmp_path) -> None:
+    """`madapt apply --precision int2` writes the codes and levels `madapt eval` scores: the
+    stored documents searched with the stored float queries give eval's int2 asymmetric
+    ranking, and `madapt encode --precision int2`'s coding of the queries is the stored one."""
+    from test_apply import make_adaptor
+    from test_apply import make_store as make_raw_store
+    from test_precision_apply import column
+
+    from madapt_cli.pipelines.apply import apply_adaptor
+    from madapt_cli.pipelines.encode import code_queries, load_query_calibration
+    from madapt_cli.retrieval.precision import EncodedCorpus
+    from madapt_cli.store.base import open_store
+
+    written = make_raw_store(tmp_path / "in", {"corpus": 57, "queries": 13})
+    adaptor = make_adaptor(tmp_path / "ad")
+    summary = apply_adaptor(
+        tmp_path / "ad", tmp_path / "in", "8,16", tmp_path / "out",
+        precision="float32,int2", chunk_rows=1000,
+    )  # fmt: skip
+    assert summary.bytes_per_vector["vector_16_int2"] == 4
+    out = open_store(tmp_path / "out")
+    assert out.schema("corpus").field("vector_16_int2").type == pa.list_(pa.uint8(), 4)
+    meta = out.metadata("queries")
+    assert meta["columns"]["vector_16_int2"] == {"dim": 16, "precision": "int2", "bytes": 4}
+    calibrations = load_query_calibration(adaptor, tmp_path / "out", precision="int2")
+    corpus_ids, corpus_raw = written["corpus"]
+    for dim in (8, 16):
+        prefix = adaptor.transform(corpus_raw, dim=dim)
+        fitted = fit_int2_calibration(prefix)  # what `madapt eval` fits for this cell
+        assert calibrations[dim] == fitted
+        ids, codes = column(tmp_path / "out", "corpus", f"vector_{dim}_int2")
+        order = [corpus_ids.index(i) for i in ids]
+        np.testing.assert_array_equal(codes, quantize_int2(prefix[order], fitted))
+        _, floats = column(tmp_path / "out", "queries", f"vector_{dim}")
+        stored = EncodedCorpus("int2", dim, codes, calibrations[dim])
+        found = precision_topk(floats, stored, 10, "asymmetric")[1]
+        cell = encode_corpus(prefix[order], "int2", fitted)
+        np.testing.assert_array_equal(found, precision_topk(floats, cell, 10, "asymmetric")[1])
+        _, query_codes = column(tmp_path / "out", "queries", f"vector_{dim}_int2")
+        np.testing.assert_array_equal(code_queries(floats, "int2", calibrations), query_codes)
+    with pytest.raises(InputError, match="multiple of 4"):
+        apply_adaptor(tmp_path / "ad", tmp_path / "in", "6", tmp_path / "o2", precision="int2")
+    with pytest.raises(InputError, match="no int2 calibration"):
+        code_queries(floats[:, :12] / 1.0, "int2", calibrations)
+
+
+def test_encode_cli_int2_needs_the_calibration(tmp_path) -> None:
+    from test_apply import make_adaptor
+    from typer.testing import CliRunner
+
+    from madapt_cli.cli import app
+
+    make_adaptor(tmp_path / "ad")
+    result = CliRunner().invoke(
+        app, ["encode", "--adaptor", str(tmp_path / "ad"), "--dim", "8", "--precision", "int2",
+              "a query"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--precision int2 needs --calibration-from" in result.output
+
+
+def test_plan_recommends_int2_with_a_working_apply_command() -> None:
+    from madapt_cli.pipelines.eval_results import EvaluationReport, ResultRow
+    from madapt_cli.pipelines.plan import PlanGoal, make_plan
+
+    rows = [
+        ResultRow("truncate", 384, {"ndcg@10": 0.645}, precision="float32"),
+        ResultRow("uns", 256, {"ndcg@10": 0.59}, precision="binary", scoring="asymmetric"),
+        ResultRow("uns", 128, {"ndcg@10": 0.62}, precision="int2", scoring="asymmetric"),
+        ResultRow("uns", 128, {"ndcg@10": 0.55}, precision="int2", scoring="symmetric"),
+    ]
+    methods = [{"name": "truncate", "kind": "baseline"}, {"name": "uns", "kind": "adaptor",
+               "path": "ads/uns"}]  # fmt: skip
+    report = EvaluationReport(
+        "stores/sf", "q.tsv", 300, 384, [128, 256], ["ndcg@10"], rows, methods, {}, {}, [], {},
+        ["float32", "int2", "binary"],
+    )  # fmt: skip
+    plan = make_plan(report, PlanGoal(max_bytes=32))
+    assert plan.recommended is not None and plan.recommended.label == "uns@128/int2/asymmetric"
+    assert plan.commands == [
+        "madapt apply ads/uns stores/sf --dims 128 --out stores/sf-uns-128-int2 --precision int2"
+    ]
+    assert plan.queries.startswith("queries: float32 vectors")

@@ -18,8 +18,9 @@ import numpy as np
 from madapt_cli.errors import InputError
 
 PRECISIONS = ("float32", "float16", "int8", "binary")
-#: precisions `madapt eval --precision` scores but `madapt apply`/`encode`/`plan` do not
-#: store yet: int2 (retrieval/int2.py)
+#: every precision `madapt eval`/`plan`/`apply`/`encode` know: PRECISIONS and int2
+#: (retrieval/int2.py), which `--require` and the report's plot markers (reports.py,
+#: requirements.py, both on PRECISIONS) do not name yet
 EVAL_PRECISIONS = ("float32", "float16", "int8", "int2", "binary")
 
 _BYTES_PER_VALUE = {"float32": 4, "float16": 2, "int8": 1}

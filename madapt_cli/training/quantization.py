@@ -181,22 +181,6 @@ class QuantizationAwareLoss(nn.Module):
         """sum over m of w_m * mean over the scorings of L_base^m (module docstring)."""
         return (self.size_weights * self.coded_per_size(anchors, documents, *rest)).sum()
 
-    def per_size_gathered(
-        self,
-        anchors: torch.Tensor,
-        rows: torch.Tensor,
-        candidates: torch.Tensor,
-        *rest: Any,
-    ) -> torch.Tensor:
-        """The base loss per trained size (its ``per_size_gathered``) plus ``w`` times the
-        coded term at the coded sizes: what a held-out proxy of a quantisation-aware fit
-        should choose its checkpoint by (the float loss alone favours the untrained codes)."""
-        per_size = self.base.per_size_gathered(anchors, rows, candidates, *rest)
-        documents = rows[candidates]
-        coded = self.coded_per_size(anchors, documents, *rest)
-        where = [list(self.base.dims).index(m) for m in self.dims]
-        return per_size.index_add(0, torch.tensor(where), self.weight * coded)
-
     def forward(self, anchors: torch.Tensor, documents: torch.Tensor, *rest: Any) -> torch.Tensor:
         loss = self.base(anchors, documents, *rest)
         return loss + self.weight * self.quantized_term(anchors, documents, *rest)
