@@ -9,6 +9,8 @@ size, scoring) cell, as `madapt apply --precision` stores them:
 * binary: the sign bits of each unit prefix (``quantize.pack_binary``), symmetric (both sides
   coded: cosine of the +-1 vectors, i.e. Hamming order) or asymmetric (float query against the
   +-1 document codes);
+* int2: the corpus' per-coordinate Lloyd-Max levels (``int2.fit_int2_calibration``), decoded
+  and re-normalised, symmetric or asymmetric;
 * int8: the corpus calibration of the adapted prefix (``quantize.fit_int8_calibration``, its
   default method), symmetric (dequantised query and document codes) or asymmetric (float
   query against dequantised documents);
@@ -21,6 +23,7 @@ size, scoring) cell, as `madapt apply --precision` stores them:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,13 +34,20 @@ import torch
 from madapt_cli.data import read_qrels
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.matryoshka import train_distill, train_supervised
-from madapt_cli.retrieval import quantize
+from madapt_cli.retrieval import int2, quantize
 from madapt_cli.retrieval.evaluate import ndcg_at_10
 from madapt_cli.training import quantization
 from madapt_cli.training.config import TrainConfig
 
 #: (precision, size) cells scored, each symmetric and asymmetric
-CELLS = [("binary", 64), ("binary", 128), ("binary", 256), ("int8", 32), ("int8", 64)]
+CELLS = [
+    ("binary", 64),
+    ("binary", 128),
+    ("binary", 256),
+    ("int2", 128),
+    ("int8", 32),
+    ("int8", 64),
+]
 
 
 def coded(precision: str, corpus: np.ndarray, queries: np.ndarray) -> tuple:
@@ -48,6 +58,12 @@ def coded(precision: str, corpus: np.ndarray, queries: np.ndarray) -> tuple:
         return (
             unpack(quantize.pack_binary(corpus), dim),
             unpack(quantize.pack_binary(queries), dim),
+        )
+    if precision == "int2":
+        fitted = int2.fit_int2_calibration(corpus)
+        return (
+            int2.dequantize_int2(int2.quantize_int2(corpus, fitted), fitted),
+            int2.dequantize_int2(int2.quantize_int2(queries, fitted), fitted),
         )
     calibration = quantize.fit_int8_calibration(corpus)
     return (
@@ -99,15 +115,23 @@ def main() -> None:
     parser.add_argument("--npz", required=True)
     parser.add_argument("--beir", required=True)
     parser.add_argument("--methods", default="supervised,distill")
-    parser.add_argument("--qat", default="none,binary", help="none, binary")
+    parser.add_argument("--qat", default="none,binary", help="none, binary, int2")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--weight", type=float, default=quantization.DEFAULT_WEIGHT)
-    parser.add_argument("--scoring", default=",".join(quantization.DEFAULT_SCORING))
+    parser.add_argument("--weight", type=float, help="w (default: the precision's setting)")
+    parser.add_argument("--scoring", help="S, e.g. asymmetric (default: the precision's)")
+    parser.add_argument("--qat-dims", help="M_q, e.g. 128,256 (default: the precision's)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    quantization.DEFAULT_WEIGHT = args.weight
-    quantization.DEFAULT_SCORING = tuple(args.scoring.split(","))
+    for precision, settings in list(quantization.SETTINGS.items()):
+        changes: dict = {}
+        if args.weight is not None:
+            changes["weight"] = args.weight
+        if args.scoring:
+            changes["scoring"] = tuple(args.scoring.split(","))
+        if args.qat_dims:
+            changes["dims"] = tuple(int(d) for d in args.qat_dims.split(","))
+        quantization.SETTINGS[precision] = dataclasses.replace(settings, **changes)
     raw = np.load(args.npz)
     train_qrels = read_qrels(Path(args.beir) / "qrels" / "train.tsv")
     test_qrels = read_qrels(Path(args.beir) / "qrels" / "test.tsv")

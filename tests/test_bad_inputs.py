@@ -791,7 +791,7 @@ CASES += [
     case(
         "fit-quantization-aware-unknown",
         lambda c: fit(c, "--quantization-aware", "int4"),
-        r"--quantization-aware must be binary, not 'int4'",
+        r"--quantization-aware must be binary or int2, not 'int4'",
     ),
     case(
         "fit-quantization-aware-pca",

@@ -107,7 +107,7 @@ def test_plan_cli_runs_the_grid_and_reads_reports(capsys, planted, tmp_path) -> 
     report_dir = tmp_path / "report"
     code, out, err = run_cli(
         capsys, "eval", store, "--qrels", qrels_path, "--dims", "8,16", "--adaptor", adaptor,
-        "--precision", "float16,int8,binary", "--report", report_dir, "--json",
+        "--precision", "float16,int8,int2,binary", "--report", report_dir, "--json",
     )  # fmt: skip
     assert code == 0, err
     code, out, err = run_cli(

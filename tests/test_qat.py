@@ -19,6 +19,8 @@ from madapt_cli.training.quantization import (
     QuantizationAwareLoss,
     add_quantization_term,
     binary_ste,
+    int2_ste,
+    quantization_record,
 )
 
 
@@ -53,6 +55,64 @@ def test_binary_term_scores_as_hamming_and_moves_the_signs() -> None:
     assert (total - float_only).item() == pytest.approx(float(expected), rel=1e-4)
     total.backward()
     assert anchors.grad.abs().sum() > 0 and documents.grad.abs().sum() > 0
+
+
+def test_term_at_chosen_sizes_with_a_scale_matches_the_formula() -> None:
+    """dims=[16]: only size 16 is coded (its weight among the trained sizes kept); scale c:
+    the coded cosines are multiplied by c before the temperature, the teacher's are not."""
+    torch.manual_seed(1)
+    base = ListwiseDistillationLoss([8, 16], temperature=0.05)
+    anchors, documents = torch.randn(3, 16), torch.randn(3, 6, 16)
+    teacher = 0.3 * torch.randn(3, 6)
+    for scale in (1.0, 1.25):
+        loss = QuantizationAwareLoss(
+            base, "binary", weight=1.0, scoring=("asymmetric",), dims=[16], scale=scale
+        )
+        assert loss.dims == [16]
+        query = torch.nn.functional.normalize(anchors, dim=-1)
+        codes = torch.nn.functional.normalize(torch.sign(documents), dim=-1)
+        cosine = (query.unsqueeze(1) * codes).sum(-1)
+        log_p = torch.log_softmax(teacher / 0.05, -1)
+        log_q = torch.log_softmax(scale * cosine / 0.05, -1)
+        expected = 0.5 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        got = loss.quantized_term(anchors, documents, teacher)
+        assert got.item() == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="none of the sizes"):
+        QuantizationAwareLoss(base, "binary", dims=[32])
+
+
+def test_int2_ste_is_the_gaussian_lloyd_max_quantiser_forward_and_identity_backward() -> None:
+    torch.manual_seed(2)
+    x = (torch.randn(4000, 3) * torch.tensor([1.0, 0.1, 0.5]) + 0.2).requires_grad_()
+    y = int2_ste(x)
+    mean, spread = x.detach().mean(0), x.detach().std(0)
+    z = (x.detach() - mean) / spread
+    level = torch.where(z.abs() > 0.9816, 1.5104, 0.4528) * torch.sign(z)
+    torch.testing.assert_close(y.detach(), level * spread + mean, atol=1e-5, rtol=0)
+    assert all(len(torch.unique(torch.round(y[:, c].detach(), decimals=4))) == 4 for c in range(3))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_int2_term_codes_size_128_with_a_float_query() -> None:
+    """int2's settings: the term at 128 when it is trained (the 32-byte cell), else at every
+    trained size; asymmetric scoring only; config.json records them."""
+
+    class DistillationObjective:
+        loss = ListwiseDistillationLoss([32, 128, 256])
+
+    objective = DistillationObjective()
+    add_quantization_term(objective, "int2")
+    assert objective.loss.dims == [128] and objective.loss.scoring == ("asymmetric",)
+    other = DistillationObjective()
+    other.loss = ListwiseDistillationLoss([16, 64])
+    add_quantization_term(other, "int2")
+    assert other.loss.dims == [16, 64]
+    record = quantization_record("int2")["quantization_aware"]
+    assert record == {
+        "precision": "int2", "weight": 2.5, "scoring": ["asymmetric"], "dims": [128], "scale": 1.0
+    }  # fmt: skip
+    TrainConfig(quantization_aware="int2").validate("unsupervised")
 
 
 def test_add_quantization_term_wraps_only_when_asked() -> None:

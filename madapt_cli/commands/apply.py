@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
             "float32",
             "--precision",
             help="What each size stores, comma-separated: float32 (vector_<d>), float16, "
-            "int8 or binary (vector_<d>_<precision>; binary: sizes a multiple of 8).",
+            "int8, int2 or binary (vector_<d>_<precision>; binary: sizes a multiple of 8, "
+            "int2: of 4).",
         ),
         calibration: str = typer.Option(
             "minmax",
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
         calibration_from: Path | None = typer.Option(
             None,
             "--calibration-from",
-            help="int8: reuse the ranges of this applied store (or JSON file) instead.",
+            help="int8 / int2: reuse the calibration of this applied store (or JSON file).",
         ),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace an existing --out store that madapt wrote."

@@ -93,24 +93,26 @@ def _write(out: Path, ids: list[str], vectors) -> None:
 def _query_calibrations(
     adaptor: Any, precision: str, dim: int, calibration_from: Path | None
 ) -> dict | None:
-    """The int8 ranges of ``calibration_from`` (needed for int8, checked for ``dim``);
-    a bad precision or size fails here, before the model loads."""
+    """The int8 ranges (int2 levels) of ``calibration_from`` (needed for int8 and int2,
+    checked for ``dim``); a bad precision or size fails here, before the model loads."""
     from madapt_cli.pipelines.encode import load_query_calibration
     from madapt_cli.store.precision import check_precision_sizes, parse_precisions
 
     check_precision_sizes(parse_precisions([precision]), [dim], "--precision")
+    coded = precision in ("int8", "int2")
     if calibration_from is None:
-        if precision == "int8":
+        if coded:
             raise InputError(
-                "--precision int8 needs --calibration-from: the applied store whose corpus "
-                "ranges code the queries"
+                f"--precision {precision} needs --calibration-from: the applied store whose "
+                "corpus calibration codes the queries"
             )
         return None
-    calibrations = load_query_calibration(adaptor, calibration_from)
-    if precision == "int8" and dim not in calibrations:
+    kind = precision if precision == "int2" else "int8"
+    calibrations = load_query_calibration(adaptor, calibration_from, precision=kind)
+    if coded and dim not in calibrations:
         have = ", ".join(str(d) for d in sorted(calibrations))
         raise InputError(
-            f"--calibration-from {calibration_from}: no int8 calibration for size {dim} "
+            f"--calibration-from {calibration_from}: no {kind} calibration for size {dim} "
             f"(it has {have})"
         )
     return calibrations
@@ -171,20 +173,21 @@ def register(app: typer.Typer) -> None:
             "float32",
             "--precision",
             help="float32 (default; also the query side of asymmetric search), float16, int8 "
-            "(needs --calibration-from) or binary (packed sign bits, --dim a multiple of 8): "
-            "the codes `madapt apply --precision` stores.",
+            "or int2 (need --calibration-from; int2: 4 codes a byte) or binary (packed sign "
+            "bits, --dim a multiple of 8): the codes `madapt apply --precision` stores.",
         ),
         calibration_from: Path | None = typer.Option(
             None,
             "--calibration-from",
-            help="int8: the applied store (or JSON file) whose corpus ranges code the queries.",
+            help="int8 / int2: the applied store (or JSON file) whose corpus calibration codes "
+            "the queries.",
         ),
     ) -> None:
         """Encode texts exactly as the adaptor's corpus was: the recorded upstream model,
         prompt or task type and dimensions, then the adaptor, cut to --dim and
         re-normalised. JSONL {"id", "vector"} on stdout, or --out FILE.npy|.parquet;
-        with --precision int8 or binary the vector is the stored code: int8 values, or the
-        packed sign bytes (0..255)."""
+        with --precision int8, int2 or binary the vector is the stored code: int8 values, or
+        the packed int2 / sign bytes (0..255)."""
         from madapt_cli.methods.adaptor import Adaptor
         from madapt_cli.pipelines.encode import Encoder, check_role, provider_for_adaptor
 

@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--precision",
             help="Also score each size stored at these precisions: float32, float16, int8, "
-            "binary (comma-separated; float32 is always included).",
+            "int2, binary (comma-separated; float32 is always included).",
         ),
         scoring: str = typer.Option(
             "both",

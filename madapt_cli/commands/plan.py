@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
                 baselines=baseline or None,
                 metrics=goal.metric,
                 device=device,
-                precisions=["float32", "float16", "int8", "binary"],
+                precisions=["float32", "float16", "int8", "int2", "binary"],
                 scoring=scoring,
                 rescore=rescore,
                 int8_calibration=int8_calibration,

@@ -29,6 +29,7 @@ import torch
 
 from madapt_cli.errors import InputError, StoreError
 from madapt_cli.methods.adaptor import Adaptor
+from madapt_cli.retrieval.int2 import Int2Calibration, fit_int2_calibration
 from madapt_cli.retrieval.quantize import Int8Calibration, fit_int8_calibration
 from madapt_cli.store.base import (
     FORMATS,
@@ -41,6 +42,7 @@ from madapt_cli.store.base import (
 )
 from madapt_cli.store.precision import (
     CALIBRATION_KEY,
+    INT2_CALIBRATION_KEY,
     bytes_per_vector,
     calibration_record,
     check_calibration_for,
@@ -185,7 +187,7 @@ def plan_apply(  # noqa: PLR0913 - the keyword API behind `madapt apply`
         require_raw_vectors(source, name, "`madapt apply`")
         adaptor.check_vectors_metadata(source.metadata(name), f"table '{name}' of {store_path}")
     codes = Coding(precisions, dtype)
-    if "int8" in precisions:
+    if "int8" in precisions or "int2" in precisions:
         codes.calibrate(adaptor, source, sizes, calibration, calibration_from, chunk_rows)
     summary = ApplySummary(
         out=str(out),
@@ -261,13 +263,15 @@ def _check_options(format: str | None, chunk_rows: int, dtype: str) -> None:
 
 @dataclass
 class Coding:
-    """The precisions one apply writes, with the int8 ranges per size when int8 is one."""
+    """The precisions one apply writes, with the int8 ranges (and int2 levels) per size when
+    int8 (int2) is one."""
 
     precisions: list[str]
     dtype: str = "float32"
     calibrations: dict[int, Int8Calibration] = field(default_factory=dict)
     source: str | None = None
     rows: int = 0
+    int2: dict[int, Int2Calibration] = field(default_factory=dict)
 
     def calibrate(
         self,
@@ -278,31 +282,45 @@ class Coding:
         calibration_from: str | Path | None,
         chunk_rows: int,
     ) -> None:
-        """Read the ranges from ``calibration_from``, or fit them on ``store``'s corpus."""
+        """Read the ranges (levels) from ``calibration_from``, or fit them on ``store``'s
+        corpus."""
         if calibration_from is not None:
             where = f"--calibration-from {calibration_from}"
-            found, metadata = load_calibration(calibration_from)
-            check_calibration_for(found, metadata, adaptor.fingerprint, dims, where)
-            record = metadata[CALIBRATION_KEY]
-            self.calibrations = {d: found[d] for d in dims}
-            self.source = str(record.get("fitted_on", calibration_from))
-            self.rows = int(record.get("rows") or 0)
+            for precision, key in (("int8", CALIBRATION_KEY), ("int2", INT2_CALIBRATION_KEY)):
+                if precision not in self.precisions:
+                    continue
+                found, metadata = load_calibration(calibration_from, key=key)
+                check_calibration_for(found, metadata, adaptor.fingerprint, dims, where)
+                record = metadata[key]
+                if precision == "int8":
+                    self.calibrations = {d: found[d] for d in dims}
+                else:
+                    self.int2 = {d: found[d] for d in dims}
+                self.source = str(record.get("fitted_on", calibration_from))
+                self.rows = int(record.get("rows") or 0)
             return
+        coded = " and ".join(p for p in ("int8", "int2") if p in self.precisions)
         if not store.has_table("corpus"):
             raise InputError(
-                f"--precision int8 fits its ranges on the corpus table, and {store.path} has "
-                "none: pass --calibration-from an applied store or a calibration file"
+                f"--precision {coded} fits its ranges on the corpus table, and {store.path} "
+                "has none: pass --calibration-from an applied store or a calibration file"
             )
-        require_raw_vectors(store, "corpus", "`madapt apply --precision int8`")
+        require_raw_vectors(store, "corpus", f"`madapt apply --precision {coded}`")
         prefixes = _calibration_sample(adaptor, store, dims, chunk_rows)
-        self.calibrations = {d: fit_int8_calibration(prefixes[d], method) for d in dims}
+        if "int8" in self.precisions:
+            self.calibrations = {d: fit_int8_calibration(prefixes[d], method) for d in dims}
+        if "int2" in self.precisions:
+            self.int2 = {d: fit_int2_calibration(prefixes[d]) for d in dims}
         self.source = f"table 'corpus' of {store.path}"
         self.rows = len(prefixes[dims[0]])
 
     def metadata(self) -> dict[str, Any]:
-        if not self.calibrations:
-            return {}
-        return {CALIBRATION_KEY: calibration_record(self.calibrations, self.source, self.rows)}
+        found: dict[str, Any] = {}
+        if self.calibrations:
+            found[CALIBRATION_KEY] = calibration_record(self.calibrations, self.source, self.rows)
+        if self.int2:
+            found[INT2_CALIBRATION_KEY] = calibration_record(self.int2, self.source, self.rows)
+        return found
 
     def arrays(self, sized: dict[int, np.ndarray], dims: list[int]) -> list[pa.Array]:
         """The columns of one batch, in :func:`output_schema`'s order."""
@@ -312,9 +330,8 @@ class Coding:
                 if p == "float32":
                     arrays.append(vectors_to_arrow(sized[d], self.dtype))
                 else:
-                    arrays.append(
-                        codes_to_arrow(encode_prefix(sized[d], p, self.calibrations.get(d)))
-                    )
+                    calibration = (self.int2 if p == "int2" else self.calibrations).get(d)
+                    arrays.append(codes_to_arrow(encode_prefix(sized[d], p, calibration)))
         return arrays
 
 
@@ -411,10 +428,12 @@ def _coding_of(schema: pa.Schema) -> Coding:
     codes = Coding(
         list(metadata.get("precisions") or ["float32"]), metadata.get("dtype", "float32")
     )
-    if CALIBRATION_KEY in metadata:
-        from madapt_cli.store.precision import read_calibration
+    from madapt_cli.store.precision import read_calibration
 
+    if CALIBRATION_KEY in metadata:
         codes.calibrations = read_calibration(metadata[CALIBRATION_KEY], "apply")
+    if INT2_CALIBRATION_KEY in metadata:
+        codes.int2 = read_calibration(metadata[INT2_CALIBRATION_KEY], "apply", INT2_CALIBRATION_KEY)
     return codes
 
 

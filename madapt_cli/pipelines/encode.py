@@ -29,8 +29,11 @@ from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.pipelines.embed_plan import plan_requests
 from madapt_cli.providers.base import EmbeddingProvider, Role, build_provider, check_response
+from madapt_cli.retrieval.int2 import Int2Calibration
 from madapt_cli.retrieval.quantize import Int8Calibration
 from madapt_cli.store.precision import (
+    CALIBRATION_KEY,
+    INT2_CALIBRATION_KEY,
     check_calibration_for,
     check_precision_sizes,
     encode_prefix,
@@ -121,11 +124,13 @@ def provider_for_adaptor(
 
 
 def load_query_calibration(
-    adaptor: Adaptor, path: str | Path, where: str = "--calibration-from"
-) -> dict[int, Int8Calibration]:
-    """size -> the int8 ranges `madapt apply --precision int8` recorded in the applied store
-    (or JSON file) ``path``, refused unless they were fitted for ``adaptor``."""
-    calibrations, metadata = load_calibration(path)
+    adaptor: Adaptor, path: str | Path, where: str = "--calibration-from", precision: str = "int8"
+) -> dict[int, Any]:
+    """size -> the int8 ranges (``precision`` "int2": the int2 levels) `madapt apply
+    --precision int8` (int2) recorded in the applied store (or JSON file) ``path``, refused
+    unless they were fitted for ``adaptor``."""
+    key = INT2_CALIBRATION_KEY if precision == "int2" else CALIBRATION_KEY
+    calibrations, metadata = load_calibration(path, key=key)
     check_calibration_for(calibrations, metadata, adaptor.fingerprint, [], f"{where} {path}")
     return calibrations
 
@@ -133,19 +138,20 @@ def load_query_calibration(
 def code_queries(
     vectors: np.ndarray,
     precision: str,
-    calibrations: Mapping[int, Int8Calibration] | Int8Calibration | None = None,
+    calibrations: Mapping[int, Any] | Int8Calibration | Int2Calibration | None = None,
 ) -> np.ndarray:
     """Unit prefixes (N, m) -> what a ``precision`` column of size m stores: float32,
-    float16, int8 codes (with the size-m corpus ranges) or packed sign bits (N, m/8)."""
+    float16, int8 codes (with the size-m corpus ranges), packed int2 codes (with the size-m
+    corpus levels) or packed sign bits (N, m/8)."""
     (precision,) = parse_precisions([precision])
     m = vectors.shape[1]
     check_precision_sizes([precision], [m], "--precision")
     calibration = calibrations
     if isinstance(calibrations, Mapping):
         calibration = calibrations.get(m)
-        if calibration is None and precision == "int8":
+        if calibration is None and precision in ("int8", "int2"):
             have = ", ".join(str(d) for d in sorted(calibrations)) or "none"
-            raise InputError(f"no int8 calibration for size {m} (the store has {have})")
+            raise InputError(f"no {precision} calibration for size {m} (the store has {have})")
     return encode_prefix(vectors, precision, calibration)  # type: ignore[arg-type]
 
 
@@ -178,16 +184,20 @@ class Encoder:
         model: str | None = None,
         on_warning: Callable[[str], None] | None = None,
         calibration_from: str | Path | None = None,
+        calibration_precision: str = "int8",
         **options: Any,
     ) -> Encoder:
         """The encoder of the adaptor directory ``path``. ``options``: how to reach the
         model (``device``, ``batch_size``, ``base_url``, ``project``, ``location``,
         ``timeout``, ``max_retries``...); ``model``: only to confirm the recorded one;
         ``calibration_from``: an applied store (or JSON file) whose int8 ranges code
-        ``precision="int8"`` queries."""
+        ``precision="int8"`` queries (``calibration_precision="int2"``: whose int2 levels
+        code ``precision="int2"`` queries)."""
         adaptor = Adaptor.load(path)
         calibrations = (
-            None if calibration_from is None else load_query_calibration(adaptor, calibration_from)
+            None
+            if calibration_from is None
+            else load_query_calibration(adaptor, calibration_from, precision=calibration_precision)
         )
         return cls(
             adaptor,
@@ -226,7 +236,7 @@ class Encoder:
         role: Role = "query",
         dim: int | None = None,
         precision: str = "float32",
-        calibration: Mapping[int, Int8Calibration] | Int8Calibration | None = None,
+        calibration: Mapping[int, Any] | Int8Calibration | Int2Calibration | None = None,
     ) -> np.ndarray:
         """``texts`` through the model and the adaptor: (N, dim) float32 unit rows
         (``dim`` default: the adaptor's D), or their ``precision`` codes as `madapt apply`
@@ -237,10 +247,11 @@ class Encoder:
             raise TypeError("encode takes a list of texts, not one string")
         if precision != "float32":  # a bad precision or size fails before the model runs
             check_precision_sizes(parse_precisions([precision]), [dim], "--precision")
-            if precision == "int8" and calibration is None and not self.calibrations:
+            if precision in ("int8", "int2") and calibration is None and not self.calibrations:
                 raise InputError(
-                    "int8 query codes need the corpus' int8 ranges: --calibration-from the "
-                    "applied store (Encoder.from_adaptor(..., calibration_from=STORE))"
+                    f"{precision} query codes need the corpus' {precision} calibration: "
+                    "--calibration-from the applied store "
+                    "(Encoder.from_adaptor(..., calibration_from=STORE))"
                 )
         vectors = self.adaptor.transform(self.embed_raw(texts, role), dim=dim)
         if precision == "float32":

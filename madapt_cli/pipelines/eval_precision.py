@@ -2,7 +2,8 @@
 
 For every size m the vectors that would be stored (the first m coordinates, re-normalised)
 are encoded at each precision: float16, int8 with per-dimension ranges fitted on the corpus
-(the calibration is kept for the report), binary sign bits; each is searched exactly
+(the calibration is kept for the report), int2 with per-dimension levels fitted on the corpus
+(retrieval/int2.py; kept too), binary sign bits; each is searched exactly
 (:func:`madapt_cli.retrieval.precision.precision_topk`) symmetric, asymmetric and, with
 ``rescore`` N, symmetric with N x k candidates re-ranked by the float query.
 """
@@ -18,11 +19,16 @@ import torch
 
 from madapt_cli.errors import InputError
 from madapt_cli.pipelines.eval_results import ResultRow
+from madapt_cli.retrieval.int2 import (
+    DEFAULT_INT2_CALIBRATION,
+    Int2Calibration,
+    fit_int2_calibration,
+)
 from madapt_cli.retrieval.metrics import Judgments, Metric, score_indices, trec_tie_order
 from madapt_cli.retrieval.precision import SCORINGS, encode_corpus, precision_topk
 from madapt_cli.retrieval.quantize import (
     DEFAULT_INT8_CALIBRATION,
-    PRECISIONS,
+    EVAL_PRECISIONS,
     Int8Calibration,
     fit_int8_calibration,
 )
@@ -36,20 +42,20 @@ __all__ = ["DEFAULT_INT8_CALIBRATION", "PrecisionGrid", "precision_options"]
 
 
 def parse_precisions(value: str | Iterable[str] | None) -> list[str]:
-    """``--precision`` (comma-separated or a list) as precisions in PRECISIONS order,
+    """``--precision`` (comma-separated or a list) as precisions in EVAL_PRECISIONS order,
     float32 always first (the reference of every size); [] when not given."""
     if value is None:
         return []
     parts = value.split(",") if isinstance(value, str) else list(value)
     names = [part.strip().lower() for part in parts if part.strip()]
     if not names:
-        raise InputError("--precision: give one or more of " + ", ".join(PRECISIONS))
+        raise InputError("--precision: give one or more of " + ", ".join(EVAL_PRECISIONS))
     for name in names:
-        if name not in PRECISIONS:
+        if name not in EVAL_PRECISIONS:
             raise InputError(
-                f"--precision: unknown precision {name!r}; use {', '.join(PRECISIONS)}"
+                f"--precision: unknown precision {name!r}; use {', '.join(EVAL_PRECISIONS)}"
             )
-    return [p for p in PRECISIONS if p in names or p == "float32"]
+    return [p for p in EVAL_PRECISIONS if p in names or p == "float32"]
 
 
 def parse_scoring(value: str) -> list[str]:
@@ -84,7 +90,8 @@ def precision_options(options: Any) -> tuple[list[str], list[str]]:
 @dataclass
 class PrecisionGrid:
     """The lower-precision cells of one evaluation: options, what scoring needs, and the
-    int8 calibrations fitted on the way (method -> size -> calibration)."""
+    calibrations fitted on the way (method -> key -> calibration; the key is the size for
+    int8, ``<size>/int2`` for int2)."""
 
     precisions: Sequence[str]
     scorings: Sequence[str]
@@ -150,11 +157,17 @@ class PrecisionGrid:
 
     def _calibration(
         self, method: str, dim: int, precision: str, stored_corpus: np.ndarray
-    ) -> Int8Calibration | None:
-        if precision != "int8":
+    ) -> Int8Calibration | Int2Calibration | None:
+        calibration: Int8Calibration | Int2Calibration
+        if precision == "int8":
+            calibration = fit_int8_calibration(stored_corpus, self.int8_calibration)
+            key = str(dim)
+        elif precision == "int2":
+            calibration = fit_int2_calibration(stored_corpus, DEFAULT_INT2_CALIBRATION)
+            key = f"{dim}/int2"
+        else:
             return None
-        calibration = fit_int8_calibration(stored_corpus, self.int8_calibration)
-        self.calibrations.setdefault(method, {})[str(dim)] = calibration.to_dict()
+        self.calibrations.setdefault(method, {})[key] = calibration.to_dict()
         return calibration
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from madapt_cli.errors import InputError
 from madapt_cli.pipelines.eval_results import EvaluationReport, ResultRow, frontier
-from madapt_cli.retrieval.quantize import PRECISIONS
+from madapt_cli.retrieval.quantize import EVAL_PRECISIONS
 from madapt_cli.util.progress import Progress
 
 
@@ -160,7 +160,7 @@ def _queries_note(row: ResultRow, precision: str, adaptor: str | None, out: str)
         how = "queries: float32 vectors"
         return lead + how + (f" ({encode})" if encode else "")
     codes = f"--precision {precision}"
-    if precision == "int8":
+    if precision in ("int8", "int2"):
         codes += f" --calibration-from {shlex.quote(out)}"  # the corpus' ranges, as applied
     how = f"queries: {precision} codes" + (f" ({encode} {codes})" if encode else "")
     if row.rescore:
@@ -209,7 +209,7 @@ def run_plan(
         raise InputError("give STORE and --qrels, or --from-report")
     options = eval_options or EvalOptions()
     if not options.precisions:
-        options.precisions = list(PRECISIONS)
+        options.precisions = list(EVAL_PRECISIONS)
     report = run_evaluation(
         store_path, qrels_path, options, progress=progress, on_warning=on_warning
     )

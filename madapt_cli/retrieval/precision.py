@@ -1,12 +1,13 @@
 """Exact search over vectors stored at a lower precision, as a database would score them.
 
 ``symmetric``: the query is encoded like the documents (float16 rounding, the corpus' int8
-buckets, sign bits) and scored against them: binary by Hamming distance (the score reported
-is the dot product of the +-1 vectors, ``m - 2 * distance``, which orders the same way), the
-others by the dot product of the decoded vectors. ``asymmetric``: the float32 query against
-the decoded documents (int8 bucket centres, +-1 sign vectors). ``rescore``: the symmetric
-search fetches ``rescore x k`` candidates, which the float32 query then re-ranks against
-their decoded codes (sentence-transformers' rescoring recipe).
+buckets or int2 levels, sign bits) and scored against them: binary by Hamming distance (the
+score reported is the dot product of the +-1 vectors, ``m - 2 * distance``, which orders the
+same way), the others by the dot product of the decoded vectors. ``asymmetric``: the float32
+query against the decoded documents (int8 bucket centres, re-normalised int2 levels, +-1 sign
+vectors). ``rescore``: the symmetric search fetches ``rescore x k`` candidates, which the
+float32 query then re-ranks against their decoded codes (sentence-transformers' rescoring
+recipe).
 
 Why symmetric int8 scores the *decoded* codes rather than the raw int8 codes: the
 per-dimension ranges give each coordinate its own offset and step, so the dot product of raw
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from madapt_cli.retrieval.int2 import Int2Calibration, dequantize_int2, quantize_int2
 from madapt_cli.retrieval.quantize import (
     Int8Calibration,
     check_precision,
@@ -39,27 +41,33 @@ SCORINGS = ("symmetric", "asymmetric")
 
 @dataclass(frozen=True)
 class EncodedCorpus:
-    """Documents as stored at ``precision``: ``codes`` (float32, float16, int8 or packed
-    uint8 sign bits) of ``dim``-d vectors, and the int8 calibration when there is one."""
+    """Documents as stored at ``precision``: ``codes`` (float32, float16, int8, packed 2-bit
+    codes or packed uint8 sign bits) of ``dim``-d vectors, and the int8 or int2 calibration
+    when there is one."""
 
     precision: str
     dim: int
     codes: np.ndarray
-    calibration: Int8Calibration | None = None
+    calibration: Int8Calibration | Int2Calibration | None = None
 
     def decoded(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """float32 vectors the codes stand for (all rows, or ``rows``)."""
         codes = self.codes[rows]
         if self.precision == "int8":
-            assert self.calibration is not None
+            assert isinstance(self.calibration, Int8Calibration)
             return dequantize_int8(codes, self.calibration)
+        if self.precision == "int2":
+            assert isinstance(self.calibration, Int2Calibration)
+            return dequantize_int2(codes, self.calibration)
         if self.precision == "binary":
             return unpack_binary(codes, self.dim)
         return np.asarray(codes, dtype=np.float32)
 
 
 def encode(
-    vectors: np.ndarray, precision: str, calibration: Int8Calibration | None = None
+    vectors: np.ndarray,
+    precision: str,
+    calibration: Int8Calibration | Int2Calibration | None = None,
 ) -> np.ndarray:
     """``vectors`` (the float32 vectors that would be stored) as ``precision`` codes."""
     check_precision(precision)
@@ -67,16 +75,22 @@ def encode(
     if precision == "float16":
         return array.astype(np.float16)
     if precision == "int8":
-        if calibration is None:
-            raise ValueError("int8 needs a calibration")
+        if not isinstance(calibration, Int8Calibration):
+            raise ValueError("int8 needs an int8 calibration")
         return quantize_int8(array, calibration)
+    if precision == "int2":
+        if not isinstance(calibration, Int2Calibration):
+            raise ValueError("int2 needs an int2 calibration")
+        return quantize_int2(array, calibration)
     if precision == "binary":
         return pack_binary(array)
     return array
 
 
 def encode_corpus(
-    vectors: np.ndarray, precision: str, calibration: Int8Calibration | None = None
+    vectors: np.ndarray,
+    precision: str,
+    calibration: Int8Calibration | Int2Calibration | None = None,
 ) -> EncodedCorpus:
     return EncodedCorpus(
         precision, vectors.shape[1], encode(vectors, precision, calibration), calibration
@@ -113,7 +127,7 @@ def _hamming_search(
 
 
 def _symmetric_queries(queries: np.ndarray, corpus: EncodedCorpus) -> np.ndarray:
-    """The queries encoded as the documents are, then decoded (float16 / int8)."""
+    """The queries encoded as the documents are, then decoded (float16 / int8 / int2)."""
     return EncodedCorpus(
         corpus.precision,
         corpus.dim,

@@ -18,6 +18,10 @@ import numpy as np
 from madapt_cli.errors import InputError
 
 PRECISIONS = ("float32", "float16", "int8", "binary")
+#: every precision `madapt eval`/`plan`/`apply`/`encode` know: PRECISIONS and int2
+#: (retrieval/int2.py), which `--require` and the report's plot markers (reports.py,
+#: requirements.py, both on PRECISIONS) do not name yet
+EVAL_PRECISIONS = ("float32", "float16", "int8", "int2", "binary")
 
 _BYTES_PER_VALUE = {"float32": 4, "float16": 2, "int8": 1}
 
@@ -29,19 +33,23 @@ DEFAULT_INT8_CALIBRATION = "minmax"
 
 def check_precision(precision: str) -> str:
     """``precision`` if madapt knows it, else an :class:`InputError` naming the choices."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision not in EVAL_PRECISIONS:
+        raise InputError(
+            f"unknown precision {precision!r}; choose from {', '.join(EVAL_PRECISIONS)}"
+        )
     return precision
 
 
 def bytes_per_vector(precision: str, dim: int) -> int:
     """Exact bytes one stored vector of ``dim`` coordinates takes at ``precision``:
-    4d, 2d, d, or ceil(d / 8) for packed sign bits."""
+    4d, 2d, d, ceil(d / 4) for packed 2-bit codes, or ceil(d / 8) for packed sign bits."""
     check_precision(precision)
     if dim < 1:
         raise ValueError(f"dim must be positive, got {dim}")
     if precision == "binary":
         return math.ceil(dim / 8)
+    if precision == "int2":
+        return math.ceil(dim / 4)
     return _BYTES_PER_VALUE[precision] * dim
 
 

@@ -111,7 +111,9 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "'equal', 'small' or 'full'",
     ),
     *_group("activation", lambda value: value in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
-    *_group("quantization_aware", lambda value: value in (None, "binary"), "binary"),
+    *_group(  # binary4: int2 too (training/quantization.py SETTINGS)
+        "quantization_aware", lambda value: value in (None, "binary", "int2"), "binary or int2"
+    ),
     # --- fitspeed ---
     *_group(
         "precision",
@@ -176,7 +178,7 @@ class TrainConfig:
     # candidates (training/student_negatives.py); 0: off
     distill_student_negatives: int = 20
     # --- end unsup ---
-    quantization_aware: str | None = None  # "binary": training/quantization.py's term
+    quantization_aware: str | None = None  # binary or int2: training/quantization.py
     # --- sup ---
     # supervised: stage 1's objective ("distill": the training queries as unlabelled anchors;
     # --stage1-objective) and the weight of L_distill over the training queries beside L_rank
