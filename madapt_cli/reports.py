@@ -258,7 +258,7 @@ def plot_bytes(report: EvaluationReport, metric: str, path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(8.0, 5.0), dpi=120)
     try:
-        markers = dict(zip(PRECISIONS, "osD^", strict=True))
+        markers = dict(zip(PRECISIONS, "osDv^", strict=True))
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for index, name in enumerate(method_names(report)):
             colour = colours[index % len(colours)]

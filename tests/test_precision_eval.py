@@ -220,6 +220,7 @@ def test_requirement_parsing() -> None:
     budget = Requirement.parse("*@16B:ndcg@10>=0.60")
     assert (budget.method, budget.size, budget.max_bytes) == ("*", None, 16)
     assert Requirement.parse("my@ad@8/int8:recall@100 > .9").method == "my@ad"
+    assert Requirement.parse("uns@128/int2:ndcg@10>=0.62").precision == "int2"
     bad_texts = ["sup@64", "sup:ndcg@10>=1", "sup@64:ndcg@10=0.5", "sup@0:ndcg@10>=0.1"]
     bad_texts += ["sup@8/int4:ndcg@10>=0.1", "sup@8B/int8:ndcg@10>=0.1", "@8:ndcg@10>=1"]
     for bad in bad_texts:

@@ -29,8 +29,8 @@ def _unit_rows(rows: int, dim: int, seed: int = 0) -> np.ndarray:
 
 
 def test_bytes_per_vector() -> None:
-    assert PRECISIONS == ("float32", "float16", "int8", "binary")
-    assert [bytes_per_vector(p, 384) for p in PRECISIONS] == [1536, 768, 384, 48]
+    assert PRECISIONS == ("float32", "float16", "int8", "int2", "binary")
+    assert [bytes_per_vector(p, 384) for p in PRECISIONS] == [1536, 768, 384, 96, 48]
     assert bytes_per_vector("binary", 1) == 1
     assert bytes_per_vector("binary", 9) == 2
     assert bytes_per_vector("binary", 64) == 8

@@ -105,8 +105,9 @@ def register(app: typer.Typer) -> None:
         quantization_aware: str | None = typer.Option(
             None,
             "--quantization-aware",
-            help="binary: also train each prefix's ranking as a database scores its sign "
-            "bits (straight-through sign). --method matryoshka.",
+            help="binary or int2: also train the prefixes' ranking as a database scores "
+            "their codes (straight-through sign bits, or 2-bit Lloyd-Max levels at 128 "
+            "dims). --method matryoshka.",
         ),
         # --- sup: supervised distillation (issue 17) ---
         distill_weight: float | None = typer.Option(

@@ -28,7 +28,7 @@ from madapt_cli.retrieval.metrics import Judgments, Metric, score_indices, trec_
 from madapt_cli.retrieval.precision import SCORINGS, encode_corpus, precision_topk
 from madapt_cli.retrieval.quantize import (
     DEFAULT_INT8_CALIBRATION,
-    EVAL_PRECISIONS,
+    PRECISIONS,
     Int8Calibration,
     fit_int8_calibration,
 )
@@ -42,20 +42,20 @@ __all__ = ["DEFAULT_INT8_CALIBRATION", "PrecisionGrid", "precision_options"]
 
 
 def parse_precisions(value: str | Iterable[str] | None) -> list[str]:
-    """``--precision`` (comma-separated or a list) as precisions in EVAL_PRECISIONS order,
+    """``--precision`` (comma-separated or a list) as precisions in PRECISIONS order,
     float32 always first (the reference of every size); [] when not given."""
     if value is None:
         return []
     parts = value.split(",") if isinstance(value, str) else list(value)
     names = [part.strip().lower() for part in parts if part.strip()]
     if not names:
-        raise InputError("--precision: give one or more of " + ", ".join(EVAL_PRECISIONS))
+        raise InputError("--precision: give one or more of " + ", ".join(PRECISIONS))
     for name in names:
-        if name not in EVAL_PRECISIONS:
+        if name not in PRECISIONS:
             raise InputError(
-                f"--precision: unknown precision {name!r}; use {', '.join(EVAL_PRECISIONS)}"
+                f"--precision: unknown precision {name!r}; use {', '.join(PRECISIONS)}"
             )
-    return [p for p in EVAL_PRECISIONS if p in names or p == "float32"]
+    return [p for p in PRECISIONS if p in names or p == "float32"]
 
 
 def parse_scoring(value: str) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from madapt_cli.errors import InputError
 from madapt_cli.pipelines.eval_results import EvaluationReport, ResultRow, frontier
-from madapt_cli.retrieval.quantize import EVAL_PRECISIONS
+from madapt_cli.retrieval.quantize import PRECISIONS
 from madapt_cli.util.progress import Progress
 
 
@@ -209,7 +209,7 @@ def run_plan(
         raise InputError("give STORE and --qrels, or --from-report")
     options = eval_options or EvalOptions()
     if not options.precisions:
-        options.precisions = list(EVAL_PRECISIONS)
+        options.precisions = list(PRECISIONS)
     report = run_evaluation(
         store_path, qrels_path, options, progress=progress, on_warning=on_warning
     )

@@ -17,11 +17,8 @@ import numpy as np
 
 from madapt_cli.errors import InputError
 
-PRECISIONS = ("float32", "float16", "int8", "binary")
-#: every precision `madapt eval`/`plan`/`apply`/`encode` know: PRECISIONS and int2
-#: (retrieval/int2.py), which `--require` and the report's plot markers (reports.py,
-#: requirements.py, both on PRECISIONS) do not name yet
-EVAL_PRECISIONS = ("float32", "float16", "int8", "int2", "binary")
+#: every precision `madapt eval`, `plan`, `apply` and `encode` know (int2: retrieval/int2.py)
+PRECISIONS = ("float32", "float16", "int8", "int2", "binary")
 
 _BYTES_PER_VALUE = {"float32": 4, "float16": 2, "int8": 1}
 
@@ -33,10 +30,8 @@ DEFAULT_INT8_CALIBRATION = "minmax"
 
 def check_precision(precision: str) -> str:
     """``precision`` if madapt knows it, else an :class:`InputError` naming the choices."""
-    if precision not in EVAL_PRECISIONS:
-        raise InputError(
-            f"unknown precision {precision!r}; choose from {', '.join(EVAL_PRECISIONS)}"
-        )
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     return precision
 
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 from madapt_cli.errors import InputError
 from madapt_cli.retrieval import int2, quantize
 
-PRECISIONS: tuple[str, ...] = ("float32", "float16", "int8", "int2", "binary")
+PRECISIONS: tuple[str, ...] = quantize.PRECISIONS
 _SUFFIX = {
     "float32": "",
     "float16": "_float16",
