@@ -145,7 +145,8 @@ def test_student_scale_trains_and_size_temperatures_are_checked():
     corpus, queries = _subspace_problem()
     result = train_distill(corpus, queries, _config(distill_student_scale=True))
     start, best = result.history[0], result.best
-    assert best["held-out kl"]["4"] < 0.7 * start["held-out kl"]["4"]
+    # both KLs at each one's best scale, so the start's is already lower than unscaled
+    assert best["held-out kl"]["4"] < 0.9 * start["held-out kl"]["4"]
     with pytest.raises(InputError, match="distill_size_temperatures has 2 temperatures for 3"):
         train_distill(corpus, queries, _config(distill_size_temperatures=[0.02, 0.05]))
     with pytest.raises(InputError, match="distill_size_temperatures must be positive"):
@@ -167,24 +168,24 @@ def test_fit_records_start_from_dim_and_every_path_honours_it(tmp_path, capsys):
     code, _, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", *fit)
     assert code == 0, err
     config = json.loads((tmp_path / "ad" / "config.json").read_text())
-    assert config["start_from_dim"] == 8  # the smallest power of two >= half of 16
+    assert config["start_from_dim"] == 16  # the smallest power of two >= half of 24
     adaptor = Adaptor.load(tmp_path / "ad")
     # the fit moved f away from its start, else the test proves nothing
-    probe = np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32)
+    probe = np.random.default_rng(1).standard_normal((50, 24)).astype(np.float32)
     unit = torch.from_numpy(probe / np.linalg.norm(probe, axis=1, keepdims=True))
     with torch.no_grad():
         started, adapted = adaptor.module.start(unit), adaptor.module(unit)
     assert float((started - adapted).abs().max()) > 1e-3
-    sized = transform_sizes(adaptor, probe, [4, 8, 16])
-    for dim, source in ((4, adapted), (8, started), (16, started)):
+    sized = transform_sizes(adaptor, probe, [4, 8, 16, 24])
+    for dim, source in ((4, adapted), (8, adapted), (16, started), (24, started)):
         expected = F.normalize(source[:, :dim], dim=-1).numpy()
         np.testing.assert_allclose(adaptor.transform(probe, dim=dim), expected, atol=1e-6)
         np.testing.assert_allclose(sized[dim], expected, atol=1e-6)
         build_core(adaptor, dim)  # raises when the exported program differs from transform
     # a bad value is refused on load, naming the file
-    config["start_from_dim"] = 17
+    config["start_from_dim"] = 25
     (tmp_path / "ad" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match=r"'start_from_dim' must be a whole number in 1\.\.16"):
+    with pytest.raises(InputError, match=r"'start_from_dim' must be a whole number in 1\.\.24"):
         Adaptor.load(tmp_path / "ad")
 
 

@@ -212,7 +212,8 @@ class TrainConfig:
     # docs/benchmarks.md); below it, f's. None: f at every size
     distill_start_from: float | None = 0.5
     # per training query anchor, this many synthetic anchors near the queries (mixups of two
-    # queries, or noisy copies: training/anchors.py synthetic_anchors); 0: none
+    # queries, or noisy copies: training/anchors.py synthetic_anchors); 0: none (2 gained on
+    # labelled validation but ended below the start at 128 on SciFact test: docs/benchmarks.md)
     distill_synthetic_anchors: int = 0
     distill_synthetic_kind: str = "mix"
     # --- end unsup4 ---
