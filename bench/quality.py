@@ -15,7 +15,9 @@ Methods: truncate, pca, rotation (the untrained start, `--epochs 0`), unsupervis
 with the `madapt fit --method smec` defaults; ``--smec-set sequential=false`` overrides an
 ``SMECOptions`` field). For distill and distill-corpus the test
 nDCG@10 of every epoch is recorded beside the label-free proxy (never used to choose), so
-``--json`` holds what the proxy/test correlation needs.
+``--json`` holds what the proxy/test correlation needs. Distill methods are scored as
+`madapt fit` writes them (the untrained start's prefix from ``start_from_dim`` up) and, as
+``METHOD:f``, with f at every size.
 
 ``--labelled-validation 0.3`` (for choosing defaults without test): 30% of the train qrels'
 queries (one fixed split, the same for every seed and setting) are held out from the anchors
