@@ -15,7 +15,9 @@ Methods: truncate, pca, rotation (the untrained start, `--epochs 0`), unsupervis
 with the `madapt fit --method smec` defaults; ``--smec-set sequential=false`` overrides an
 ``SMECOptions`` field). For distill and distill-corpus the test
 nDCG@10 of every epoch is recorded beside the label-free proxy (never used to choose), so
-``--json`` holds what the proxy/test correlation needs.
+``--json`` holds what the proxy/test correlation needs. Distill methods are scored as
+`madapt fit` writes them (the untrained start's prefix from ``start_from_dim`` up) and, as
+``METHOD:f``, with f at every size.
 
 ``--labelled-validation 0.3`` (for choosing defaults without test): 30% of the train qrels'
 queries (one fixed split, the same for every seed and setting) are held out from the anchors
@@ -36,6 +38,7 @@ from madapt_cli.data import read_qrels
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.matryoshka import (
     new_adaptor_module,
+    start_from_dim,
     train_distill,
     train_supervised,
     train_unsupervised,
@@ -185,7 +188,16 @@ def main() -> None:
                 data["doc_vectors"], anchors, config, None, report, monitor_data=test_monitor
             )
             curves[method] = result.history
-            adaptor = _wrap(result.module, data)
+            # as `madapt fit` records it: the start's prefix from start_from_dim up
+            start_from = start_from_dim(config, data["doc_vectors"].shape[1])
+            adaptor = _wrap(result.module, data, start_from)
+            if start_from is not None:  # and f at every size, for the record
+                everywhere = _wrap(result.module, data)
+                table[f"{method}:f"] = evaluate(everywhere, data, test_qrels, dims)
+                if validation_ids:
+                    validation_table[f"{method}:f"] = evaluate(
+                        everywhere, data, validation_qrels, dims
+                    )
         elif method == "unsupervised":
             result = train_unsupervised(
                 data["doc_vectors"], config, unsupervised_validation, report
@@ -253,8 +265,11 @@ def main() -> None:
         )
 
 
-def _wrap(module: torch.nn.Module, data: dict) -> Adaptor:
-    return Adaptor(module, {"method": "matryoshka", "dimension": data["doc_vectors"].shape[1]})
+def _wrap(module: torch.nn.Module, data: dict, start_from: int | None = None) -> Adaptor:
+    config = {"method": "matryoshka", "dimension": data["doc_vectors"].shape[1]}
+    if start_from is not None:
+        config["start_from_dim"] = start_from
+    return Adaptor(module, config)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,12 @@ def check_config(config: Any, config_path: Path) -> None:
             f"{config_path}: 'dimension' must be a positive whole number, not {dimension!r}"
         )
     method.check_config(config, config_path)
+    start_from = config.get("start_from_dim")
+    if start_from is not None and not (_positive_int(start_from) and start_from <= dimension):
+        raise InputError(
+            f"{config_path}: 'start_from_dim' must be a whole number in 1..{dimension}, "
+            f"not {start_from!r}"
+        )
 
 
 def check_weights(
@@ -194,10 +200,22 @@ class Adaptor:
         ).reshape(*tensor.shape[:-1], dim)
         return result.numpy() if as_numpy else result
 
+    def keeps_start(self, dim: int) -> bool:
+        """Whether ``dim`` coordinates come from the untrained start (config.json's
+        ``start_from_dim``: at that size and above, the trained map was no better than its
+        start, so the start's prefix is given; below it, f's)."""
+        start_from = self.config.get("start_from_dim")
+        return start_from is not None and dim >= int(start_from)
+
+    def full_vectors(self, e: torch.Tensor, dim: int) -> torch.Tensor:
+        """The (N, D) vectors whose first ``dim`` coordinates :meth:`transform` keeps: f of
+        the normalised input, or its start when :meth:`keeps_start`."""
+        unit = torch.nn.functional.normalize(e, dim=-1)
+        return self.module.start(unit) if self.keeps_start(dim) else self.module(unit)
+
     def forward_prefix(self, e: torch.Tensor, dim: int) -> torch.Tensor:
         """The differentiable core of :meth:`transform` on a (N, D) tensor."""
-        adapted = self.module(torch.nn.functional.normalize(e, dim=-1))
-        return torch.nn.functional.normalize(adapted[:, :dim], dim=-1)
+        return torch.nn.functional.normalize(self.full_vectors(e, dim)[:, :dim], dim=-1)
 
     def to(self, device: str | torch.device) -> Adaptor:
         self.module.to(device)
@@ -254,6 +272,11 @@ class Adaptor:
                 f"{weights_path}: cannot load weights: not a readable safetensors file ({reason})"
             ) from None
         check_weights(module, state, config, weights_path)
+        if config.get("start_from_dim") is not None and not hasattr(module, "start"):
+            raise InputError(
+                f"{config_path}: 'start_from_dim' needs an adaptor with a start (the "
+                f"residual MLP); a {config['method']} adaptor has none"
+            )
         module.load_state_dict(state)
         return cls(module.to(device), config)
 

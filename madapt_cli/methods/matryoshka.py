@@ -22,7 +22,7 @@ from torch import nn
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods.base import Fitted, Method, TrainingData
-from madapt_cli.training.anchors import anchor_record
+from madapt_cli.training.anchors import anchor_record, synthetic_anchors
 from madapt_cli.training.config import EpochCallback, TrainConfig, TrainResult, seed_everything
 from madapt_cli.training.loop import EpochOrder, Stage, fit_loop
 from madapt_cli.training.modules import (
@@ -136,9 +136,18 @@ def train_distill(
     )
     started = time.perf_counter()
     train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
+    train_anchors = anchor_vectors[torch.from_numpy(train_index).to(device)]
+    if rows is None and config.distill_synthetic_anchors > 0:  # queries only, never rows
+        extra = synthetic_anchors(
+            train_anchors,
+            config.distill_synthetic_anchors,
+            config.distill_synthetic_kind,
+            config.seed,
+        )
+        train_anchors = torch.cat([train_anchors, extra])
     objective = distillation_objective(
         vectors,
-        anchor_vectors[torch.from_numpy(train_index).to(device)],
+        train_anchors,
         dims,
         config,
         distill_size_weights(config, dims),
@@ -153,16 +162,18 @@ def train_distill(
         validation = _ranking_proxy(
             vectors, anchor_vectors, rows, proxy_index, dims, config, monitor
         )
-    batch_size = min(config.batch_size, len(train_index))
-    steps = math.ceil(len(train_index) / batch_size)
+    batch_size = min(config.batch_size, len(train_anchors))
+    steps = math.ceil(len(train_anchors) / batch_size)
     generator = device_generator(device, config.seed)
-    order = EpochOrder(len(train_index), batch_size, device)
+    order = EpochOrder(len(train_anchors), batch_size, device)
 
     taken = [0]
 
     def step(gen: torch.Generator) -> torch.Tensor:
-        if taken[0] % steps == 0 and isinstance(objective, StudentNegativesObjective):
-            objective.refresh(module)  # each epoch: the student's current mistakes
+        if taken[0] % steps == 0:  # each epoch: the student's current mistakes and scales
+            if isinstance(objective, StudentNegativesObjective):
+                objective.refresh(module)
+            objective.calibrate(module, config.seed)
         taken[0] += 1
         return objective(module, order.next(gen), gen)
 
@@ -171,9 +182,29 @@ def train_distill(
     return TrainResult(module.cpu().eval(), history, best, mined)
 
 
+def start_from_dim(config: TrainConfig, dimension: int) -> int | None:
+    """config.json's ``start_from_dim`` of an unsupervised distill fit: the smallest power of
+    two of at least ``config.distill_start_from`` x the full size, at most the full size
+    (None without that setting). Fixed by the dimension alone, so that the trained sizes
+    (``--train-dims``) can be those below it."""
+    if config.distill_start_from is None:
+        return None
+    size = 1
+    while size < config.distill_start_from * dimension:
+        size *= 2
+    return min(size, dimension)
+
+
 def distill_size_weights(config: TrainConfig, dims: list[int]) -> list[float]:
     """L_distill's weight of each trained size: ``config.distill_size_weights`` (one per
-    size) when given, else ``config.dim_weights``."""
+    size) when given, else ``config.dim_weights``. Also refuses
+    ``config.distill_size_temperatures`` of another length than ``dims``."""
+    temperatures = config.distill_size_temperatures
+    if temperatures is not None and len(temperatures) != len(dims):
+        raise InputError(
+            f"TrainConfig.distill_size_temperatures has {len(temperatures)} temperatures for "
+            f"{len(dims)} trained sizes ({', '.join(map(str, dims))})"
+        )
     weights = config.distill_size_weights
     if weights is None:
         return config.dim_weights(dims)
@@ -408,14 +439,19 @@ class Matryoshka(Method):
             validation = data.validation()
             progress.plan([config.epochs])
             result = train_unsupervised(corpus, config, validation, progress)
-        learned = None
-        if not data.supervised and data.anchors is not None and data.objective == "distill":
-            learned = anchor_record(str(data.queries_table), data.anchors[0], data.anchor_source)
+        learned, start_from = None, None
+        if not data.supervised and data.objective == "distill":
+            start_from = start_from_dim(config, data.dimension)
+            if data.anchors is not None:
+                learned = anchor_record(
+                    str(data.queries_table), data.anchors[0], data.anchor_source
+                )
         record = {
             "architecture": {"type": "residual_mlp", **architecture(config, data.dimension)},
             "mode": data.mode,
             **({} if data.supervised else {"objective": data.objective}),
             **({} if learned is None else {"learned_from_queries": learned}),
+            **({} if start_from is None else {"start_from_dim": start_from}),
             "train_dims": config.train_dims,
             "training_rows": len(corpus_ids),
             "training_data_sha256": data.sha256(),

@@ -74,12 +74,19 @@ def column_name(dim: int, precision: str = "float32") -> str:
 def transform_sizes(
     adaptor: Adaptor, vectors: np.ndarray, dims: Sequence[int]
 ) -> dict[int, np.ndarray]:
-    """f applied once, then each prefix re-normalised: dim -> (N, dim) float32."""
+    """f applied once (and the start once, for sizes the adaptor gives from its start: see
+    :meth:`Adaptor.keeps_start`), then each prefix re-normalised: dim -> (N, dim) float32."""
+    tensor = torch.tensor(np.asarray(vectors, np.float32))
+    full: dict[bool, torch.Tensor] = {}
     with torch.no_grad():
-        adapted = adaptor.module(
-            torch.nn.functional.normalize(torch.tensor(np.asarray(vectors, np.float32)), dim=-1)
-        )
-        return {d: torch.nn.functional.normalize(adapted[:, :d], dim=-1).numpy() for d in dims}
+        for d in dims:
+            kind = adaptor.keeps_start(d)
+            if kind not in full:
+                full[kind] = adaptor.full_vectors(tensor, d)
+        return {
+            d: torch.nn.functional.normalize(full[adaptor.keeps_start(d)][:, :d], dim=-1).numpy()
+            for d in dims
+        }
 
 
 @dataclass

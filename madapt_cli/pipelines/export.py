@@ -116,7 +116,8 @@ def core_program(adaptor: Adaptor, dim: int) -> tuple[dict[str, Any], dict[str, 
         spec.update(center=True, rotate=True)
         state.update(mean=module.mean, rotation=module.components)
     elif isinstance(module, ResidualMLP):
-        blocks.append((module.g, None))
+        if not adaptor.keeps_start(dim):  # else the start alone: the rotation (or identity)
+            blocks.append((module.g, None))
         rotation = module.rotation
     elif isinstance(module, SMECModule):
         blocks.extend((stage.residual.g, stage.writes) for stage in module.stages)
