@@ -165,8 +165,9 @@ def test_fit_records_start_from_dim_and_every_path_honours_it(tmp_path, capsys):
 
     store, _, _ = make_store(tmp_path)
     fit = ("--train-dims", "4,8,16", "--epochs", "3", "--batch-size", "16", "--device", "cpu")
-    code, _, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", *fit)
+    code, out, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", *fit)
     assert code == 0, err
+    assert "from 16 dims up it gives the untrained start's prefix" in out  # the user is told
     config = json.loads((tmp_path / "ad" / "config.json").read_text())
     assert config["start_from_dim"] == 16  # the smallest power of two >= half of 24
     adaptor = Adaptor.load(tmp_path / "ad")

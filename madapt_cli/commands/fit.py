@@ -18,7 +18,13 @@ def register(app: typer.Typer) -> None:
         store_path: Path = typer.Argument(..., help="A store with a 'corpus' table."),
         out: Path = typer.Option(..., "--out", help="Adaptor directory to write."),
         method: str = typer.Option("matryoshka", "--method", help=", ".join(METHODS) + "."),
-        mode: str = typer.Option("unsupervised", "--mode", help="unsupervised or supervised."),
+        mode: str = typer.Option(
+            "unsupervised",
+            "--mode",
+            help="unsupervised or supervised. Unsupervised distill gives the untrained start's "
+            "prefix from half the full size up (config.json start_from_dim): never below the "
+            "original there, but not nested with the adapted prefixes below it.",
+        ),
         qrels: Path | None = typer.Option(
             None,
             "--qrels",
@@ -302,6 +308,7 @@ def _print_summary(result: dict[str, Any], out: Path, as_json: bool) -> None:
                 "learned_from_queries": _learned(result),
                 "epochs_run": len(result.get("validation_curve") or []),
                 "training_data_sha256": result["training_data_sha256"],
+                "start_from_dim": result.get("start_from_dim"),
             }
         )
         return
@@ -330,6 +337,12 @@ def _print_summary(result: dict[str, Any], out: Path, as_json: bool) -> None:
                 f"objective distill: learned from {learned['count']} unlabelled queries "
                 f"({learned['selected_by']}); do not evaluate on them"
             )
+    if result.get("start_from_dim") is not None:
+        console.out.print(
+            f"from {result['start_from_dim']} dims up it gives the untrained start's prefix "
+            "(the original's quality; not nested with the smaller adapted prefixes: write each "
+            "size you store with `madapt apply --dims`)"
+        )
 
 
 def _learned(result: dict[str, Any]) -> dict[str, Any] | None:
