@@ -3,10 +3,11 @@
 ``madapt fit --method smec``: sizes are reduced in stages (SMRL, ``--sequential``), each stage
 learning which coordinates to keep (ADS, ``--ads``) with neighbours from a cross-batch memory
 (S-XBM). By default one stage trains every size with S-XBM (sequential stages and ADS off:
-they cost quality at 64 dims, docs/smec.md). This module holds
-the options, the staged trainer and the :class:`SMEC` method; the module being trained is in
-:mod:`madapt_cli.methods.smec_module`. Design notes and the choices' measurements:
-docs/smec.md.
+they cost quality at 64 dims, docs/smec.md); supervised, S-XBM weighs 0.1 beside the ranking
+loss and the weight of L_distill (0 or 1) is chosen per fit on the held-out training
+queries. This module holds the options, the staged trainer and the :class:`SMEC` method; the
+module being trained is in :mod:`madapt_cli.methods.smec_module`. Design notes and the
+choices' measurements: docs/smec.md.
 """
 
 from __future__ import annotations
