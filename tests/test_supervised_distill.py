@@ -16,7 +16,14 @@ from madapt_cli.training.config import TrainConfig
 
 def _config(**changes) -> TrainConfig:
     return signal_config(
-        **{"supervised_epochs": 12, "distill_topk": 20, "distill_random": 8, **changes}
+        **{
+            "supervised_epochs": 12,
+            "distill_topk": 20,
+            "distill_random": 8,
+            # SMEC: one fit at distill_weight (no choice)
+            "smec_distill_choices": None,
+            **changes,
+        }
     )
 
 
@@ -84,8 +91,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_smec_supervised_default_alpha_is_0_3(one_thread):
-    """SMEC's supervised L_unsup weight: 0.3 unless --alpha says otherwise (docs/smec.md)."""
+def test_smec_supervised_default_alpha_is_0_1(one_thread):
+    """SMEC's supervised L_unsup weight: 0.1 unless --alpha says otherwise (docs/smec.md)."""
     from madapt_cli.methods.smec import SMECOptions, train_smec
 
     data = _hidden_signal(n=120)
@@ -103,7 +110,7 @@ def test_smec_supervised_default_alpha_is_0_3(one_thread):
         )
         return list(result.module.state_dict().values())
 
-    default, explicit, heavier = weights(None), weights(0.3), weights(1.0)
+    default, explicit, heavier = weights(None), weights(0.1), weights(0.3)
     assert all(torch.equal(a, b) for a, b in zip(default, explicit, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(default, heavier, strict=True))
 

@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--alpha",
             help="Weight of L_pair (unsupervised, default 1) or L_topk (supervised, default "
-            "0.3); smec: of L_unsup (supervised default 0.3, unsupervised 1).",
+            "0.3); smec: of L_unsup (supervised default 0.1, unsupervised 1).",
         ),
         beta: float | None = typer.Option(
             None,
@@ -121,7 +121,9 @@ def register(app: typer.Typer) -> None:
             "--distill-weight",
             help="Supervised (matryoshka, smec): weight of L_distill beside L_rank, each "
             "prefix learning the full-size ranking of every training query's top 100 "
-            "documents (default 0; docs/benchmarks.md: helps NFCorpus, costs SciFact).",
+            "documents (matryoshka default 0; smec default: 0 or 1, whichever scores better "
+            "on the held-out training queries; docs/benchmarks.md: helps NFCorpus, costs "
+            "SciFact).",
         ),
         stage1_objective: str | None = typer.Option(
             None,
@@ -219,6 +221,8 @@ def register(app: typer.Typer) -> None:
         if stage1_objective is not None and method != "matryoshka":
             raise InputError("--stage1-objective needs --method matryoshka")
         # --- end sup ---
+        if distill_weight is not None:  # --- sup4 --- a weight given: SMEC does not choose
+            config.smec_distill_choices = None
         if quantization_aware is not None and method != "matryoshka":
             raise InputError("--quantization-aware needs --method matryoshka")
         if lr is not None and fitter.one_learning_rate:

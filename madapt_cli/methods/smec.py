@@ -3,14 +3,16 @@
 ``madapt fit --method smec``: sizes are reduced in stages (SMRL, ``--sequential``), each stage
 learning which coordinates to keep (ADS, ``--ads``) with neighbours from a cross-batch memory
 (S-XBM). By default one stage trains every size with S-XBM (sequential stages and ADS off:
-they cost quality at 64 dims, docs/smec.md). This module holds
-the options, the staged trainer and the :class:`SMEC` method; the module being trained is in
-:mod:`madapt_cli.methods.smec_module`. Design notes and the choices' measurements:
-docs/smec.md.
+they cost quality at 64 dims, docs/smec.md); supervised, S-XBM weighs 0.1 beside the ranking
+loss and the weight of L_distill (0 or 1) is chosen per fit on the held-out training
+queries. This module holds the options, the staged trainer and the :class:`SMEC` method; the
+module being trained is in :mod:`madapt_cli.methods.smec_module`. Design notes and the
+choices' measurements: docs/smec.md.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -48,7 +50,7 @@ from madapt_cli.util.device import device_generator, resolve_device
 from madapt_cli.util.dims import check_train_dims
 
 METHOD = "smec"
-SUPERVISED_ALPHA = 0.3  # weight of L_unsup beside L_rank when --alpha is not given
+SUPERVISED_ALPHA = 0.1  # weight of L_unsup beside L_rank when --alpha is not given
 
 
 @dataclass
@@ -219,24 +221,72 @@ def train_smec(  # noqa: PLR0913 - the public training API (bench/, tests) takes
     :func:`madapt_cli.methods.matryoshka.train_supervised`), unsupervised otherwise
     (``validation_data`` optional). Each stage runs ``config.supervised_epochs``
     (supervised) or ``config.epochs`` epochs at ``config.lr`` with early stopping on its own
-    sizes' validation nDCG@10.
+    sizes' validation nDCG@10. Supervised with :func:`distill_choices`: one fit per
+    L_distill weight from the same start, and the one whose last stage has the best
+    held-out score is kept (its weight in ``best["distill_weight"]``).
     """
     supervised = qrels is not None
     config.validate("supervised" if supervised else "unsupervised", one_learning_rate=True)
     options.validate()
-    seed_everything(config.seed)
     device = resolve_device(config.device)
-    dimension = corpus.shape[1]
     vectors = F.normalize(torch.from_numpy(np.array(corpus, np.float32)).to(device), dim=-1)
+    split = None
+    if supervised:
+        split = split_training_queries(corpus_ids, queries, query_ids, qrels, dev_qrels, config)
+        validation_data = split[1]
+    choices = distill_choices(config) if supervised and validation_data else []
+    history: list[dict[str, Any]] = []
+    kept: TrainResult | None = None
+    for weight in choices or [None]:
+        candidate = config if weight is None else replace(config, distill_weight=weight)
+        seed_everything(config.seed)  # every candidate from the same start and draws
+        start = copy.deepcopy(module) if module is not None else None
+        labelled = None if split is None else (split[0], corpus_ids, queries, query_ids, qrels)
+        name = "" if len(choices) < 2 else f" distill {weight:g}"
+        result = _train_stages(
+            vectors, candidate, options, start, validation_data, on_epoch, name, labelled
+        )
+        history += result.history
+        if weight is not None and result.best is not None:
+            result.best["distill_weight"] = weight
+        if kept is None or _score(result) > _score(kept) + 1e-6:
+            kept = result
+    return TrainResult(kept.module, history, kept.best)
+
+
+def _score(result: TrainResult) -> float:
+    return -math.inf if result.best is None else float(result.best["score"])
+
+
+def distill_choices(config: TrainConfig) -> list[float]:
+    """The L_distill weights a supervised SMEC fit chooses from on its held-out training
+    queries: ``config.smec_distill_choices`` while ``config.distill_weight`` is 0 (the
+    default; ``--distill-weight W`` fixes the weight), else none (one fit)."""
+    if config.distill_weight > 0 or not config.smec_distill_choices:
+        return []
+    return sorted({float(w) for w in config.smec_distill_choices})
+
+
+def _train_stages(
+    vectors: torch.Tensor,
+    config: TrainConfig,
+    options: SMECOptions,
+    module: SMECModule | None,
+    validation_data: dict[str, Any] | None,
+    on_epoch: EpochCallback | None,
+    name: str,
+    labelled: tuple | None,
+) -> TrainResult:
+    """The stages of one fit; ``labelled``: (training query ids, corpus ids, query vectors,
+    query ids, qrels) when supervised."""
+    device, dimension = vectors.device, vectors.shape[1]
     if module is None:  # a resumed module keeps the start it was trained from
         module = new_smec_module(vectors, config)
     module = module.to(device)
     plan = stage_plan(module.smallest_size, dimension, config, options)
     objective, epochs = None, config.epochs  # see "Learning rates" in docs/smec.md
-    if supervised:
-        train_ids, validation_data = split_training_queries(
-            corpus_ids, queries, query_ids, qrels, dev_qrels, config
-        )
+    if labelled is not None:
+        train_ids, corpus_ids, queries, query_ids, qrels = labelled
         train_queries, judgments = training_queries(
             corpus_ids, queries, query_ids, qrels, train_ids, device
         )
@@ -248,6 +298,7 @@ def train_smec(  # noqa: PLR0913 - the public training API (bench/, tests) takes
             config,
             config.weights("supervised"),
             device_generator(device, config.seed + 1),
+            regularise=False,  # S-XBM is SMEC's regulariser (StageStep)
         )
         epochs = config.supervised_epochs
     history: list[dict[str, Any]] = []
@@ -261,7 +312,7 @@ def train_smec(  # noqa: PLR0913 - the public training API (bench/, tests) takes
         selection = replace(config, validation_dims=list(sizes))
         validation = build_validation(vectors, validation_data, sizes, selection, device)
         step, steps = _stage_step(module, index, vectors, objective, config, options, epochs)
-        stage = Stage("smec " + ",".join(map(str, sizes)), epochs, steps, config.lr)
+        stage = Stage("smec " + ",".join(map(str, sizes)) + name, epochs, steps, config.lr)
         generator = device_generator(device, config.seed)
         stage_history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
         module.fold(index)
@@ -290,8 +341,8 @@ def _stage_step(
         if options.xbm
         else None
     )
-    # supervised default 0.3, as the Matryoshka-Adaptor's regularisers: chosen on held-out
-    # train queries against 1.0 (figures in docs/smec.md)
+    # supervised default 0.1: chosen on held-out train queries against 0, 0.03, 0.3 and 1
+    # (docs/smec.md, "Defaults")
     alpha = SUPERVISED_ALPHA if config.alpha is None else float(config.alpha)
     step = StageStep(
         module=module,
@@ -407,6 +458,8 @@ class SMEC(Method):
             module, earlier = adaptor.module, adaptor.config
         start = module.smallest_size if module is not None else data.dimension
         stages = len(stage_plan(start, data.dimension, config, options))
+        if data.supervised:  # one fit per candidate L_distill weight (at most)
+            stages *= max(1, len(distill_choices(config)))
         progress.plan([config.supervised_epochs if data.supervised else config.epochs] * stages)
         if data.supervised:
             result = train_smec(
@@ -442,6 +495,11 @@ class SMEC(Method):
             "smec": {
                 **description,
                 "options": asdict(options),
+                # supervised: the L_distill weight trained with (chosen on held-out queries
+                # when TrainConfig.smec_distill_choices applied)
+                "distill_weight": (result.best or {}).get("distill_weight", config.distill_weight)
+                if data.supervised
+                else None,
                 "resumed_from": str(Path(resume).resolve()) if resume is not None else None,
             },
         }

@@ -138,6 +138,13 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "'auto', 'bf16' or 'fp32'",
     ),
     # --- end fitspeed ---
+    # --- sup4 ---
+    *_group(
+        "smec_distill_choices",
+        lambda value: value is None or all(_non_negative(w) for w in value),
+        "finite numbers >= 0",
+    ),
+    # --- end sup4 ---
 ]
 
 
@@ -229,6 +236,12 @@ class TrainConfig:
     stage1_objective: str = "paper"
     distill_weight: float = 0.0
     # --- end sup ---
+    # --- sup4 ---
+    # supervised SMEC: while distill_weight is 0 (--distill-weight W sets None), one fit per
+    # L_distill weight here from the same start, keeping the best on the held-out training
+    # queries (SciFact's choose 0, NFCorpus' 1: docs/smec.md); None or []: one fit
+    smec_distill_choices: list[float] | None = field(default_factory=lambda: [0.0, 1.0])
+    # --- end sup4 ---
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in

@@ -78,7 +78,8 @@ class UnsupervisedObjective:
 
 class SupervisedObjective:
     """L_rank over labelled positives, hard and in-batch negatives, plus the unsupervised
-    terms on a random corpus batch as regularisers."""
+    terms on a random corpus batch as regularisers (``regularise``; a method with its own
+    regulariser, SMEC's S-XBM, turns them off and skips their corpus top-k mining)."""
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class SupervisedObjective:
         config: TrainConfig,
         weights: dict,
         generator: torch.Generator,
+        regularise: bool = True,
     ) -> None:
         device = corpus.device
         self.corpus, self.queries, self.generator = corpus, queries, generator
@@ -111,8 +113,12 @@ class SupervisedObjective:
         self.hard_negatives = retrieved.gather(1, order)[:, : config.hard_negatives]
         dim_weights = config.dim_weights(dims)
         self.rank_loss = RankingLoss(dims, config.temperature, dim_weights).to(device)
-        self.unsupervised = UnsupervisedObjective(
-            corpus, dims, config.topk, {"topk": 1.0, "pair": 1.0, "rec": 1.0}, dim_weights
+        self.unsupervised = (
+            UnsupervisedObjective(
+                corpus, dims, config.topk, {"topk": 1.0, "pair": 1.0, "rec": 1.0}, dim_weights
+            )
+            if regularise
+            else None
         )
         # L_distill over the training queries' full-size neighbours (config.distill_weight)
         self.distill = (
@@ -152,6 +158,8 @@ class SupervisedObjective:
         loss = self.weights["rank"] * self.rank_loss(queries, documents, relevance)
         if self.distill is not None:
             loss = loss + self.config.distill_weight * self.distill(module, batch, self.generator)
+        if self.unsupervised is None:
+            return loss
         return loss + self.unsupervised.terms(module, corpus_batch, self.weights)
 
 

@@ -1,0 +1,148 @@
+"""SMEC's supervised fit: the ranking loss (and L_distill) on masked vectors with S-XBM as
+its only regulariser (no corpus top-k mined for the Matryoshka-Adaptor's regularisers), and
+the L_distill weight chosen on the held-out training queries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_training import _hidden_signal, signal_config
+
+import madapt_cli.training.objectives as objectives
+from madapt_cli.errors import InputError
+from madapt_cli.methods.matryoshka import new_adaptor_module
+from madapt_cli.methods.smec import SMECOptions, distill_choices, train_smec
+from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.objectives import SupervisedObjective
+from madapt_cli.training.validation import split_training_queries, training_queries
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: bit-for-bit equal fits need the same summation order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def mined(monkeypatch):
+    """Every top-k mining of the objectives: (rows searched, corpus rows, exclude_self)."""
+    calls: list[tuple[int, int, bool]] = []
+    original = objectives.mine_topk
+
+    def recording(queries, corpus, k, exclude_self=False):
+        calls.append((len(queries), len(corpus), exclude_self))
+        return original(queries, corpus, k, exclude_self=exclude_self)
+
+    monkeypatch.setattr(objectives, "mine_topk", recording)
+    return calls
+
+
+def _objective(regularise: bool, data: dict, config):
+    train_ids, _ = split_training_queries(
+        data["doc_ids"], data["queries"], data["query_ids"], data["qrels"], None, config
+    )
+    queries, judgments = training_queries(
+        data["doc_ids"], data["queries"], data["query_ids"], data["qrels"], train_ids, "cpu"
+    )
+    corpus = torch.nn.functional.normalize(torch.from_numpy(data["docs"]), dim=-1)
+    return SupervisedObjective(
+        corpus,
+        queries,
+        judgments,
+        [8, 32],
+        config,
+        config.weights("supervised"),
+        torch.Generator().manual_seed(1),
+        regularise=regularise,
+    )
+
+
+def test_smec_mines_no_corpus_topk_and_still_learns(mined):
+    data = _hidden_signal(n=120)
+    config = signal_config(supervised_epochs=2, train_dims=[8, 16])
+    train_smec(
+        data["docs"],
+        config,
+        SMECOptions(memory_size=200),
+        corpus_ids=data["doc_ids"],
+        queries=data["queries"],
+        query_ids=data["query_ids"],
+        qrels=data["qrels"],
+    )
+    # the training queries' hard negatives only: never the corpus against itself
+    assert mined and all(not exclude_self for _, _, exclude_self in mined)
+    assert all(rows < len(data["docs"]) for rows, _, _ in mined)
+
+
+def test_without_regularisers_the_loss_is_the_ranking_loss_alone(mined):
+    torch.manual_seed(0)
+    data = _hidden_signal(n=120)
+    config = signal_config()
+    plain, regularised = _objective(False, data, config), _objective(True, data, config)
+    assert plain.unsupervised is None and regularised.unsupervised is not None
+    assert [exclude for _, _, exclude in mined] == [False, False, True]  # only the second
+    module = new_adaptor_module(plain.corpus, config)
+    with torch.no_grad():  # away from the identity, where the regularisers are all 0
+        for parameter in module.g.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape))
+    batch, corpus_batch = torch.arange(16), torch.arange(40)
+    with_terms = regularised(module, batch, corpus_batch)
+    alone = plain(module, batch, corpus_batch)
+    terms = regularised.unsupervised.terms(module, corpus_batch, regularised.weights)
+    # both objectives drew the same candidates (same generator seed, same first draw)
+    torch.testing.assert_close(alone + terms, with_terms)
+    assert float(terms.detach()) > 0
+
+
+def _smec(data: dict, **changes):
+    config = signal_config(
+        **{
+            "supervised_epochs": 3,
+            "train_dims": [8, 16],
+            "distill_topk": 20,
+            **changes,
+        }
+    )
+    config.distill_random = 8
+    return train_smec(
+        data["docs"],
+        config,
+        SMECOptions(memory_size=200),
+        corpus_ids=data["doc_ids"],
+        queries=data["queries"],
+        query_ids=data["query_ids"],
+        qrels=data["qrels"],
+    )
+
+
+def test_distill_weight_is_chosen_on_the_held_out_queries(one_thread):
+    """With two candidate weights, both fits run from the same start and the one with the
+    better held-out score is kept, bit for bit the fit at that weight alone."""
+    data = _hidden_signal(n=120)
+    chosen = _smec(data, smec_distill_choices=[0.0, 0.5])
+    stages = {record["stage"] for record in chosen.history}
+    assert stages == {"smec 16,8 distill 0", "smec 16,8 distill 0.5"}
+    finals = {
+        weight: max(r["score"] for r in chosen.history if r["stage"].endswith(f" {weight:g}"))
+        for weight in (0.0, 0.5)
+    }
+    weight = chosen.best["distill_weight"]
+    assert finals[weight] == max(finals.values()) == chosen.best["score"]
+    alone = _smec(data, distill_weight=weight, smec_distill_choices=None)
+    for a, b in zip(
+        chosen.module.state_dict().values(), alone.module.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    # an explicit weight (--distill-weight) is one fit, whatever the choices say
+    fixed = _smec(data, distill_weight=0.5, smec_distill_choices=[0.0, 0.5])
+    assert {record["stage"] for record in fixed.history} == {"smec 16,8"}
+
+
+def test_distill_choices_and_their_check():
+    assert distill_choices(TrainConfig()) == [0.0, 1.0]
+    assert distill_choices(TrainConfig(distill_weight=0.5)) == []
+    with pytest.raises(InputError, match=r"TrainConfig\.smec_distill_choices must be"):
+        TrainConfig(smec_distill_choices=[-1.0]).validate("supervised")
