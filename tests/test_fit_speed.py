@@ -233,9 +233,9 @@ def test_fit_refuses_bf16_on_a_cpu_without_it_before_any_work(monkeypatch, tmp_p
     from typer.testing import CliRunner
 
     from madapt_cli.cli import app
-    from madapt_cli.util import device
+    from madapt_cli.util import cpu
 
-    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "cpu_has_bf16", lambda: False)
     args = ["fit", str(tmp_path / "nope"), "--device", "cpu", "--precision", "bf16"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ad")])
     assert result.exit_code == 2, result.output

@@ -180,7 +180,8 @@ def register(app: typer.Typer) -> None:
         """Train an adaptor on STORE's corpus and write it to --out (safetensors + config.json)."""
         from madapt_cli.methods.base import get_method, method_options
         from madapt_cli.pipelines.fit import fit_store
-        from madapt_cli.util.device import cpu_has_bf16, resolve_device
+        from madapt_cli.util.cpu import cpu_has_bf16
+        from madapt_cli.util.device import resolve_device
         from madapt_cli.util.dims import split_sizes
 
         # a device this machine lacks, or bf16 it cannot do natively, is refused before any work

@@ -28,7 +28,8 @@ import pyarrow as pa
 
 from madapt_cli.pipelines import import_vectors as local
 from madapt_cli.pipelines.ray_engine import RayOptions, ray_session, run_fragments, run_waves
-from madapt_cli.store.fragments import Fragment, lance_fragments, parquet_fragments, read_fragment
+from madapt_cli.store.fragments import Fragment, lance_fragments, read_fragment
+from madapt_cli.store.parquet import parquet_fragments
 from madapt_cli.vector_sources import (
     LANCE_SEPARATOR,
     LanceVectors,

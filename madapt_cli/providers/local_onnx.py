@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from madapt_cli.errors import ProviderError, StoreError
-from madapt_cli.util.device import cpu_has_bf16
+from madapt_cli.util.cpu import cpu_has_bf16
 
 BACKENDS = ("torch", "onnx", "openvino")
 PRECISIONS = ("fp32", "bf16")

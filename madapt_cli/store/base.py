@@ -38,7 +38,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -46,9 +46,6 @@ import pyarrow as pa
 from madapt_cli import __version__
 from madapt_cli.errors import InputError, StoreError
 from madapt_cli.util.vectors import check_vectors
-
-if TYPE_CHECKING:
-    from madapt_cli.store.fragments import Fragment
 
 StoreFormat = Literal["parquet", "lance"]
 
@@ -298,8 +295,10 @@ class Store(ABC):
     ) -> Iterator[pa.RecordBatch]:
         """Stream the live rows, at most ``batch_rows`` at a time."""
 
-    def fragments(self, name: str, block_rows: int = 65_536) -> list[Fragment]:
-        """The table cut into pieces that other processes read by themselves
+    def fragments(self, name: str, block_rows: int = 65_536) -> list[Any]:
+        """The table cut into pieces (:class:`~madapt_cli.store.fragments.Fragment`, not
+        imported here: fragments.py reads through parquet.py, which builds on this module)
+        that other processes read by themselves
         (:func:`~madapt_cli.store.fragments.read_fragment`), in the order of
         :meth:`iter_batches`; ``block_rows`` sizes Lance's ranges."""
         raise StoreError(f"a {type(self).__name__} cannot be read in fragments")

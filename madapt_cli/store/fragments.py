@@ -3,7 +3,8 @@ processes or machines (the Ray engine's workers): the driver lists the fragments
 each, :meth:`Store.fragments`) and each worker reads its own with :func:`read_fragment`, so no
 rows pass through the driver.
 
-* Parquet: one fragment per row group of each live file, with the mask of its rows that a
+* Parquet (listed by :func:`madapt_cli.store.parquet.parquet_fragments`): one fragment per
+  row group of each live file, with the mask of its rows that a
   later file supersedes (the same masks as :meth:`Store.iter_batches`: one rule for which
   rows are live, however the table is read).
 * Lance: ranges of rows (``offset``/``limit`` of a plain scan) of the table version the
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from madapt_cli.store.parquet_files import read_live_batches
 
 #: Lance: rows per fragment, in blocks (a range is found by ``offset``, which pays for the
 #: rows it skips: fewer, longer ranges)
@@ -53,25 +55,6 @@ class Fragment:
         return cls(**{name: item[name] for name in cls.__dataclass_fields__})
 
 
-def parquet_fragments(
-    path: Path, table: str = "", live: np.ndarray | None = None
-) -> list[Fragment]:
-    """One fragment per row group of the Parquet file ``path`` that holds a row of ``live``
-    (the file's live-row mask; None: every row live)."""
-    metadata = pq.ParquetFile(path).metadata
-    fragments, start = [], 0
-    for group in range(metadata.num_row_groups):
-        rows = metadata.row_group(group).num_rows
-        mask = None if live is None else live[start : start + rows]
-        if mask is None or mask.any():
-            packed = None if mask is None or mask.all() else np.packbits(mask).tobytes()
-            fragments.append(
-                Fragment("parquet", str(path), table, group, rows, packed, None, start)
-            )
-        start += rows
-    return fragments
-
-
 def lance_fragments(database: str, table: Any, block_rows: int) -> list[Fragment]:
     """Ranges of the LanceDB ``table`` (of ``database``), at its current version."""
     total, version = table.count_rows(), table.version
@@ -91,8 +74,6 @@ def read_fragment(
     if fragment.format == "lance":
         yield from _read_lance(fragment, columns, batch_rows)
         return
-    from madapt_cli.store.parquet import read_live_batches  # parquet.py lists fragments
-
     live = None
     if fragment.live is not None:
         bits = np.frombuffer(fragment.live, np.uint8)

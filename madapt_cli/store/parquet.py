@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -15,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from madapt_cli.errors import ENVIRONMENT_ERRNOS, StoreError
+from madapt_cli.errors import StoreError
 from madapt_cli.store.base import (
     Store,
     StoreFormat,
@@ -23,7 +22,8 @@ from madapt_cli.store.base import (
     decode_metadata,
     validate_table_name,
 )
-from madapt_cli.store.fragments import Fragment, parquet_fragments
+from madapt_cli.store.fragments import Fragment
+from madapt_cli.store.parquet_files import read_live_batches, reading
 from madapt_cli.util.files import process_alive, replace_directory
 
 # --- Parquet backend -----------------------------------------------------------------------
@@ -47,53 +47,23 @@ def _left_by_a_dead_process(match: re.Match[str] | None) -> bool:
     return not process_alive(int(pid))
 
 
-@contextlib.contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """A Parquet file that is truncated or damaged becomes a StoreError naming it."""
-    try:
-        yield
-    except pa.ArrowInvalid as error:
-        raise StoreError(_damaged(path, error)) from None
-    except OSError as error:
-        if error.errno in ENVIRONMENT_ERRNOS or isinstance(error, FileNotFoundError):
-            raise
-        raise StoreError(_damaged(path, error)) from None
-
-
-def _damaged(path: Path, error: BaseException) -> str:
-    reason = " ".join(str(error).split())
-    return (
-        f"{path}: unreadable Parquet file of the store ({reason}); it was changed outside "
-        "madapt: restore it, or delete the table's folder and rerun `madapt embed`"
-    )
-
-
-def read_live_batches(
-    path: Path,
-    live: np.ndarray | None,
-    columns: list[str] | None,
-    batch_rows: int,
-    row_groups: list[int] | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """The rows of one table file (or of its ``row_groups``) whose entry in ``live`` is true
-    (every row when None), ``columns`` only, at most ``batch_rows`` at a time; a damaged
-    file is the store's one-line error."""
-    offset = 0
-    with _reading(path):
-        batches = pq.ParquetFile(path).iter_batches(
-            batch_size=batch_rows, row_groups=row_groups, columns=columns
-        )
-    while True:
-        with _reading(path):
-            batch = next(batches, None)
-        if batch is None:
-            return
-        rows = batch.num_rows
-        if live is not None:
-            batch = batch.filter(pa.array(live[offset : offset + rows]))
-        offset += rows
-        if batch.num_rows:
-            yield batch
+def parquet_fragments(
+    path: Path, table: str = "", live: np.ndarray | None = None
+) -> list[Fragment]:
+    """One fragment per row group of the Parquet file ``path`` that holds a row of ``live``
+    (the file's live-row mask; None: every row live)."""
+    metadata = pq.ParquetFile(path).metadata
+    fragments, start = [], 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        mask = None if live is None else live[start : start + rows]
+        if mask is None or mask.any():
+            packed = None if mask is None or mask.all() else np.packbits(mask).tobytes()
+            fragments.append(
+                Fragment("parquet", str(path), table, group, rows, packed, None, start)
+            )
+        start += rows
+    return fragments
 
 
 class ParquetStore(Store):
@@ -161,7 +131,7 @@ class ParquetStore(Store):
         if name not in self._schemas:
             self.require_table(name)
             path = self._files(name)[0][2]
-            with _reading(path):
+            with reading(path):
                 self._schemas[name] = pq.read_schema(path)
         return self._schemas[name]
 
@@ -175,7 +145,7 @@ class ParquetStore(Store):
             return [None] * len(files)
         id_columns = []
         for _, _, path in files:
-            with _reading(path):
+            with reading(path):
                 id_columns.append(pq.read_table(path, columns=["id"]).column(0))
         seen: set[str] = set()
         masks: list[np.ndarray | None] = [None] * len(files)
@@ -191,7 +161,7 @@ class ParquetStore(Store):
         total = 0
         for (_, _, path), mask in zip(self._files(name), self._live_masks(name), strict=True):
             if mask is None:
-                with _reading(path):
+                with reading(path):
                     total += pq.ParquetFile(path).metadata.num_rows
             else:
                 total += int(mask.sum())
@@ -208,7 +178,7 @@ class ParquetStore(Store):
         self.require_table(name)
         fragments = []
         for (_, _, path), mask in zip(self._files(name), self._live_masks(name), strict=True):
-            with _reading(path):
+            with reading(path):
                 fragments += parquet_fragments(path, name, mask)
         return fragments
 
@@ -290,7 +260,7 @@ class ParquetStore(Store):
             return 0  # nothing superseded, nothing stale: leave the files alone
         pieces = []
         for (_, _, path), mask in zip(files, masks, strict=True):
-            with _reading(path):
+            with reading(path):
                 table = pq.read_table(path)
             if mask is not None:
                 table = table.filter(pa.array(mask))

@@ -13,7 +13,7 @@ import torch
 from madapt_cli.errors import InputError
 from madapt_cli.training.config import EpochCallback, TrainConfig
 from madapt_cli.training.validation import Validation
-from madapt_cli.util.device import cpu_has_bf16
+from madapt_cli.util.cpu import cpu_has_bf16
 
 Step = Callable[[torch.Generator], torch.Tensor]
 
