@@ -304,20 +304,11 @@ class ListwiseDistillationLoss(nn.Module):
         dims: Sequence[int],
         temperature: float = 0.05,
         dim_weights: Sequence[float] | None = None,
-        size_temperatures: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.dims = list(dims)
         self.temperature = temperature
         self.register_buffer("size_weights", _size_weights(dims, dim_weights))
-        if size_temperatures is not None and len(size_temperatures) != len(self.dims):
-            raise ValueError("size_temperatures needs one temperature per size")
-        # tau_m by size (teacher and student), and the student's scale s_m by size (see
-        # calibrate_scales): keyed by size so that a copy restricted to one size (the
-        # quantisation-aware wrapper's) still finds its own
-        taus = size_temperatures or [temperature] * len(self.dims)
-        self.size_temperatures = {m: float(t) for m, t in zip(self.dims, taus, strict=True)}
-        self.student_scales: dict[int, float] = {}
 
     def forward(
         self,
@@ -342,7 +333,7 @@ class ListwiseDistillationLoss(nn.Module):
             adapted_candidates,
             self.dims,
         )  # (B, C, |M|)
-        return self.per_size_from_cosines(student, teacher_similarity, valid)
+        return self._kl(student, teacher_similarity, valid)
 
     def gathered(
         self,
@@ -368,101 +359,17 @@ class ListwiseDistillationLoss(nn.Module):
     ) -> torch.Tensor:
         """:meth:`per_size` with the candidates given by index (see :meth:`gathered`)."""
         student = prefix_cosine_gathered(adapted_anchors, adapted_rows, candidates, self.dims)
-        return self.per_size_from_cosines(student, teacher_similarity, valid)
+        return self._kl(student, teacher_similarity, valid)
 
-    def _temperatures(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tau_m, s_m) of each size of ``self.dims``, shaped (|M|, 1, 1)."""
-        taus = [self.size_temperatures.get(m, self.temperature) for m in self.dims]
-        scales = [self.student_scales.get(m, 1.0) for m in self.dims]
-        shape = (len(self.dims), 1, 1)
-        return (
-            torch.tensor(taus, dtype=like.dtype, device=like.device).view(shape),
-            torch.tensor(scales, dtype=like.dtype, device=like.device).view(shape),
-        )
-
-    def per_size_from_cosines(
+    def _kl(
         self, student: torch.Tensor, teacher_similarity: torch.Tensor, valid: torch.Tensor | None
     ) -> torch.Tensor:
-        """mean over anchors of KL(p_i || q_i^m) from the student's prefix cosines
-        ``student`` (B, C, |M|): (|M|,)."""
         student = student.movedim(-1, 0)  # (|M|, B, C)
-        tau, scale = self._temperatures(student)
-        teacher = teacher_similarity.unsqueeze(0) / tau  # (|M|, B, C)
-        student = scale * student / tau
+        teacher = teacher_similarity / self.temperature
+        student = student / self.temperature
         if valid is not None:
             teacher = teacher.masked_fill(~valid, -1e4)
             student = student.masked_fill(~valid, -1e4)
-        log_p = F.log_softmax(teacher, dim=-1)
-        log_q = F.log_softmax(student, dim=-1)
+        log_p = F.log_softmax(teacher, dim=-1)  # (B, C)
+        log_q = F.log_softmax(student, dim=-1)  # (|M|, B, C)
         return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)  # (|M|,)
-
-    @torch.no_grad()
-    def calibrate_scales(
-        self,
-        student: torch.Tensor,  # (B, C, |M|): prefix cosines of the adapted vectors
-        teacher_similarity: torch.Tensor,  # (B, C)
-        valid: torch.Tensor | None = None,
-        iterations: int = 20,
-    ) -> dict[int, float]:
-        """Set each size's student scale s_m to argmin over s > 0 of the KL of
-        :meth:`per_size` with student logits s * sim_m / tau_m, and return them.
-
-        The KL is convex in s (a log-sum-exp of logits linear in s, minus a linear term), so
-        Newton's method from s = 1 finds the minimum: d/ds = mean_i sum_j (q_ij - p_ij) z_ij
-        and d2/ds2 = mean_i Var_(q_i)(z_i), with z = sim_m / tau_m. A short prefix's cosines
-        spread differently from the full-size ones; the scale lets its logits match the
-        teacher's *shape* without the adaptor stretching the prefix geometry to do it.
-        """
-        student = student.movedim(-1, 0).double()  # (|M|, B, C)
-        tau, _ = self._temperatures(student)
-        z = student / tau
-        teacher = teacher_similarity.unsqueeze(0).double() / tau
-        mask = torch.ones_like(z, dtype=torch.bool) if valid is None else valid.expand_as(z)
-        z = z.masked_fill(~mask, 0.0)
-        p = F.softmax(teacher.masked_fill(~mask, -1e9), dim=-1)
-        scale = torch.ones((len(self.dims), 1, 1), dtype=z.dtype, device=z.device)
-        for _ in range(iterations):
-            q = F.softmax((scale * z).masked_fill(~mask, -1e9), dim=-1)
-            mean = (q * z).sum(-1, keepdim=True)
-            gradient = ((q - p) * z).sum(-1).mean(-1)
-            curvature = (q * (z - mean) ** 2).sum(-1).mean(-1).clamp_min(1e-12)
-            step = (gradient / curvature).view_as(scale)
-            scale = (scale - step).clamp(0.05, 20.0)
-        self.student_scales = {m: float(s) for m, s in zip(self.dims, scale.flatten(), strict=True)}
-        return dict(self.student_scales)
-
-
-class CosineFidelityLoss(nn.Module):
-    """Keep the large prefixes' cosines to an anchor's candidates at their full-size value.
-
-    L_fid = sum over m in M_fid of w_m * mean over anchors i and valid candidates j of
-            | sim(e_i, e_j) - sim_m(f(e_i), f(e_j)) |
-
-    The paper's L_topk (Yoon et al., EMNLP 2024), restricted to the large sizes M_fid and to
-    the distillation candidates of each anchor (its full-size neighbours, random and
-    student-mined rows). At the full size the teacher *is* the start, so the listwise KL
-    there can only lose: the KL is blind to a shift of an anchor's scores and weak where the
-    teacher is soft, while this term ties the absolute cosines themselves.
-    """
-
-    def __init__(self, dims: Sequence[int], dim_weights: Sequence[float] | None = None) -> None:
-        super().__init__()
-        self.dims = list(dims)
-        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
-
-    def gathered(
-        self,
-        adapted_anchors: torch.Tensor,  # (B, D)
-        adapted_rows: torch.Tensor,  # (U, D)
-        candidates: torch.Tensor,  # (B, C): each candidate's row of adapted_rows
-        teacher_similarity: torch.Tensor,  # (B, C)
-        valid: torch.Tensor | None = None,  # (B, C) bool
-    ) -> torch.Tensor:
-        student = prefix_cosine_gathered(adapted_anchors, adapted_rows, candidates, self.dims)
-        gap = (teacher_similarity.unsqueeze(-1) - student).abs()  # (B, C, |M|)
-        if valid is None:
-            per_size = gap.flatten(0, 1).mean(0)
-        else:
-            weight = valid.unsqueeze(-1).to(gap.dtype)
-            per_size = (gap * weight).flatten(0, 1).sum(0) / weight.sum().clamp_min(1.0)
-        return (per_size * self.size_weights).sum()

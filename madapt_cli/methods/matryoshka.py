@@ -138,12 +138,7 @@ def train_distill(
     train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
     train_anchors = anchor_vectors[torch.from_numpy(train_index).to(device)]
     if rows is None and config.distill_synthetic_anchors > 0:  # queries only, never rows
-        extra = synthetic_anchors(
-            train_anchors,
-            config.distill_synthetic_anchors,
-            config.distill_synthetic_kind,
-            config.seed,
-        )
+        extra = synthetic_anchors(train_anchors, config.distill_synthetic_anchors, config.seed)
         train_anchors = torch.cat([train_anchors, extra])
     objective = distillation_objective(
         vectors,
@@ -170,10 +165,8 @@ def train_distill(
     taken = [0]
 
     def step(gen: torch.Generator) -> torch.Tensor:
-        if taken[0] % steps == 0:  # each epoch: the student's current mistakes and scales
-            if isinstance(objective, StudentNegativesObjective):
-                objective.refresh(module)
-            objective.calibrate(module, config.seed)
+        if taken[0] % steps == 0 and isinstance(objective, StudentNegativesObjective):
+            objective.refresh(module)  # each epoch: the student's current mistakes
         taken[0] += 1
         return objective(module, order.next(gen), gen)
 
@@ -197,14 +190,7 @@ def start_from_dim(config: TrainConfig, dimension: int) -> int | None:
 
 def distill_size_weights(config: TrainConfig, dims: list[int]) -> list[float]:
     """L_distill's weight of each trained size: ``config.distill_size_weights`` (one per
-    size) when given, else ``config.dim_weights``. Also refuses
-    ``config.distill_size_temperatures`` of another length than ``dims``."""
-    temperatures = config.distill_size_temperatures
-    if temperatures is not None and len(temperatures) != len(dims):
-        raise InputError(
-            f"TrainConfig.distill_size_temperatures has {len(temperatures)} temperatures for "
-            f"{len(dims)} trained sizes ({', '.join(map(str, dims))})"
-        )
+    size) when given, else ``config.dim_weights``."""
     weights = config.distill_size_weights
     if weights is None:
         return config.dim_weights(dims)

@@ -85,28 +85,19 @@ def learned_overlap(record: dict[str, Any] | None, query_ids: Iterable[str]) -> 
     return sum(1 for q in query_ids if id_digest(q) in known)
 
 
-def synthetic_anchors(anchors: torch.Tensor, per_anchor: int, kind: str, seed: int) -> torch.Tensor:
+def synthetic_anchors(anchors: torch.Tensor, per_anchor: int, seed: int) -> torch.Tensor:
     """``per_anchor`` x len(anchors) unit vectors near the unlabelled queries ``anchors``
     (unit rows), for L_distill: its teacher (full-size cosines to the corpus) scores any
     vector, so anchors need only cover the region where queries lie, not be real queries.
-
-    ``kind`` "mix": normalize(l a_i + (1 - l) a_j) for a random other anchor j and l drawn
-    uniformly from [0, 1] (mixup, Zhang et al., ICLR 2018, on the anchors); "noise":
-    normalize(a_i + n) with n isotropic Gaussian of norm about 0.5 (cosine about 0.9 to a_i).
-    """
+    Each is normalize(l a_i + (1 - l) a_j) for a random other anchor j and l drawn uniformly
+    from [0, 1] (mixup, Zhang et al., ICLR 2018, on the anchors)."""
     generator = torch.Generator().manual_seed(seed)
     count, width = anchors.shape
     made = []
     for _ in range(per_anchor):
-        if kind == "mix":
-            other = anchors[torch.randint(count, (count,), generator=generator).to(anchors.device)]
-            weight = torch.rand(count, 1, generator=generator).to(anchors)
-            made.append(weight * anchors + (1 - weight) * other)
-        elif kind == "noise":
-            noise = torch.randn(count, width, generator=generator).to(anchors)
-            made.append(anchors + 0.5 * noise / width**0.5)
-        else:
-            raise InputError(f"unknown synthetic anchor kind {kind!r}: use mix or noise")
+        other = anchors[torch.randint(count, (count,), generator=generator).to(anchors.device)]
+        weight = torch.rand(count, 1, generator=generator).to(anchors)
+        made.append(weight * anchors + (1 - weight) * other)
     if not made:
         return anchors.new_zeros((0, width))
     return torch.nn.functional.normalize(torch.cat(made), dim=-1)

@@ -116,20 +116,11 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ),
     # --- unsup4 ---
     *_group(
-        "distill_size_temperatures",
-        lambda value: value is None or (bool(value) and all(_positive(t) for t in value)),
-        "positive finite numbers",
-    ),
-    *_group("distill_fidelity_weight", _non_negative, "a finite number >= 0"),
-    *_group("distill_fidelity_dims", _sizes, "whole numbers >= 1"),
-    *_group("distill_student_scale", lambda value: isinstance(value, bool), "true or false"),
-    *_group(
         "distill_start_from",
         lambda value: value is None or (is_number(value) and 0 < value <= 1),
         "a fraction in (0, 1] or null",
     ),
     *_group("distill_synthetic_anchors", _count(0), "a whole number >= 0"),
-    *_group("distill_synthetic_kind", lambda value: value in ("mix", "noise"), "'mix' or 'noise'"),
     # --- end unsup4 ---
     # --- fitspeed ---
     *_group(
@@ -203,28 +194,16 @@ class TrainConfig:
     distill_student_negatives: int = 20
     # --- end unsup ---
     # --- unsup4 ---
-    # teacher and student temperature of each trained size (one per size); None: all
-    # distill_temperature
-    distill_size_temperatures: list[float] | None = None
-    # each epoch, refit every size's student logit scale s_m (student logits s_m sim_m / tau_m)
-    # to the KL's minimum (ListwiseDistillationLoss.calibrate_scales); the proxy's held-out KL
-    # is then taken at its own best scales
-    distill_student_scale: bool = False
-    # weight of CosineFidelityLoss (the large prefixes' cosines to each anchor's candidates
-    # tied to their full-size value) beside L_distill, and its sizes (None: the trained sizes
-    # of at least half the full size)
-    distill_fidelity_weight: float = 0.0
-    distill_fidelity_dims: list[int] | None = None
     # unsupervised distill: from the smallest power of two >= this fraction of the full size
     # up, the adaptor gives its untrained start's prefix (config.json "start_from_dim"): there
-    # the teacher is the start itself and training only lost on labelled validation (see
-    # docs/benchmarks.md); below it, f's. None: f at every size
+    # the teacher is the start itself, and training moved labelled validation by about 0.001
+    # either way (docs/benchmarks.md, "Distill, third pass"); below it, f's. None: f at every
+    # size
     distill_start_from: float | None = 0.5
-    # per training query anchor, this many synthetic anchors near the queries (mixups of two
-    # queries, or noisy copies: training/anchors.py synthetic_anchors); 0: none (2 gained on
-    # labelled validation but ended below the start at 128 on SciFact test: docs/benchmarks.md)
+    # per training query anchor, this many mixups of it with another training query as extra
+    # anchors (training/anchors.py synthetic_anchors); 0: none (2 gained on labelled
+    # validation, lowering 128 in 5 of 6 runs: not the default; docs/benchmarks.md)
     distill_synthetic_anchors: int = 0
-    distill_synthetic_kind: str = "mix"
     # --- end unsup4 ---
     quantization_aware: str | None = None  # binary or int2: training/quantization.py
     # --- sup ---

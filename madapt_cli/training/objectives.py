@@ -8,13 +8,11 @@ import numpy as np
 import torch
 
 from madapt_cli.losses import (
-    CosineFidelityLoss,
     ListwiseDistillationLoss,
     PairwiseSimilarityLoss,
     RankingLoss,
     ReconstructionLoss,
     TopKSimilarityLoss,
-    prefix_cosine_gathered,
 )
 from madapt_cli.retrieval.search import mine_topk, search_topk
 from madapt_cli.training.config import TrainConfig
@@ -200,16 +198,9 @@ class DistillationObjective:
         self.neighbours = torch.from_numpy(index).to(corpus.device)
         self.random = config.distill_random
         self.rec_weight, self.rec_loss = config.distill_rec_weight, ReconstructionLoss()
-        self.loss = ListwiseDistillationLoss(
-            dims, config.distill_temperature, dim_weights, config.distill_size_temperatures
-        ).to(corpus.device)
-        self.calibrated = config.distill_student_scale
-        self.fidelity_weight = config.distill_fidelity_weight
-        self.fidelity = None
-        if self.fidelity_weight > 0:
-            full = corpus.shape[1]
-            sizes = config.distill_fidelity_dims or [m for m in dims if 2 * m >= full]
-            self.fidelity = CosineFidelityLoss(sizes).to(corpus.device)
+        self.loss = ListwiseDistillationLoss(dims, config.distill_temperature, dim_weights).to(
+            corpus.device
+        )
 
     def candidates(
         self, batch: torch.Tensor, generator: torch.Generator
@@ -244,50 +235,20 @@ class DistillationObjective:
         else:  # a wrapped loss (quantisation-aware training) takes the candidates themselves
             documents = adapted[inverse].view(*rows.shape, -1)
             loss = self.loss(anchors, documents, teacher, valid)
-        if self.fidelity is not None:
-            loss = loss + self.fidelity_weight * self.fidelity.gathered(
-                anchors, adapted, inverse.view(rows.shape), teacher, valid
-            )
         if self.rec_weight > 0:
             loss = loss + self.rec_weight * self.rec_loss(started, adapted)
         return loss
 
     @torch.no_grad()
-    def _student(
-        self, module: torch.nn.Module, seed: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every anchor's candidates under one fixed random draw: the adapted prefix cosines
-        (A, C, |M|), the teacher's full-size cosines (A, C) and which are real (A, C)."""
+    def held_out_kl(self, module: torch.nn.Module, seed: int = 0) -> dict[str, float]:
+        """The label-free distillation proxy: L_distill per size on all of this objective's
+        anchors (held out from training), with one fixed draw of random candidates."""
         generator = torch.Generator(device=self.corpus.device).manual_seed(seed)
         batch = torch.arange(len(self.anchors), device=self.corpus.device)
         rows, teacher, valid = self.candidates(batch, generator)
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
         documents = adapt_rows(module, self.corpus, unique)[1]
-        student = prefix_cosine_gathered(
-            module(self.anchors), documents, inverse.view(rows.shape), self.loss.dims
+        per_size = self.loss.per_size_gathered(
+            module(self.anchors), documents, inverse.view(rows.shape), teacher, valid
         )
-        return student, teacher, valid
-
-    @torch.no_grad()
-    def calibrate(self, module: torch.nn.Module, seed: int = 0) -> dict[int, float]:
-        """Refit the student scale of each size on all of this objective's anchors (see
-        :meth:`~madapt_cli.losses.ListwiseDistillationLoss.calibrate_scales`); nothing
-        without ``config.distill_student_scale``."""
-        if not self.calibrated or not isinstance(self.loss, ListwiseDistillationLoss):
-            return {}
-        was_training = module.training
-        module.eval()
-        student, teacher, valid = self._student(module, seed)
-        module.train(was_training)
-        return self.loss.calibrate_scales(student, teacher, valid)
-
-    @torch.no_grad()
-    def held_out_kl(self, module: torch.nn.Module, seed: int = 0) -> dict[str, float]:
-        """The label-free distillation proxy: L_distill per size on all of this objective's
-        anchors (held out from training), with one fixed draw of random candidates; with
-        ``config.distill_student_scale``, at the student scales that fit these anchors best."""
-        student, teacher, valid = self._student(module, seed)
-        if self.calibrated:
-            self.loss.calibrate_scales(student, teacher, valid)
-        per_size = self.loss.per_size_from_cosines(student, teacher, valid)
         return {str(d): float(v) for d, v in zip(self.loss.dims, per_size, strict=True)}
