@@ -49,8 +49,9 @@ def test_fit_records_start_from_dim_and_every_path_honours_it(tmp_path, capsys):
     from madapt_cli.methods.adaptor import Adaptor
     from madapt_cli.pipelines.apply import transform_sizes
     from madapt_cli.pipelines.export import build_core
+    from madapt_cli.retrieval.evaluate import ndcg_at_10
 
-    store, _, _ = make_store(tmp_path)
+    store, qrels_path, (queries, query_ids, corpus, corpus_ids, qrels) = make_store(tmp_path)
     fit = ("--train-dims", "4,8,16", "--epochs", "3", "--batch-size", "16", "--device", "cpu")
     code, out, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", *fit)
     assert code == 0, err
@@ -70,6 +71,19 @@ def test_fit_records_start_from_dim_and_every_path_honours_it(tmp_path, capsys):
         np.testing.assert_allclose(adaptor.transform(probe, dim=dim), expected, atol=1e-6)
         np.testing.assert_allclose(sized[dim], expected, atol=1e-6)
         build_core(adaptor, dim)  # raises when the exported program differs from transform
+    # madapt eval (one prefix search per side of start_from_dim) scores what transform gives
+    code, out, err = run_cli(
+        capsys, "eval", store, "--qrels", qrels_path, "--adaptor", tmp_path / "ad",
+        "--dims", "4,8,16,24", "--metrics", "ndcg@10", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = {r["dim"]: r["metrics"]["ndcg@10"] for r in json.loads(out)["results"]}
+    for dim in (4, 8, 16, 24):
+        exact = ndcg_at_10(
+            adaptor.transform(queries, dim), query_ids, adaptor.transform(corpus, dim),
+            corpus_ids, qrels,
+        )  # fmt: skip
+        assert rows[dim] == pytest.approx(exact, abs=1e-6), dim
     # a bad value is refused on load, naming the file
     config["start_from_dim"] = 25
     (tmp_path / "ad" / "config.json").write_text(json.dumps(config))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,31 @@ class Adaptor:
         numpy in, float32 numpy out; torch in, torch out (on the input's device).
         """
         dim = self.check_dim(dim)
+        return self._map(x, lambda chunk: self.forward_prefix(chunk, dim), dim, batch_size)
+
+    def prefix_source(
+        self, x: np.ndarray | torch.Tensor, dim: int, batch_size: int = 65_536
+    ) -> np.ndarray | torch.Tensor:
+        """The unit (N, D) vectors whose first ``dim`` coordinates, re-normalised, are
+        ``transform(x, dim)``: f's, or the start's from ``start_from_dim`` up. One search of
+        their prefixes serves every size on the same side of ``start_from_dim``."""
+        dim = self.check_dim(dim)
+        return self._map(
+            x,
+            lambda chunk: torch.nn.functional.normalize(self.full_vectors(chunk, dim), dim=-1),
+            self.dimension,
+            batch_size,
+        )
+
+    def _map(
+        self,
+        x: np.ndarray | torch.Tensor,
+        function: Callable[[torch.Tensor], torch.Tensor],
+        width: int,
+        batch_size: int,
+    ) -> np.ndarray | torch.Tensor:
+        """``function`` over (N, D) chunks of ``x`` on the module's device, without
+        gradients: numpy in, float32 numpy out; torch in, torch out (on the input's device)."""
         as_numpy = not isinstance(x, torch.Tensor)
         tensor = torch.from_numpy(np.asarray(x, dtype=np.float32)) if as_numpy else x
         if tensor.shape[-1] != self.dimension:
@@ -194,10 +220,10 @@ class Adaptor:
         with torch.no_grad():
             for start in range(0, flat.shape[0], batch_size):
                 chunk = flat[start : start + batch_size].to(device, torch.float32)
-                pieces.append(self.forward_prefix(chunk, dim).to(tensor.device))
+                pieces.append(function(chunk).to(tensor.device))
         result = (
-            torch.cat(pieces) if pieces else flat.new_zeros((0, dim), dtype=torch.float32)
-        ).reshape(*tensor.shape[:-1], dim)
+            torch.cat(pieces) if pieces else flat.new_zeros((0, width), dtype=torch.float32)
+        ).reshape(*tensor.shape[:-1], width)
         return result.numpy() if as_numpy else result
 
     def keeps_start(self, dim: int) -> bool:

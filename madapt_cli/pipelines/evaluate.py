@@ -137,12 +137,44 @@ def run_evaluation(
 
 @dataclass
 class _Method:
-    """One method of the evaluation: its report entry, and how it maps vectors."""
+    """One method of the evaluation: its report entry, how it maps vectors, the sizes it is
+    searched at (one search of the mapped vectors' prefixes) and the key of that search."""
 
     name: str
     entry: dict[str, Any]  # name, kind (baseline|adaptor), path, method, fingerprint
-    how: Any  # "truncate", "pca" or an Adaptor
+    how: Any  # "truncate", "pca" or a _PrefixSource
     sizes: list[int]
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.name
+
+
+@dataclass
+class _PrefixSource:
+    """An adaptor's vectors as its sizes from ``dim``'s side of ``start_from_dim`` cut them
+    (:meth:`Adaptor.prefix_source`): below it f's, from it up the start's."""
+
+    adaptor: Adaptor
+    dim: int
+
+    def to(self, device: torch.device) -> _PrefixSource:
+        self.adaptor.to(device)
+        return self
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adaptor.prefix_source(x, self.dim)
+
+
+def _adaptor_methods(name: str, entry: dict[str, Any], adaptor: Adaptor, sizes: list[int]):
+    """One :class:`_Method` per side of the adaptor's ``start_from_dim`` that has sizes."""
+    sides = [[d for d in sizes if not adaptor.keeps_start(d)]]
+    sides.append([d for d in sizes if adaptor.keeps_start(d)])
+    return [
+        _Method(name, entry, _PrefixSource(adaptor, part[0]), part, f"{name}#{index}")
+        for index, part in enumerate(sides)
+        if part
+    ]
 
 
 class _Evaluation:
@@ -276,10 +308,13 @@ class _Evaluation:
             planned.append((name, entry, adaptor))
         full = self.dimension
         truncate_sizes = sorted({*self.sizes, full} if "truncate" in self.baselines else {full})
-        self.methods = [
-            _Method(name, entry, how, truncate_sizes if how == "truncate" else self.sizes)
-            for name, entry, how in planned
-        ]
+        self.methods = []
+        for name, entry, how in planned:
+            if isinstance(how, Adaptor):
+                self.methods += _adaptor_methods(name, entry, how, self.sizes)
+            else:
+                sizes = truncate_sizes if how == "truncate" else self.sizes
+                self.methods.append(_Method(name, entry, how, sizes))
 
     def _start_search(self, method: _Method, mapped_queries: torch.Tensor) -> PrefixTopK:
         return PrefixTopK(
@@ -291,7 +326,7 @@ class _Evaluation:
         search each corpus batch as it is read (the reading runs ahead in a thread), so their
         searches overlap the read; PCA must see the corpus first."""
         self.query_tensor = query_tensor = as_tensor(self.queries, self.device)
-        self.seconds_of = dict.fromkeys((method.name for method in self.methods), 0.0)
+        self.seconds_of = dict.fromkeys((method.key for method in self.methods), 0.0)
         self.searches: dict[str, PrefixTopK] = {}
         streamed: list[_Method] = []
         for method in self.methods:
@@ -302,7 +337,7 @@ class _Evaluation:
             mapped = (
                 query_tensor if method.how == "truncate" else method.how.transform(query_tensor)
             )
-            self.searches[method.name] = self._start_search(method, mapped)
+            self.searches[method.key] = self._start_search(method, mapped)
             streamed.append(method)
         kept_corpus = (  # PCA and the lower precisions need the whole corpus
             torch.empty((self.num_docs, self.dimension), device=self.device)
@@ -331,8 +366,8 @@ class _Evaluation:
             for method in streamed:
                 method_started = time.perf_counter()
                 how = method.how
-                self.searches[method.name].add(chunk if how == "truncate" else how.transform(chunk))
-                self.seconds_of[method.name] += time.perf_counter() - method_started
+                self.searches[method.key].add(chunk if how == "truncate" else how.transform(chunk))
+                self.seconds_of[method.key] += time.perf_counter() - method_started
         if len(corpus_ids) != self.num_docs:
             raise StoreError(changed)
 
@@ -361,13 +396,13 @@ class _Evaluation:
         done = 0
         for method in self.methods:
             scoring_started = time.perf_counter()
-            found = self.searches.pop(method.name).result()
+            found = self.searches.pop(method.key).result()
             mapped = self._mapped(method) if grid is not None else None
             for dim in method.sizes:
                 ranked = trec_tie_order(found[dim][0], found[dim][1], self.corpus_ids)
                 scores = score_indices(ranked, judgments, self.metrics)
                 means = {label: float(values.mean()) for label, values in scores.items()}
-                elapsed = self.seconds_of[method.name] + time.perf_counter() - scoring_started
+                elapsed = self.seconds_of[method.key] + time.perf_counter() - scoring_started
                 precision = "float32" if grid is not None else None
                 row = ResultRow(method.name, dim, means, elapsed / len(method.sizes), precision)
                 results.append(row)
@@ -430,7 +465,7 @@ class _Evaluation:
             dims=self.sizes,
             metrics=[m.label for m in self.metrics],
             results=results,
-            methods=[method.entry for method in self.methods],
+            methods=list({method.name: method.entry for method in self.methods}.values()),
             settings={
                 "corpus_table": options.corpus_table,
                 "queries_table": options.queries_table,
