@@ -9,37 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_distill import _config as _distill_config
+from test_distill import _subspace_problem
 
 from madapt_cli.errors import InputError
 from madapt_cli.methods.matryoshka import train_distill
 from madapt_cli.training.config import TrainConfig
-
-
-# --- training -----------------------------------------------------------------------------------
-def _subspace_problem(seed: int = 0):
-    """Isotropic corpus; queries in a random 4-dim subspace (as in test_distill.py)."""
-    rng = np.random.default_rng(seed)
-    corpus = rng.standard_normal((600, 32)).astype(np.float32)
-    basis = np.linalg.qr(rng.standard_normal((32, 4)))[0]
-    queries = (rng.standard_normal((300, 4)) @ basis.T).astype(np.float32)
-    queries += 0.05 * rng.standard_normal(queries.shape).astype(np.float32)
-    return corpus, queries
-
-
-def _config(**changes) -> TrainConfig:
-    settings = dict(
-        train_dims=[4, 8, 32],
-        device="cpu",
-        hidden=64,
-        distill_topk=30,
-        distill_random=16,
-        distill_epochs=8,
-        distill_lr=3e-3,
-        batch_size=64,
-        patience=100,
-    )
-    settings.update(changes)
-    return TrainConfig(**settings)
 
 
 # --- the start's prefix from start_from_dim up ----------------------------------------------------
@@ -121,6 +96,6 @@ def test_synthetic_anchors_lie_near_the_queries():
 
 def test_synthetic_anchors_train():
     corpus, queries = _subspace_problem()
-    config = _config(distill_synthetic_anchors=1)
+    config = _distill_config(distill_epochs=8, distill_synthetic_anchors=1)
     result = train_distill(corpus, queries, config)
     assert result.best["held-out kl"]["4"] < 0.7 * result.history[0]["held-out kl"]["4"]
