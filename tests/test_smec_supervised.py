@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training import _hidden_signal, signal_config
+from test_training import _hidden_signal, signal_config, smec_on_signal
 
 import madapt_cli.training.objectives as objectives
 from madapt_cli.errors import InputError
 from madapt_cli.methods.matryoshka import new_adaptor_module
-from madapt_cli.methods.smec import SMECOptions, distill_choices, train_smec
+from madapt_cli.methods.smec import distill_choices
 from madapt_cli.training.config import TrainConfig
 from madapt_cli.training.objectives import SupervisedObjective
 from madapt_cli.training.validation import split_training_queries, training_queries
@@ -63,15 +63,7 @@ def _objective(regularise: bool, data: dict, config):
 def test_smec_mines_no_corpus_topk_and_still_learns(mined):
     data = _hidden_signal(n=120)
     config = signal_config(supervised_epochs=2, train_dims=[8, 16])
-    train_smec(
-        data["docs"],
-        config,
-        SMECOptions(memory_size=200),
-        corpus_ids=data["doc_ids"],
-        queries=data["queries"],
-        query_ids=data["query_ids"],
-        qrels=data["qrels"],
-    )
+    smec_on_signal(data, config)
     # the training queries' hard negatives only: never the corpus against itself
     assert mined and all(not exclude_self for _, _, exclude_self in mined)
     assert all(rows < len(data["docs"]) for rows, _, _ in mined)
@@ -107,15 +99,7 @@ def _smec(data: dict, **changes):
         }
     )
     config.distill_random = 8
-    return train_smec(
-        data["docs"],
-        config,
-        SMECOptions(memory_size=200),
-        corpus_ids=data["doc_ids"],
-        queries=data["queries"],
-        query_ids=data["query_ids"],
-        qrels=data["qrels"],
-    )
+    return smec_on_signal(data, config)
 
 
 def test_distill_weight_is_chosen_on_the_held_out_queries(one_thread):

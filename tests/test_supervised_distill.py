@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training import _hidden_signal, signal_config
+from test_training import _hidden_signal, signal_config, smec_on_signal
 
 from madapt_cli.errors import InputError
 from madapt_cli.methods.matryoshka import train_supervised
@@ -93,21 +93,12 @@ def one_thread():
 
 def test_smec_supervised_default_alpha_is_0_1(one_thread):
     """SMEC's supervised L_unsup weight: 0.1 unless --alpha says otherwise (docs/smec.md)."""
-    from madapt_cli.methods.smec import SMECOptions, train_smec
 
     data = _hidden_signal(n=120)
 
     def weights(alpha):
         config = _config(alpha=alpha, supervised_epochs=2, train_dims=[8, 16])
-        result = train_smec(
-            data["docs"],
-            config,
-            SMECOptions(memory_size=200),
-            corpus_ids=data["doc_ids"],
-            queries=data["queries"],
-            query_ids=data["query_ids"],
-            qrels=data["qrels"],
-        )
+        result = smec_on_signal(data, config)
         return list(result.module.state_dict().values())
 
     default, explicit, heavier = weights(None), weights(0.1), weights(0.3)
@@ -118,21 +109,12 @@ def test_smec_supervised_default_alpha_is_0_1(one_thread):
 def test_smec_distill_term_changes_training_and_still_learns(one_thread):
     """``distill_weight`` > 0 adds L_distill of the training queries at each SMEC size: the
     weights differ from a fit without it, and the hidden signal is still learnt."""
-    from madapt_cli.methods.smec import SMECOptions, train_smec
 
     data = _hidden_signal()
 
     def fit(weight):
         config = _config(distill_weight=weight, lr=1e-2, supervised_epochs=8)
-        result = train_smec(
-            data["docs"],
-            config,
-            SMECOptions(memory_size=200),
-            corpus_ids=data["doc_ids"],
-            queries=data["queries"],
-            query_ids=data["query_ids"],
-            qrels=data["qrels"],
-        )
+        result = smec_on_signal(data, config)
         with torch.no_grad():
             docs = result.module(torch.from_numpy(data["docs"]))
             queries = result.module(torch.from_numpy(data["queries"]))

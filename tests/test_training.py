@@ -57,6 +57,21 @@ def _hidden_signal(n: int = 400, seed: int = 0) -> dict:
     }
 
 
+def smec_on_signal(data: dict, config: TrainConfig):
+    """A supervised SMEC fit (memory of 200 rows) on :func:`_hidden_signal`'s data."""
+    from madapt_cli.methods.smec import SMECOptions, train_smec
+
+    return train_smec(
+        data["docs"],
+        config,
+        SMECOptions(memory_size=200),
+        corpus_ids=data["doc_ids"],
+        queries=data["queries"],
+        query_ids=data["query_ids"],
+        qrels=data["qrels"],
+    )
+
+
 def test_default_and_checked_train_dims():
     assert default_train_dims(384) == [16, 32, 64, 128, 256, 384]
     assert default_train_dims(64) == [16, 32, 64]
