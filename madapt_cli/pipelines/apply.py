@@ -52,6 +52,7 @@ from madapt_cli.store.precision import (
     encode_prefix,
     load_calibration,
     parse_precisions,
+    read_calibration,
 )
 from madapt_cli.store.precision import column_name as precision_column
 from madapt_cli.util.dims import parse_dims
@@ -75,7 +76,9 @@ def transform_sizes(
     adaptor: Adaptor, vectors: np.ndarray, dims: Sequence[int]
 ) -> dict[int, np.ndarray]:
     """f applied once (and the start once, for sizes the adaptor gives from its start: see
-    :meth:`Adaptor.keeps_start`), then each prefix re-normalised: dim -> (N, dim) float32."""
+    :meth:`Adaptor.keeps_start`), then each prefix re-normalised: dim -> (N, dim) float32.
+    Each prefix is cut from the unnormalised vectors, as :meth:`Adaptor.transform` cuts it,
+    so the two agree to the bit (int8/int2 ranges fitted on either are the same)."""
     tensor = torch.tensor(np.asarray(vectors, np.float32))
     full: dict[bool, torch.Tensor] = {}
     with torch.no_grad():
@@ -435,8 +438,6 @@ def _coding_of(schema: pa.Schema) -> Coding:
     codes = Coding(
         list(metadata.get("precisions") or ["float32"]), metadata.get("dtype", "float32")
     )
-    from madapt_cli.store.precision import read_calibration
-
     if CALIBRATION_KEY in metadata:
         codes.calibrations = read_calibration(metadata[CALIBRATION_KEY], "apply")
     if INT2_CALIBRATION_KEY in metadata:
