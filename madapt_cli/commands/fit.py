@@ -60,7 +60,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--train-dims",
             help="Prefix sizes trained at once, e.g. 32,64,128,256 "
-            "(default: powers of two from 16, plus the full size).",
+            "(default: powers of two from 16, plus the full size; unsupervised distill: "
+            "from 32, below the size where the adaptor gives its start).",
         ),
         epochs: int | None = typer.Option(
             None,

@@ -96,11 +96,15 @@ def train_unsupervised(
     return TrainResult(module.cpu().eval(), history, best, mined)
 
 
-def distill_train_dims(dimension: int) -> list[int]:
+def distill_train_dims(dimension: int, start_from: int | None = None) -> list[int]:
     """``--objective distill``'s default sizes: powers of two from 32, plus the full size
-    (16 is left out: training it too costs 0.005-0.01 nDCG@10 at 64 and 128 on SciFact)."""
-    dims = default_train_dims(dimension)
-    return [d for d in dims if d >= 32] or dims
+    (16 is left out: training it too costs 0.005-0.01 nDCG@10 at 64 and 128 on SciFact);
+    only those below ``start_from`` when given: from there up the adaptor gives its start,
+    so training those sizes would only cost time (their output columns are then never
+    computed: ``Stage.width``)."""
+    dims = [d for d in default_train_dims(dimension) if d >= 32] or default_train_dims(dimension)
+    below = [d for d in dims if start_from is None or d < start_from]
+    return below or dims
 
 
 def train_distill(
@@ -128,7 +132,8 @@ def train_distill(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     dimension = corpus.shape[1]
-    dims = check_train_dims(config.train_dims or distill_train_dims(dimension), dimension)
+    default_dims = distill_train_dims(dimension, start_from_dim(config, dimension))
+    dims = check_train_dims(config.train_dims or default_dims, dimension)
     vectors = F.normalize(torch.tensor(np.asarray(corpus, np.float32)).to(device), dim=-1)
     module = new_adaptor_module(vectors, config)
     anchor_vectors, rows, proxy_index, train_index = _split_anchors(
@@ -170,7 +175,14 @@ def train_distill(
         taken[0] += 1
         return objective(module, order.next(gen), gen)
 
-    stage = Stage("distill", config.distill_epochs, steps, config.distill_lr, bf16_on_cpu=True)
+    stage = Stage(
+        "distill",
+        config.distill_epochs,
+        steps,
+        config.distill_lr,
+        bf16_on_cpu=True,
+        width=max(dims),
+    )
     history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
     return TrainResult(module.cpu().eval(), history, best, mined)
 
@@ -370,7 +382,8 @@ def _supervised_stage1(
         return train_unsupervised(corpus, config, validation_data, on_epoch)
     row = {query_id: i for i, query_id in enumerate(query_ids)}
     anchors = np.asarray(queries[[row[q] for q in train_ids]], np.float32)
-    stage1_config = replace(config, distill_epochs=config.epochs)
+    # a supervised adaptor gives f at every size, so stage 1 trains every size
+    stage1_config = replace(config, distill_epochs=config.epochs, distill_start_from=None)
     return train_distill(corpus, anchors, stage1_config, validation_data, on_epoch)
 
 

@@ -27,13 +27,16 @@ class Stage:
     """One run of :func:`fit_loop`: its name in the epoch records, its epochs, the steps of
     an epoch and the peak learning rate. ``bf16_on_cpu``: precision "auto" trains in
     bfloat16 on a CPU with native bfloat16 too (set by the objectives whose fits were
-    measured not to move in it: docs/benchmarks.md)."""
+    measured not to move in it: docs/benchmarks.md). ``width``: the objective reads only
+    the adapted vectors' first ``width`` coordinates (its largest size), so a module that can
+    (``cut_to``) computes only those while it trains."""
 
     name: str
     epochs: int
     steps_per_epoch: int
     lr: float
     bf16_on_cpu: bool = False
+    width: int | None = None
 
 
 def _diverged(stage: Stage, epoch: int, step: int, loss: float | None) -> TrainingDiverged:
@@ -78,11 +81,15 @@ def fit_loop(
     device = next(module.parameters()).device
     if hasattr(module, "autocast_dtype"):
         module.autocast_dtype = training_dtype(config.precision, device, stage.bf16_on_cpu)
+    if hasattr(module, "cut_to"):
+        module.cut_to(stage.width)
     try:
         return _fit_epochs(module, step, stage, config, validation, on_epoch, generator, optimizer)
     finally:
         if hasattr(module, "autocast_dtype"):
             module.autocast_dtype = None
+        if hasattr(module, "cut_to"):
+            module.cut_to(None)
         if hasattr(module, "forget_start"):
             module.forget_start()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from madapt_cli.errors import InputError
@@ -49,6 +50,9 @@ class ResidualMLP(nn.Module):
         self.register_buffer("rotation", torch.eye(dimension) if rotation else None)
         # set by the training loop (config.precision): g's arithmetic while training only
         self.autocast_dtype: torch.dtype | None = None
+        # set by the training loop (Stage.width): g's last layer computes only the first
+        # `width` outputs, whose rows are the only ones trained (see cut_to)
+        self.width: int | None = None
         self._started: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     @classmethod
@@ -87,15 +91,42 @@ class ResidualMLP(nn.Module):
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return self.from_start(self.start(e))
 
+    def cut_to(self, width: int | None) -> bool:
+        """Compute (and so train) only g's first ``width`` outputs from now on (None: all).
+
+        An objective whose largest size is m reads only f's first m coordinates, so the
+        products of g's last layer for the others are wasted work: this drops them. It is
+        exact only while the other rows of the last layer are zero (as they start, and stay
+        when never computed): then f's other coordinates are x's. Refused (False) otherwise.
+        """
+        last = self.g[-1]
+        if width is not None and (last.weight[width:].any() or last.bias[width:].any()):
+            return False
+        self.width = width
+        return True
+
     def from_start(self, x: torch.Tensor) -> torch.Tensor:
         """f from the started vectors x = start(e): x + g(x)."""
         if self.training and self.autocast_dtype is not None:
             # mixed precision: g in reduced precision, the residual sum (and so every
             # loss) in float32; evaluation (eval mode) is always float32
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                residual = self.g(x)
-            return x + residual.float()
-        return x + self.g(x)
+                residual = self._g(x)
+            return self._add(x, residual.float())
+        return self._add(x, self._g(x))
+
+    def _g(self, x: torch.Tensor) -> torch.Tensor:
+        if self.width is None or self.width >= x.shape[-1]:
+            return self.g(x)
+        last = self.g[-1]
+        return F.linear(self.g[:-1](x), last.weight[: self.width], last.bias[: self.width])
+
+    @staticmethod
+    def _add(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        width = residual.shape[-1]
+        if width == x.shape[-1]:
+            return x + residual
+        return torch.cat([x[..., :width] + residual, x[..., width:]], dim=-1)
 
 
 def architecture(config: Any, dimension: int) -> dict[str, Any]:
