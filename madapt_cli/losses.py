@@ -81,7 +81,8 @@ def prefix_cosine_gathered(
     products come from one block product per size gathered by index when the B x U scores
     are cheaper than the B x C x D copy (few distinct rows), else from the copy.
     """
-    count = index.shape[1]
+    count, width = index.shape[1], max(dims)
+    anchors, rows = anchors[:, :width], rows[:, :width]  # no size reads further
     norm_a = prefix_squared_norms(anchors, dims).unsqueeze(1)  # (B, 1, |M|)
     norm_r = prefix_squared_norms(rows, dims)[index]  # (B, C, |M|)
     if rows.shape[0] <= _GATHER_RATIO * max(count, 1):

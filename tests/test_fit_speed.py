@@ -3,6 +3,8 @@ neighbours gathered by index, the rotated corpus kept once, bf16 only while trai
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,13 @@ from madapt_cli.losses import (
     prefix_cosine_matrix,
     prefix_cosine_pairs,
 )
-from madapt_cli.methods.matryoshka import new_adaptor_module, train_distill, train_supervised
+from madapt_cli.methods.matryoshka import (
+    distill_train_dims,
+    new_adaptor_module,
+    start_from_dim,
+    train_distill,
+    train_supervised,
+)
 from madapt_cli.training import loop
 from madapt_cli.training.config import TrainConfig
 from madapt_cli.training.loop import training_dtype
@@ -241,3 +249,72 @@ def test_fit_refuses_bf16_on_a_cpu_without_it_before_any_work(monkeypatch, tmp_p
     assert result.exit_code == 2, result.output
     assert "--precision bf16 needs a GPU or a CPU with native bfloat16" in result.stderr
     assert not (tmp_path / "ad").exists()
+
+
+def _cut_module(corpus: torch.Tensor, width: int) -> torch.nn.Module:
+    """A trained-looking module whose last layer has rows only below ``width``."""
+    module = _trained_module(corpus)
+    with torch.no_grad():
+        module.g[-1].weight[width:] = 0.0
+        module.g[-1].bias[width:] = 0.0
+    return module
+
+
+def test_the_cut_last_layer_gives_f_and_trains_only_its_rows():
+    corpus = _corpus()
+    module = _cut_module(corpus, 8)
+    full = module(corpus)
+    assert module.cut_to(8)
+    cut = module(corpus)
+    torch.testing.assert_close(cut, full, **ATOL)
+    assert torch.equal(cut[:, 8:], module.start(corpus)[:, 8:])  # the start's, exactly
+    cut[:, :8].pow(2).sum().backward()
+    grad = module.g[-1].weight.grad
+    assert grad[:8].abs().sum() > 0 and not grad[8:].any()
+    module.cut_to(None)
+    assert module.width is None
+
+
+def test_the_cut_is_refused_when_the_rows_beyond_it_were_trained():
+    module = _trained_module(_corpus())  # every row of the last layer non-zero
+    assert not module.cut_to(8)
+    assert module.width is None
+
+
+def test_a_cut_fit_equals_the_uncut_fit():
+    corpus = _corpus(200, 32, seed=6).numpy()
+    queries = _corpus(40, 32, seed=7).numpy()
+    config = TrainConfig(hidden=32, distill_epochs=2, seed=0, device="cpu", precision="fp32")
+    config.distill_topk, config.distill_random, config.train_dims = 20, 8, [4, 8]
+    cut = train_distill(corpus, queries, config).module
+    uncut_config = replace(config, train_dims=[4, 8, 32], distill_size_weights=[1.0, 1.0, 0.0])
+    uncut = train_distill(corpus, queries, uncut_config).module
+    for name, value in uncut.state_dict().items():
+        torch.testing.assert_close(cut.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+    assert not cut.g[-1].weight[8:].any() and cut.width is None
+
+
+def test_distill_trains_only_the_sizes_below_where_the_start_takes_over():
+    corpus = _corpus(200, 128, seed=6).numpy()
+    queries = _corpus(40, 128, seed=7).numpy()
+    config = TrainConfig(hidden=32, distill_epochs=1, seed=0, device="cpu", proxy_fraction=0.0)
+    config.distill_topk, config.distill_random = 20, 8
+    assert distill_train_dims(384, start_from_dim(config, 384)) == [32, 64, 128]
+    assert distill_train_dims(384) == [32, 64, 128, 256, 384]
+    result = train_distill(corpus, queries, config)  # the start from 64 up: trains 32 alone
+    last = result.module.g[-1].weight
+    assert last[:32].any() and not last[32:].any()
+
+
+def test_the_held_out_kl_from_the_adapted_corpus_equals_the_one_it_computes():
+    corpus = _corpus(80, 32, seed=2)
+    anchors = _corpus(12, 32, seed=3)
+    module = _trained_module(corpus).eval()
+    config = TrainConfig(distill_topk=10, distill_random=6)
+    objective = DistillationObjective(corpus, anchors, [4, 8, 16], config)
+    with torch.no_grad():
+        adapted = (module(corpus), module(anchors))
+    given = objective.held_out_kl(module, adapted)
+    computed = objective.held_out_kl(module)
+    assert given == pytest.approx(computed, rel=1e-5, abs=1e-7)
+    assert all(value > 0 for value in given.values())

@@ -240,15 +240,24 @@ class DistillationObjective:
         return loss
 
     @torch.no_grad()
-    def held_out_kl(self, module: torch.nn.Module, seed: int = 0) -> dict[str, float]:
+    def held_out_kl(
+        self,
+        module: torch.nn.Module,
+        adapted: tuple[torch.Tensor, torch.Tensor] | None = None,
+        seed: int = 0,
+    ) -> dict[str, float]:
         """The label-free distillation proxy: L_distill per size on all of this objective's
-        anchors (held out from training), with one fixed draw of random candidates."""
+        anchors (held out from training), with one fixed draw of random candidates.
+        ``adapted``: f of the whole corpus and of the anchors, when the caller has them
+        (the proxy's overlap@10 needs them too), so they are not computed twice."""
         generator = torch.Generator(device=self.corpus.device).manual_seed(seed)
         batch = torch.arange(len(self.anchors), device=self.corpus.device)
         rows, teacher, valid = self.candidates(batch, generator)
-        unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
-        documents = adapt_rows(module, self.corpus, unique)[1]
-        per_size = self.loss.per_size_gathered(
-            module(self.anchors), documents, inverse.view(rows.shape), teacher, valid
-        )
+        if adapted is None:
+            unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
+            documents = adapt_rows(module, self.corpus, unique)[1]
+            anchors, index = module(self.anchors), inverse.view(rows.shape)
+        else:
+            (documents, anchors), index = adapted, rows.clamp_min(0)
+        per_size = self.loss.per_size_gathered(anchors, documents, index, teacher, valid)
         return {str(d): float(v) for d, v in zip(self.loss.dims, per_size, strict=True)}

@@ -74,6 +74,8 @@ class Validation:
 
 
 PROXY_METRIC = "overlap@10"
+# the held-out L_distill per size of (module, (f(corpus), f(held-out anchors)))
+HeldOutKL = Callable[[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]], dict[str, float]]
 
 
 def topk_overlap(reference: np.ndarray, found: np.ndarray) -> float:
@@ -103,7 +105,7 @@ class RankingProxy:
         anchor_rows: np.ndarray | None = None,
         monitor: Validation | None = None,
         k: int = 10,
-        held_out_kl: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        held_out_kl: HeldOutKL | None = None,
         select_by_kl: bool = False,
         no_size_below_start: bool = False,
     ) -> None:
@@ -136,7 +138,9 @@ class RankingProxy:
         module.eval()
         corpus = torch.cat([module(c) for c in self.corpus.split(65_536)])
         anchors = torch.cat([module(q) for q in self.anchors.split(65_536)])
-        kl = self.held_out_kl(module) if self.held_out_kl is not None else None
+        kl = None
+        if self.held_out_kl is not None:
+            kl = self.held_out_kl(module, (corpus, anchors))
         module.train(was_training)
         found = search_topk_prefixes(
             anchors, corpus, self.dims, self.k, device=self.corpus.device, exclude=self.exclude
