@@ -318,3 +318,21 @@ def test_the_held_out_kl_from_the_adapted_corpus_equals_the_one_it_computes():
     computed = objective.held_out_kl(module)
     assert given == pytest.approx(computed, rel=1e-5, abs=1e-7)
     assert all(value > 0 for value in given.values())
+
+
+def test_f_of_the_corpus_is_kept_until_an_optimizer_step_changes_the_weights():
+    corpus = _corpus()
+    module = _trained_module(corpus).eval()
+    first = module.adapted_corpus(corpus)
+    assert module.adapted_corpus(corpus) is first  # the same weights: kept
+    torch.testing.assert_close(first, module(corpus))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=0.1)
+    module(corpus).sum().backward()
+    optimizer.step()
+    second = module.adapted_corpus(corpus)
+    assert second is not first and not torch.allclose(second, first)
+    torch.testing.assert_close(second, module(corpus))
+    module.load_state_dict(_trained_module(corpus).state_dict())  # e.g. the best checkpoint
+    torch.testing.assert_close(module.adapted_corpus(corpus), module(corpus))
+    module.forget_start()
+    assert module._adapted is None and module._started is None

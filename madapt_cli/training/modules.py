@@ -54,6 +54,7 @@ class ResidualMLP(nn.Module):
         # `width` outputs, whose rows are the only ones trained (see cut_to)
         self.width: int | None = None
         self._started: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self._adapted: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     @classmethod
     def from_architecture(cls, dimension: int, architecture: dict[str, Any]) -> ResidualMLP:
@@ -84,9 +85,23 @@ class ResidualMLP(nn.Module):
                 self._started = (key, self.start(corpus))
         return self._started[1][rows]
 
+    @torch.no_grad()
+    def adapted_corpus(self, corpus: torch.Tensor) -> torch.Tensor:
+        """f of every row of ``corpus``, from :meth:`start_of`'s rotated copy, kept until the
+        weights (or the mode, or the corpus) change: the label-free proxy at the end of an
+        epoch and the student-negative refresh at the start of the next ask for the same."""
+        key = (corpus.data_ptr(), corpus._version, *corpus.shape, self.training, self.width)
+        key += (self.autocast_dtype, *(p._version for p in self.parameters()))
+        if self._adapted is None or self._adapted[0] != key:
+            self._adapted = None  # free the old copy first
+            started = self.start_of(corpus, torch.arange(len(corpus), device=corpus.device))
+            adapted = torch.cat([self.from_start(x) for x in started.split(65_536)])
+            self._adapted = (key, adapted)
+        return self._adapted[1]
+
     def forget_start(self) -> None:
-        """Drop :meth:`start_of`'s copy of the rotated corpus."""
-        self._started = None
+        """Drop :meth:`start_of`'s copy of the rotated corpus (and f of it)."""
+        self._started = self._adapted = None
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return self.from_start(self.start(e))

@@ -30,6 +30,15 @@ def adapt_rows(
     return module.start(original), module(original)
 
 
+@torch.no_grad()
+def adapt_all(module: torch.nn.Module, vectors: torch.Tensor) -> torch.Tensor:
+    """f of every row of ``vectors`` (a corpus: a module with ``adapted_corpus`` keeps it
+    until its weights change), in chunks that bound the memory of f's hidden layer."""
+    if hasattr(module, "adapted_corpus"):
+        return module.adapted_corpus(vectors)
+    return torch.cat([module(chunk) for chunk in vectors.split(65_536)])
+
+
 # --- one step of each objective ---------------------------------------------------------------
 class UnsupervisedObjective:
     """L_topk + w_pair L_pair + w_rec L_rec on a batch of corpus rows and their neighbours."""

@@ -19,7 +19,7 @@ import torch
 
 from madapt_cli.retrieval.search import search_topk_prefixes
 from madapt_cli.training.config import TrainConfig
-from madapt_cli.training.objectives import DistillationObjective, self_exclusions
+from madapt_cli.training.objectives import DistillationObjective, adapt_all, self_exclusions
 
 
 class StudentNegativesObjective(DistillationObjective):
@@ -50,7 +50,7 @@ class StudentNegativesObjective(DistillationObjective):
             return
         was_training = module.training
         module.eval()
-        corpus = torch.cat([module(c) for c in self.corpus.split(65_536)])
+        corpus = adapt_all(module, self.corpus)
         anchors = torch.cat([module(a) for a in self.anchors.split(65_536)])
         module.train(was_training)
         found = search_topk_prefixes(

@@ -15,6 +15,7 @@ from madapt_cli.errors import InputError
 from madapt_cli.retrieval.evaluate import ndcg_at_10
 from madapt_cli.retrieval.search import search_topk, search_topk_prefixes
 from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.objectives import adapt_all
 
 
 class Validation:
@@ -59,7 +60,7 @@ class Validation:
     def __call__(self, module: torch.nn.Module) -> dict[str, Any]:
         was_training = module.training
         module.eval()
-        corpus = torch.cat([module(c) for c in self.corpus.split(65_536)])
+        corpus = adapt_all(module, self.corpus)
         queries = torch.cat([module(q) for q in self.queries.split(65_536)])
         module.train(was_training)
         device = self.corpus.device
@@ -136,7 +137,7 @@ class RankingProxy:
     def __call__(self, module: torch.nn.Module) -> dict[str, Any]:
         was_training = module.training
         module.eval()
-        corpus = torch.cat([module(c) for c in self.corpus.split(65_536)])
+        corpus = adapt_all(module, self.corpus)
         anchors = torch.cat([module(q) for q in self.anchors.split(65_536)])
         kl = None
         if self.held_out_kl is not None:
