@@ -1,8 +1,10 @@
-"""What `madapt eval` searches besides the raw vectors mapped by an adaptor: the PCA
-baseline, and stored columns evaluated as they are (an applied store's ``vector_<d>``)."""
+"""What `madapt eval` searches: the methods (an adaptor's vectors on each side of its
+``start_from_dim``, the baselines), the PCA baseline's map, and stored columns evaluated as
+they are (an applied store's ``vector_<d>``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,50 @@ from madapt_cli.retrieval.search import ArrayLike
 from madapt_cli.store.base import VECTOR_COLUMN, Store, vector_columns
 
 PCA_FIT_ROWS = 200_000
+
+
+@dataclass
+class EvalMethod:
+    """One method of the evaluation: its report entry, how it maps vectors, the sizes it is
+    searched at (one search of the mapped vectors' prefixes) and the key of that search."""
+
+    name: str
+    entry: dict[str, Any]  # name, kind (baseline|adaptor), path, method, fingerprint
+    how: Any  # "truncate", "pca" or a PrefixSource
+    sizes: list[int]
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.name
+
+
+@dataclass
+class PrefixSource:
+    """An adaptor's vectors as its sizes from ``dim``'s side of ``start_from_dim`` cut them
+    (:meth:`Adaptor.prefix_source`): below it f's, from it up the start's."""
+
+    adaptor: Adaptor
+    dim: int
+
+    def to(self, device: torch.device) -> PrefixSource:
+        self.adaptor.to(device)
+        return self
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adaptor.prefix_source(x, self.dim)
+
+
+def adaptor_methods(
+    name: str, entry: dict[str, Any], adaptor: Adaptor, sizes: list[int]
+) -> list[EvalMethod]:
+    """One :class:`EvalMethod` per side of the adaptor's ``start_from_dim`` that has sizes."""
+    sides = [[d for d in sizes if not adaptor.keeps_start(d)]]
+    sides.append([d for d in sizes if adaptor.keeps_start(d)])
+    return [
+        EvalMethod(name, entry, PrefixSource(adaptor, part[0]), part, f"{name}#{index}")
+        for index, part in enumerate(sides)
+        if part
+    ]
 
 
 def pca_baseline(corpus: ArrayLike, dimension: int, max_rows: int | None = PCA_FIT_ROWS) -> Any:

@@ -24,7 +24,13 @@ from madapt_cli.pipelines.eval_precision import (
     precision_options,
 )
 from madapt_cli.pipelines.eval_results import EvaluationReport, ResultRow
-from madapt_cli.pipelines.eval_sources import PCA_FIT_ROWS, pca_baseline, stored_columns
+from madapt_cli.pipelines.eval_sources import (
+    PCA_FIT_ROWS,
+    EvalMethod,
+    adaptor_methods,
+    pca_baseline,
+    stored_columns,
+)
 from madapt_cli.retrieval.metrics import (
     DEFAULT_METRICS,
     RELEVANCE_LEVEL,
@@ -133,48 +139,6 @@ def run_evaluation(
     report(progress, ProgressEvent("eval", 0, total, unit="sizes"))
     run.search()
     return run.build_report(run.score(progress, total))
-
-
-@dataclass
-class _Method:
-    """One method of the evaluation: its report entry, how it maps vectors, the sizes it is
-    searched at (one search of the mapped vectors' prefixes) and the key of that search."""
-
-    name: str
-    entry: dict[str, Any]  # name, kind (baseline|adaptor), path, method, fingerprint
-    how: Any  # "truncate", "pca" or a _PrefixSource
-    sizes: list[int]
-    key: str = ""
-
-    def __post_init__(self) -> None:
-        self.key = self.key or self.name
-
-
-@dataclass
-class _PrefixSource:
-    """An adaptor's vectors as its sizes from ``dim``'s side of ``start_from_dim`` cut them
-    (:meth:`Adaptor.prefix_source`): below it f's, from it up the start's."""
-
-    adaptor: Adaptor
-    dim: int
-
-    def to(self, device: torch.device) -> _PrefixSource:
-        self.adaptor.to(device)
-        return self
-
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        return self.adaptor.prefix_source(x, self.dim)
-
-
-def _adaptor_methods(name: str, entry: dict[str, Any], adaptor: Adaptor, sizes: list[int]):
-    """One :class:`_Method` per side of the adaptor's ``start_from_dim`` that has sizes."""
-    sides = [[d for d in sizes if not adaptor.keeps_start(d)]]
-    sides.append([d for d in sizes if adaptor.keeps_start(d)])
-    return [
-        _Method(name, entry, _PrefixSource(adaptor, part[0]), part, f"{name}#{index}")
-        for index, part in enumerate(sides)
-        if part
-    ]
 
 
 class _Evaluation:
@@ -311,12 +275,12 @@ class _Evaluation:
         self.methods = []
         for name, entry, how in planned:
             if isinstance(how, Adaptor):
-                self.methods += _adaptor_methods(name, entry, how, self.sizes)
+                self.methods += adaptor_methods(name, entry, how, self.sizes)
             else:
                 sizes = truncate_sizes if how == "truncate" else self.sizes
-                self.methods.append(_Method(name, entry, how, sizes))
+                self.methods.append(EvalMethod(name, entry, how, sizes))
 
-    def _start_search(self, method: _Method, mapped_queries: torch.Tensor) -> PrefixTopK:
+    def _start_search(self, method: EvalMethod, mapped_queries: torch.Tensor) -> PrefixTopK:
         return PrefixTopK(
             mapped_queries, self.depth, self.num_docs, method.sizes, exclude=self.exclude
         )
@@ -328,7 +292,7 @@ class _Evaluation:
         self.query_tensor = query_tensor = as_tensor(self.queries, self.device)
         self.seconds_of = dict.fromkeys((method.key for method in self.methods), 0.0)
         self.searches: dict[str, PrefixTopK] = {}
-        streamed: list[_Method] = []
+        streamed: list[EvalMethod] = []
         for method in self.methods:
             if method.how == "pca":
                 continue
@@ -350,7 +314,7 @@ class _Evaluation:
         if "pca" in self.baselines and kept_corpus is not None:
             self._search_pca(query_tensor, kept_corpus)
 
-    def _stream_corpus(self, streamed: list[_Method], kept_corpus: torch.Tensor | None) -> None:
+    def _stream_corpus(self, streamed: list[EvalMethod], kept_corpus: torch.Tensor | None) -> None:
         """Read the corpus once, feeding each batch to the streamed searches (and keeping it
         in ``kept_corpus`` for PCA)."""
         table = self.options.corpus_table
@@ -434,7 +398,7 @@ class _Evaluation:
             calibrations=self.calibrations,
         )
 
-    def _mapped(self, method: _Method) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _mapped(self, method: EvalMethod) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The method's full-size (queries, corpus), for the lower precisions."""
         if self.kept_corpus is None:
             return None
@@ -517,7 +481,7 @@ def _evaluate_stored_columns(run: _Evaluation, progress: Progress | None) -> Eva
         entry = {"name": column, "kind": "stored", "column": column}
         if adaptor.get("name"):
             entry["adaptor"] = adaptor["name"]
-        run.methods = [_Method(column, entry, "truncate", [dim])]
+        run.methods = [EvalMethod(column, entry, "truncate", [dim])]
         methods.extend(run.methods)
         run.search()
         results.extend(run.score(None, 1))
