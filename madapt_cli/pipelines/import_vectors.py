@@ -27,7 +27,6 @@ only its error), and a last event with ``finished=True``.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import shutil
 import time
@@ -39,16 +38,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from madapt_cli.data import TextItem
-from madapt_cli.errors import InputError, MadaptError, StoreError
-from madapt_cli.providers.base import PROVIDERS, EmbeddingProvider, Role, build_provider
+from madapt_cli.errors import InputError, StoreError
+from madapt_cli.pipelines.import_identity import ImportDeclaration, ImportIdentity
 from madapt_cli.store.base import (
     LOCK_FILE,
     MARKER,
     Store,
     check_appendable,
     embedding_schema,
-    new_table_metadata,
     open_store,
     validate_table_name,
     vectors_to_arrow,
@@ -67,19 +64,6 @@ __all__ = ["Converter", "ImportDeclaration", "ImportSummary", "import_vectors"]
 
 #: |norm^2 - 1| under which a vector counts as unit-length and is stored as given
 UNIT_TOLERANCE = 1e-4
-
-
-@dataclass(frozen=True)
-class ImportDeclaration:
-    """What the user says about the vectors: recorded in the table's metadata."""
-
-    provider: str | None = None  # a registered provider (local, openai, vertex) or any label
-    model: str | None = None
-    dimensions: int | None = None  # the size asked of the API; default: inferred
-    task_type: str | None = None
-    prompt: str | None = None
-    normalize: bool = True  # L2-normalise (vectors already unit-length are kept as they are)
-    role: Role = "document"
 
 
 @dataclass
@@ -108,97 +92,6 @@ def _digests(ids: list[str]) -> np.ndarray:
         dtype=np.uint64,
         count=len(ids),
     )
-
-
-# --- the declaration -> provider, metadata, content keys ------------------------------------
-def _native_dimension(provider: str, model: str) -> int | None:
-    """The size a known API model returns without ``dimensions`` (None when unknown)."""
-    if provider == "openai":
-        from madapt_cli.providers.openai import MODELS as OPENAI
-
-        return OPENAI[model][0] if model in OPENAI else None
-    if provider == "vertex":
-        from madapt_cli.providers.vertex import MODELS as VERTEX
-
-        return VERTEX[model].dimension if model in VERTEX else None
-    return None
-
-
-class _Identity:
-    """The declared provider (built without a network or credentials: only its identity is
-    used), the settings recorded, and the content key of a row."""
-
-    def __init__(self, declared: ImportDeclaration, width: int, where: str) -> None:
-        self.declared, self.width = declared, width
-        dimensions = declared.dimensions
-        if dimensions is not None and dimensions != width:
-            raise InputError(f"{where}: vectors have {width} dimensions, not {dimensions}")
-        self.provider: EmbeddingProvider | None = None
-        name, model = declared.provider, declared.model
-        overrides: dict[str, Any] = {}
-        if name in PROVIDERS:
-            if not model:
-                raise InputError(f"--provider {name} needs --model (the model that made them)")
-            native = _native_dimension(name, model)
-            if dimensions is None and native is not None and native != width:
-                dimensions = width  # an API asked for fewer dimensions (text-embedding-3-*)
-            values: dict[str, Any] = {"dimensions": dimensions}
-            if name == "local":
-                values = {f"{declared.role}_prompt": declared.prompt}
-            elif declared.prompt is not None:
-                overrides["prompt"] = declared.prompt
-            try:
-                self.provider = build_provider(name, model, values)
-            except MadaptError as error:
-                raise InputError(f"{where} ({width}-dimensional vectors): {error}") from None
-            settings = dict(self.provider.settings(declared.role))
-            if declared.task_type is not None:
-                overrides["task_type"] = declared.task_type
-            if {**settings, **overrides} != settings:
-                self.provider = copy.copy(self.provider)
-                fixed = {**settings, **overrides}
-                self.provider.settings = lambda role: fixed  # type: ignore[method-assign]
-            self.settings = self.provider.settings(declared.role)
-            self.model = self.provider.model
-        else:
-            self.settings = {
-                k: v
-                for k, v in (
-                    ("dimensions", dimensions),
-                    ("task_type", declared.task_type),
-                    ("prompt", declared.prompt),
-                )
-                if v is not None
-            }
-            self.model = model
-
-    def metadata(self) -> dict[str, Any]:
-        return new_table_metadata(
-            provider=self.declared.provider,
-            model=self.model,
-            dimension=self.width,
-            normalized=self.declared.normalize,
-            role=self.declared.role,
-            **self.settings,
-            dtype="float32",
-            imported=True,
-        )
-
-    def keys(self, chunk: VectorChunk, ids: list[str]) -> pa.Array:
-        """The content key of each row (null without a text field or a known provider)."""
-        if chunk.texts is None or self.provider is None:
-            return pa.nulls(len(ids), pa.string())
-        texts = chunk.texts.to_pylist()
-        titles = chunk.titles.to_pylist() if chunk.titles is not None else [None] * len(ids)
-        keys: list[str | None] = []
-        role, provider = self.declared.role, self.provider
-        for item_id, text, title in zip(ids, texts, titles, strict=True):
-            text, title = (text or "").strip(), (title or "").strip() or None
-            if not text and not title:
-                keys.append(None)  # embed refuses or skips an empty text: never reused
-            else:
-                keys.append(provider.content_key(TextItem(item_id, text, title), role))
-        return pa.array(keys, pa.string())
 
 
 # --- checking and converting one chunk ------------------------------------------------------
@@ -239,7 +132,7 @@ class _Importer:
     """Checks and converts chunks into store batches; remembers the id digests."""
 
     def __init__(
-        self, identity: _Identity, schema: pa.Schema, normalize: bool, batch_rows: int
+        self, identity: ImportIdentity, schema: pa.Schema, normalize: bool, batch_rows: int
     ) -> None:
         self.identity, self.schema, self.normalize = identity, schema, normalize
         self.batch_rows = batch_rows
@@ -353,7 +246,7 @@ def import_vectors(  # noqa: PLR0913 - the SOURCE, its fields and the declaratio
     if first is None:
         raise InputError(f"{reader.where}: no rows to import")
     width = chunk_vectors(first).shape[1]
-    identity = _Identity(declared, width, reader.where)
+    identity = ImportIdentity(declared, width, reader.where)
     metadata = identity.metadata()
 
     existing = _open_output(out, store_format)
