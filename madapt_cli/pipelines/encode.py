@@ -34,6 +34,7 @@ from madapt_cli.retrieval.quantize import Int8Calibration
 from madapt_cli.store.precision import (
     CALIBRATION_KEY,
     INT2_CALIBRATION_KEY,
+    calibration_keys,
     check_calibration_for,
     check_precision_sizes,
     encode_prefix,
@@ -155,6 +156,22 @@ def code_queries(
     return encode_prefix(vectors, precision, calibration)  # type: ignore[arg-type]
 
 
+_CODED = ("int8", "int2")  # the precisions whose codes need the corpus' calibration
+_KIND = {CALIBRATION_KEY: "int8", INT2_CALIBRATION_KEY: "int2"}
+
+
+def _by_precision(
+    calibrations: Mapping[str, Mapping[int, Any]] | Mapping[int, Any],
+) -> dict[str, dict[int, Any]]:
+    """precision -> size -> calibration, from that or from one precision's size -> calibration
+    (int2 levels or int8 ranges, by type)."""
+    if all(isinstance(key, str) for key in calibrations):
+        return {kind: dict(sizes) for kind, sizes in calibrations.items()}  # type: ignore[misc]
+    values = list(calibrations.values())
+    kind = "int2" if values and isinstance(values[0], Int2Calibration) else "int8"
+    return {kind: dict(calibrations)}  # type: ignore[arg-type]
+
+
 class Encoder:
     """An adaptor with the upstream model it was trained on, loaded once::
 
@@ -162,19 +179,20 @@ class Encoder:
     enc.encode(["a query"], role="query", dim=128)  # (1, 128) float32, unit rows
     enc.encode(["a query"], dim=128, precision="binary")  # (1, 16) uint8 sign bits
 
-    ``calibrations`` (size -> int8 ranges, :func:`load_query_calibration`) code int8 queries
-    as `madapt apply --precision int8` coded the corpus.
+    ``calibrations`` code int8 and int2 queries as `madapt apply --precision` coded the
+    corpus: precision -> size -> calibration, or one precision's size -> calibration
+    (:func:`load_query_calibration`; int8 ranges or int2 levels, told apart by their type).
     """
 
     def __init__(
         self,
         adaptor: Adaptor,
         provider: EmbeddingProvider,
-        calibrations: Mapping[int, Int8Calibration] | None = None,
+        calibrations: Mapping[str, Mapping[int, Any]] | Mapping[int, Any] | None = None,
     ) -> None:
         self.adaptor = adaptor
         self.provider = provider
-        self.calibrations = dict(calibrations or {})
+        self.calibrations = _by_precision(calibrations or {})
 
     @classmethod
     def from_adaptor(
@@ -184,21 +202,29 @@ class Encoder:
         model: str | None = None,
         on_warning: Callable[[str], None] | None = None,
         calibration_from: str | Path | None = None,
-        calibration_precision: str = "int8",
+        calibration_precision: str | None = None,
         **options: Any,
     ) -> Encoder:
         """The encoder of the adaptor directory ``path``. ``options``: how to reach the
         model (``device``, ``batch_size``, ``base_url``, ``project``, ``location``,
         ``timeout``, ``max_retries``...); ``model``: only to confirm the recorded one;
-        ``calibration_from``: an applied store (or JSON file) whose int8 ranges code
-        ``precision="int8"`` queries (``calibration_precision="int2"``: whose int2 levels
-        code ``precision="int2"`` queries)."""
+        ``calibration_from``: an applied store (or JSON file) whose int8 ranges and int2
+        levels (every one it holds, or only ``calibration_precision``'s) code
+        ``precision="int8"`` and ``"int2"`` queries."""
         adaptor = Adaptor.load(path)
-        calibrations = (
-            None
-            if calibration_from is None
-            else load_query_calibration(adaptor, calibration_from, precision=calibration_precision)
-        )
+        calibrations = {}
+        if calibration_from is not None:
+            keys = calibration_keys(calibration_from)
+            kinds = [calibration_precision] if calibration_precision else [_KIND[k] for k in keys]
+            if not kinds:
+                raise InputError(
+                    f"--calibration-from {calibration_from} holds no int8 or int2 calibration: "
+                    "apply with --precision int8 or int2"
+                )
+            for kind in kinds:
+                calibrations[kind] = load_query_calibration(
+                    adaptor, calibration_from, precision=kind
+                )
         return cls(
             adaptor,
             provider_for_adaptor(adaptor, model=model, options=options, on_warning=on_warning),
@@ -247,7 +273,7 @@ class Encoder:
             raise TypeError("encode takes a list of texts, not one string")
         if precision != "float32":  # a bad precision or size fails before the model runs
             check_precision_sizes(parse_precisions([precision]), [dim], "--precision")
-            if precision in ("int8", "int2") and calibration is None and not self.calibrations:
+            if precision in _CODED and calibration is None and precision not in self.calibrations:
                 raise InputError(
                     f"{precision} query codes need the corpus' {precision} calibration: "
                     "--calibration-from the applied store "
@@ -256,7 +282,7 @@ class Encoder:
         vectors = self.adaptor.transform(self.embed_raw(texts, role), dim=dim)
         if precision == "float32":
             return vectors
-        return code_queries(vectors, precision, calibration or self.calibrations)
+        return code_queries(vectors, precision, calibration or self.calibrations.get(precision))
 
     def close(self) -> None:
         self.provider.close()

@@ -181,6 +181,28 @@ def load_calibration(
                 where = f"table '{table_name}' of {path}"
                 return read_calibration(metadata[key], where, key), metadata
         raise InputError(f"{path} holds no {name} calibration: apply with --precision {name}")
+    loaded = _json_calibration(path)
+    metadata = loaded if key in loaded else {key: loaded}
+    return read_calibration(metadata[key], str(path), key), metadata
+
+
+def calibration_keys(path: str | Path) -> list[str]:
+    """Which calibrations (:data:`CALIBRATION_KEY`, :data:`INT2_CALIBRATION_KEY`) the applied
+    store or JSON file ``path`` holds, for :func:`load_calibration`; a JSON object holding
+    neither key is an int8 calibration alone."""
+    keys = (CALIBRATION_KEY, INT2_CALIBRATION_KEY)
+    path = Path(path)
+    if path.is_dir():
+        from madapt_cli.store.base import open_store
+
+        store = open_store(path)
+        held = {key for name in store.tables() for key in keys if key in store.metadata(name)}
+        return [key for key in keys if key in held]
+    loaded = _json_calibration(path)
+    return [key for key in keys if key in loaded] or [CALIBRATION_KEY]
+
+
+def _json_calibration(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"--calibration-from {path}: no such store or file")
     try:
@@ -189,8 +211,7 @@ def load_calibration(
         raise InputError(f"{path}: not a JSON calibration ({error})") from None
     if not isinstance(loaded, dict):
         raise InputError(f"{path}: not a JSON calibration (expected an object)")
-    metadata = loaded if key in loaded else {key: loaded}
-    return read_calibration(metadata[key], str(path), key), metadata
+    return loaded
 
 
 def check_calibration_for(
