@@ -110,6 +110,7 @@ def train_distill(
     validation_data: dict[str, Any] | None = None,
     on_epoch: EpochCallback | None = None,
     monitor_data: dict[str, Any] | None = None,
+    extra_anchors: np.ndarray | None = None,
 ) -> TrainResult:
     """Unsupervised listwise distillation (``--objective distill``): each trained prefix
     learns the full-size ranking of the top ``config.distill_topk`` corpus rows (plus random
@@ -124,7 +125,9 @@ def train_distill(
     reach the start's overlap@10 at every size, else the start is kept. With
     ``validation_data`` (judged queries, ``--qrels``) their nDCG@10 chooses instead, as for
     ``--objective paper``. ``monitor_data`` (bench only): judged queries whose nDCG@10 is
-    recorded at each epoch without steering anything."""
+    recorded at each epoch without steering anything. ``extra_anchors`` (e.g. the
+    documents' titles): more unlabelled anchors, never held out, with their own L_distill
+    term (:func:`extra_anchor_term`) added to each step's loss."""
     seed_everything(config.seed)
     device = resolve_device(config.device)
     dimension = corpus.shape[1]
@@ -135,8 +138,44 @@ def train_distill(
         vectors, anchors, config, judged=bool(validation_data)
     )
     started = time.perf_counter()
-    train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
-    train_anchors = anchor_vectors[torch.from_numpy(train_index).to(device)]
+    objective = _training_objective(vectors, anchor_vectors, rows, train_index, dims, config)
+    mined = time.perf_counter() - started
+    validation = build_validation(vectors, validation_data, dims, config, device)
+    if validation is None and len(proxy_index) > 0:
+        monitor = build_validation(vectors, monitor_data, dims, config, device)
+        validation = _ranking_proxy(
+            vectors, anchor_vectors, rows, proxy_index, dims, config, monitor
+        )
+    extra = extra_anchor_term(vectors, extra_anchors, dims, config)
+    run = _DistillRun(vectors, dims, config, extra, on_epoch)
+    history, best = run(module, objective, validation, "distill", config.distill_epochs)
+    refit = config.distill_held_out == "refit" and rows is None and len(proxy_index) > 0
+    if refit and best and best["epoch"]:
+        # the proxy chose the epoch count; the held-out queries are worth training on too
+        seed_everything(config.seed)
+        module = new_adaptor_module(vectors, config)
+        everything = np.arange(len(anchor_vectors))
+        started = time.perf_counter()
+        objective = _training_objective(vectors, anchor_vectors, rows, everything, dims, config)
+        mined += time.perf_counter() - started
+        refit, _ = run(module, objective, None, "distill-refit", int(best["epoch"]))
+        history, best = history + refit, {**best, "refit_epochs": int(best["epoch"])}
+    return TrainResult(module.cpu().eval(), history, best, mined)
+
+
+def _training_objective(
+    vectors: torch.Tensor,
+    anchor_vectors: torch.Tensor,
+    rows: np.ndarray | None,
+    index: np.ndarray,
+    dims: list[int],
+    config: TrainConfig,
+) -> DistillationObjective:
+    """L_distill over the anchors ``index`` (with their mixups when configured, queries
+    only), student negatives and the quantisation term as configured."""
+    device = vectors.device
+    train_rows = None if rows is None else torch.from_numpy(rows[index]).to(device)
+    train_anchors = anchor_vectors[torch.from_numpy(index).to(device)]
     if rows is None and config.distill_synthetic_anchors > 0:  # queries only, never rows
         extra = synthetic_anchors(train_anchors, config.distill_synthetic_anchors, config.seed)
         train_anchors = torch.cat([train_anchors, extra])
@@ -150,29 +189,85 @@ def train_distill(
         mine=True,
     )
     add_quantization_term(objective, config.quantization_aware)
-    mined = time.perf_counter() - started
-    validation = build_validation(vectors, validation_data, dims, config, device)
-    if validation is None and len(proxy_index) > 0:
-        monitor = build_validation(vectors, monitor_data, dims, config, device)
-        validation = _ranking_proxy(
-            vectors, anchor_vectors, rows, proxy_index, dims, config, monitor
-        )
-    batch_size = min(config.batch_size, len(train_anchors))
-    steps = math.ceil(len(train_anchors) / batch_size)
-    generator = device_generator(device, config.seed)
-    order = EpochOrder(len(train_anchors), batch_size, device)
+    return objective
 
-    taken = [0]
 
-    def step(gen: torch.Generator) -> torch.Tensor:
-        if taken[0] % steps == 0 and isinstance(objective, StudentNegativesObjective):
-            objective.refresh(module)  # each epoch: the student's current mistakes
-        taken[0] += 1
-        return objective(module, order.next(gen), gen)
+class _DistillRun:
+    """One :func:`fit_loop` of L_distill (and the extra anchors' term) over an objective's
+    anchors: ``(module, objective, validation, stage name, epochs) -> (history, best)``."""
 
-    stage = Stage("distill", config.distill_epochs, steps, config.distill_lr, bf16_on_cpu=True)
-    history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
-    return TrainResult(module.cpu().eval(), history, best, mined)
+    def __init__(
+        self,
+        vectors: torch.Tensor,
+        dims: list[int],
+        config: TrainConfig,
+        extra: ExtraAnchorTerm | None,
+        on_epoch: EpochCallback | None,
+    ) -> None:
+        self.vectors, self.dims, self.config = vectors, dims, config
+        self.extra, self.on_epoch = extra, on_epoch
+
+    def __call__(
+        self,
+        module: ResidualMLP,
+        objective: DistillationObjective,
+        validation: Any,
+        name: str,
+        epochs: int,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        config, device, extra = self.config, self.vectors.device, self.extra
+        count = len(objective.anchors)
+        batch_size = min(config.batch_size, count)
+        steps = math.ceil(count / batch_size)
+        generator = device_generator(device, config.seed)
+        order = EpochOrder(count, batch_size, device)
+        taken = [0]
+
+        def step(gen: torch.Generator) -> torch.Tensor:
+            if taken[0] % steps == 0 and isinstance(objective, StudentNegativesObjective):
+                objective.refresh(module)  # each epoch: the student's current mistakes
+            taken[0] += 1
+            loss = objective(module, order.next(gen), gen)
+            return loss if extra is None else loss + extra(module, gen)
+
+        stage = Stage(name, epochs, steps, config.distill_lr, bf16_on_cpu=True)
+        return fit_loop(module, step, stage, config, validation, self.on_epoch, generator)
+
+
+class ExtraAnchorTerm:
+    """``weight`` x L_distill of one batch of extra anchors per step (their own sizes), the
+    batches walking a fresh permutation of the extra anchors each pass."""
+
+    def __init__(self, objective: DistillationObjective, order: EpochOrder, weight: float) -> None:
+        self.objective, self.order, self.weight = objective, order, weight
+
+    def __call__(self, module: nn.Module, generator: torch.Generator) -> torch.Tensor:
+        return self.weight * self.objective(module, self.order.next(generator), generator)
+
+
+def extra_anchor_term(
+    vectors: torch.Tensor,
+    extra_anchors: np.ndarray | None,
+    dims: list[int],
+    config: TrainConfig,
+) -> ExtraAnchorTerm | None:
+    """The L_distill term of ``extra_anchors`` (None without any, or at weight 0): over
+    ``config.distill_extra_dims`` (default ``dims``) at ``config.distill_extra_weight``,
+    ``config.batch_size`` of them a step; without student negatives."""
+    if extra_anchors is None or len(extra_anchors) == 0 or config.distill_extra_weight <= 0:
+        return None
+    dimension = vectors.shape[1]
+    extra_dims = check_train_dims(config.distill_extra_dims or dims, dimension)
+    raw = np.asarray(extra_anchors, np.float32)
+    if raw.ndim != 2 or raw.shape[1] != dimension:
+        raise InputError(f"extra anchors have shape {raw.shape}: expected (n, {dimension})")
+    anchors = F.normalize(torch.from_numpy(raw).to(vectors.device), dim=-1)
+    objective = DistillationObjective(
+        vectors, anchors, extra_dims, config, config.dim_weights(extra_dims)
+    )
+    batch = min(config.batch_size, len(anchors))
+    order = EpochOrder(len(anchors), batch, vectors.device)
+    return ExtraAnchorTerm(objective, order, config.distill_extra_weight)
 
 
 def start_from_dim(config: TrainConfig, dimension: int) -> int | None:
@@ -251,7 +346,7 @@ def _split_anchors(
         raise InputError("no anchors to learn from: the queries table has no selected query")
     order_all = rng.permutation(len(anchor_vectors))
     held = round(len(anchor_vectors) * config.proxy_fraction) if len(anchor_vectors) >= 10 else 0
-    if judged:
+    if judged or (anchors is not None and config.distill_held_out == "none"):
         held = 0
     return anchor_vectors, rows, np.sort(order_all[:held]), np.sort(order_all[held:])
 
@@ -417,7 +512,9 @@ class Matryoshka(Method):
         elif data.objective == "distill":
             validation = data.validation()
             anchors = data.anchors
-            progress.plan([config.distill_epochs])
+            # the refit (query anchors only) runs at most as many epochs again
+            refits = config.distill_held_out == "refit" and anchors is not None
+            progress.plan([config.distill_epochs] * (2 if refits else 1))
             result = train_distill(
                 corpus, None if anchors is None else anchors[1], config, validation, progress
             )
@@ -437,6 +534,7 @@ class Matryoshka(Method):
             "mode": data.mode,
             **({} if data.supervised else {"objective": data.objective}),
             **({} if learned is None else {"learned_from_queries": learned}),
+            **({} if learned is None else {"held_out_queries": config.distill_held_out}),
             **({} if start_from is None else {"start_from_dim": start_from}),
             "train_dims": config.train_dims,
             "training_rows": len(corpus_ids),
