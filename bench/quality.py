@@ -19,6 +19,10 @@ nDCG@10 of every epoch is recorded beside the label-free proxy (never used to ch
 `madapt fit` writes them (the untrained start's prefix from ``start_from_dim`` up) and, as
 ``METHOD:f``, with f at every size.
 
+``--extra-anchors NPZ`` (``title_vectors``, e.g. the documents' titles embedded as
+queries): more unlabelled anchors beside the queries, with their own L_distill term
+(``--set distill_extra_weight=0.3``, ``--set 'distill_extra_dims=[32,64]'``).
+
 ``--labelled-validation 0.3`` (for choosing defaults without test): 30% of the train qrels'
 queries (one fixed split, the same for every seed and setting) are held out from the anchors
 and their nDCG@10 is printed and stored (``labelled_validation``) beside the test one.

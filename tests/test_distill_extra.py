@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from madapt_cli.errors import InputError
-from madapt_cli.methods.matryoshka import extra_anchor_term, train_distill
+from madapt_cli.methods.matryoshka import train_distill
+from madapt_cli.training.anchors import extra_anchor_term
 from madapt_cli.training.config import TrainConfig
 
 

@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
             "auto",
             "--objective",
             help="Unsupervised objective: distill (learn each prefix's ranking from the "
-            "full-size one of unlabelled queries, or of corpus rows without queries, keeping "
-            "the untrained start unless a label-free proxy says training beats it), paper "
+            "full-size one of unlabelled queries, or of corpus rows without queries, where "
+            "the untrained start is kept unless a label-free proxy says training beats it), paper "
             "(L_topk + L_pair + L_rec on the corpus, the paper's), or auto (distill).",
         ),
         queries_table: str | None = typer.Option(
@@ -73,7 +73,8 @@ def register(app: typer.Typer) -> None:
         epochs: int | None = typer.Option(
             None,
             "--epochs",
-            help="Epochs of the chosen mode (default 10 unsupervised, 30 supervised).",
+            help="Epochs of the chosen mode (default 24 unsupervised distill, 10 "
+            "--objective paper, 30 supervised).",
         ),
         stage1_epochs: int | None = typer.Option(
             None,

@@ -22,7 +22,12 @@ from torch import nn
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods.base import Fitted, Method, TrainingData
-from madapt_cli.training.anchors import anchor_record, synthetic_anchors
+from madapt_cli.training.anchors import (
+    ExtraAnchorTerm,
+    anchor_record,
+    extra_anchor_term,
+    synthetic_anchors,
+)
 from madapt_cli.training.config import EpochCallback, TrainConfig, TrainResult, seed_everything
 from madapt_cli.training.loop import EpochOrder, Stage, fit_loop
 from madapt_cli.training.modules import (
@@ -117,12 +122,16 @@ def train_distill(
     ones) of each anchor. ``anchors``: unlabelled query vectors; None: corpus rows (at most
     ``config.distill_max_anchors``, drawn with the seed).
 
+    Unlabelled queries all train for ``config.distill_epochs`` epochs by default
+    (``config.distill_held_out`` "none"). With "choose", and always for corpus rows,
     ``config.proxy_fraction`` of the anchors are held out (not trained on) for the label-free
     proxy (:class:`RankingProxy`), which chooses the checkpoint, the untrained start (epoch 0)
-    included, with early stopping after ``config.patience`` epochs without gain: the lowest
-    held-out L_distill averaged over the sizes below the full one (``config.proxy`` "kl"),
-    or the highest overlap@10 ("overlap"). With corpus rows as anchors a checkpoint must also
-    reach the start's overlap@10 at every size, else the start is kept. With
+    included, with early stopping after ``config.patience`` epochs without gain; "refit" then
+    trains again from the same start on every query for the chosen epoch count. The proxy's
+    choice: the lowest held-out L_distill averaged over the sizes below the full one
+    (``config.proxy`` "kl"), or the highest overlap@10 ("overlap"). With corpus rows as
+    anchors a checkpoint must also reach the start's overlap@10 at every size, else the start
+    is kept. With
     ``validation_data`` (judged queries, ``--qrels``) their nDCG@10 chooses instead, as for
     ``--objective paper``. ``monitor_data`` (bench only): judged queries whose nDCG@10 is
     recorded at each epoch without steering anything. ``extra_anchors`` (e.g. the
@@ -232,42 +241,6 @@ class _DistillRun:
 
         stage = Stage(name, epochs, steps, config.distill_lr, bf16_on_cpu=True)
         return fit_loop(module, step, stage, config, validation, self.on_epoch, generator)
-
-
-class ExtraAnchorTerm:
-    """``weight`` x L_distill of one batch of extra anchors per step (their own sizes), the
-    batches walking a fresh permutation of the extra anchors each pass."""
-
-    def __init__(self, objective: DistillationObjective, order: EpochOrder, weight: float) -> None:
-        self.objective, self.order, self.weight = objective, order, weight
-
-    def __call__(self, module: nn.Module, generator: torch.Generator) -> torch.Tensor:
-        return self.weight * self.objective(module, self.order.next(generator), generator)
-
-
-def extra_anchor_term(
-    vectors: torch.Tensor,
-    extra_anchors: np.ndarray | None,
-    dims: list[int],
-    config: TrainConfig,
-) -> ExtraAnchorTerm | None:
-    """The L_distill term of ``extra_anchors`` (None without any, or at weight 0): over
-    ``config.distill_extra_dims`` (default ``dims``) at ``config.distill_extra_weight``,
-    ``config.batch_size`` of them a step; without student negatives."""
-    if extra_anchors is None or len(extra_anchors) == 0 or config.distill_extra_weight <= 0:
-        return None
-    dimension = vectors.shape[1]
-    extra_dims = check_train_dims(config.distill_extra_dims or dims, dimension)
-    raw = np.asarray(extra_anchors, np.float32)
-    if raw.ndim != 2 or raw.shape[1] != dimension:
-        raise InputError(f"extra anchors have shape {raw.shape}: expected (n, {dimension})")
-    anchors = F.normalize(torch.from_numpy(raw).to(vectors.device), dim=-1)
-    objective = DistillationObjective(
-        vectors, anchors, extra_dims, config, config.dim_weights(extra_dims)
-    )
-    batch = min(config.batch_size, len(anchors))
-    order = EpochOrder(len(anchors), batch, vectors.device)
-    return ExtraAnchorTerm(objective, order, config.distill_extra_weight)
 
 
 def start_from_dim(config: TrainConfig, dimension: int) -> int | None:

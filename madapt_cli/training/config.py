@@ -197,7 +197,7 @@ class TrainConfig:
     distill_temperature: float = 0.05
     distill_lr: float = 2e-3  # was 1e-3: docs/benchmarks.md, chosen on labelled validation
     distill_rec_weight: float = 0.0  # weight of L_rec (stay near the start) beside L_distill
-    distill_epochs: int = 16
+    distill_epochs: int = 24  # was 16 until unsup5 (every query trains): docs/benchmarks.md
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
