@@ -131,12 +131,11 @@ def train_distill(
     choice: the lowest held-out L_distill averaged over the sizes below the full one
     (``config.proxy`` "kl"), or the highest overlap@10 ("overlap"). With corpus rows as
     anchors a checkpoint must also reach the start's overlap@10 at every size, else the start
-    is kept. With
-    ``validation_data`` (judged queries, ``--qrels``) their nDCG@10 chooses instead, as for
-    ``--objective paper``. ``monitor_data`` (bench only): judged queries whose nDCG@10 is
-    recorded at each epoch without steering anything. ``extra_anchors`` (e.g. the
-    documents' titles): more unlabelled anchors, never held out, with their own L_distill
-    term (:func:`extra_anchor_term`) added to each step's loss."""
+    is kept. With ``validation_data`` (judged queries, ``--qrels``) their nDCG@10 chooses
+    instead, as for ``--objective paper``. ``monitor_data`` (bench only): judged queries
+    whose nDCG@10 is recorded at each epoch without steering anything. ``extra_anchors``
+    (e.g. the documents' titles): more unlabelled anchors, never held out, with their own
+    L_distill term (:func:`extra_anchor_term`) added to each step's loss."""
     seed_everything(config.seed)
     device = resolve_device(config.device)
     dimension = corpus.shape[1]
@@ -156,7 +155,7 @@ def train_distill(
             vectors, anchor_vectors, rows, proxy_index, dims, config, monitor
         )
     extra = extra_anchor_term(vectors, extra_anchors, dims, config)
-    run = _DistillRun(vectors, dims, config, extra, on_epoch)
+    run = _DistillRun(vectors, config, extra, on_epoch)
     history, best = run(module, objective, validation, "distill", config.distill_epochs)
     refit = config.distill_held_out == "refit" and rows is None and len(proxy_index) > 0
     if refit and best and best["epoch"]:
@@ -167,8 +166,8 @@ def train_distill(
         started = time.perf_counter()
         objective = _training_objective(vectors, anchor_vectors, rows, everything, dims, config)
         mined += time.perf_counter() - started
-        refit, _ = run(module, objective, None, "distill-refit", int(best["epoch"]))
-        history, best = history + refit, {**best, "refit_epochs": int(best["epoch"])}
+        again, _ = run(module, objective, None, "distill-refit", int(best["epoch"]))
+        history, best = history + again, {**best, "refit_epochs": int(best["epoch"])}
     return TrainResult(module.cpu().eval(), history, best, mined)
 
 
@@ -208,12 +207,11 @@ class _DistillRun:
     def __init__(
         self,
         vectors: torch.Tensor,
-        dims: list[int],
         config: TrainConfig,
         extra: ExtraAnchorTerm | None,
         on_epoch: EpochCallback | None,
     ) -> None:
-        self.vectors, self.dims, self.config = vectors, dims, config
+        self.vectors, self.config = vectors, config
         self.extra, self.on_epoch = extra, on_epoch
 
     def __call__(
