@@ -19,6 +19,10 @@ nDCG@10 of every epoch is recorded beside the label-free proxy (never used to ch
 `madapt fit` writes them (the untrained start's prefix from ``start_from_dim`` up) and, as
 ``METHOD:f``, with f at every size.
 
+``--extra-anchors NPZ`` (``title_vectors``, e.g. the documents' titles embedded as
+queries): more unlabelled anchors beside the queries, with their own L_distill term
+(``--set distill_extra_weight=0.3``, ``--set 'distill_extra_dims=[32,64]'``).
+
 ``--labelled-validation 0.3`` (for choosing defaults without test): 30% of the train qrels'
 queries (one fixed split, the same for every seed and setting) are held out from the anchors
 and their nDCG@10 is printed and stored (``labelled_validation``) beside the test one.
@@ -98,6 +102,18 @@ def main() -> None:
         help="distill: hold out this fraction of the train qrels' queries (a fixed split, the "
         "same for every seed and setting) as labelled validation: never anchors, never test; "
         "their nDCG@10 is reported beside the test one (what chooses defaults)",
+    )
+    parser.add_argument(
+        "--extra-anchors",
+        help="distill: an npz whose 'title_vectors' (or 'vectors') are more unlabelled anchors "
+        "(e.g. the documents' titles) with their own L_distill term (TrainConfig "
+        "distill_extra_weight, distill_extra_dims); never held out, never test queries",
+    )
+    parser.add_argument(
+        "--extra-fraction",
+        type=float,
+        default=1.0,
+        help="distill: use this fraction of --extra-anchors, drawn with --seed",
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -185,7 +201,13 @@ def main() -> None:
                 anchors = data["query_vectors"][[row[q] for q in anchor_ids]]
                 print(f"  {len(anchors)} unlabelled queries as anchors", flush=True)
             result = train_distill(
-                data["doc_vectors"], anchors, config, None, report, monitor_data=test_monitor
+                data["doc_vectors"],
+                anchors,
+                config,
+                None,
+                report,
+                monitor_data=test_monitor,
+                extra_anchors=_extra_anchors(args.extra_anchors, args.extra_fraction, args.seed),
             )
             curves[method] = result.history
             # as `madapt fit` records it: the start's prefix from start_from_dim up
@@ -263,6 +285,17 @@ def main() -> None:
                 indent=2,
             )
         )
+
+
+def _extra_anchors(path: str | None, fraction: float, seed: int) -> np.ndarray | None:
+    if not path:
+        return None
+    raw = np.load(path)
+    vectors = raw["title_vectors" if "title_vectors" in raw else "vectors"].astype(np.float32)
+    count = round(len(vectors) * fraction)
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(vectors))[:count])
+    print(f"  {count} extra anchors from {path}", flush=True)
+    return vectors[chosen]
 
 
 def _wrap(module: torch.nn.Module, data: dict, start_from: int | None = None) -> Adaptor:

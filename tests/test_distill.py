@@ -104,6 +104,7 @@ def _config(**changes) -> TrainConfig:
         distill_lr=3e-3,
         batch_size=64,
         patience=100,
+        distill_held_out="choose",  # these tests are of the proxy's checkpoint choice
     )
     settings.update(changes)
     return TrainConfig(**settings)
@@ -271,7 +272,17 @@ def test_fit_without_query_ids_says_it_used_all_queries(tmp_path, capsys):
     assert code == 0, err
     text = " ".join(out.split())
     assert "learned from 30 unlabelled queries (all of the 'queries' table)" in text
+    assert "every one of them trained, for every epoch" in text
+    assert "chosen without labels" not in text
+    config = json.loads((tmp_path / "ad" / "config.json").read_text())
+    assert config["held_out_queries"] == "none" and config["best_validation"] is None
+    code, out, err = run_cli(
+        capsys, "fit", store, "--out", tmp_path / "ad2", *FIT, "--held-out-queries", "choose"
+    )
+    assert code == 0, err
+    text = " ".join(out.split())
     assert "chosen without labels by the distillation loss of held-out anchors" in text
+    assert "every one of them trained" not in text
 
 
 def test_distill_divergence_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch):

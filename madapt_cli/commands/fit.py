@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
             "auto",
             "--objective",
             help="Unsupervised objective: distill (learn each prefix's ranking from the "
-            "full-size one of unlabelled queries, or of corpus rows without queries, keeping "
-            "the untrained start unless a label-free proxy says training beats it), paper "
+            "full-size one of unlabelled queries, or of corpus rows without queries, where "
+            "the untrained start is kept unless a label-free proxy says training beats it), paper "
             "(L_topk + L_pair + L_rec on the corpus, the paper's), or auto (distill).",
         ),
         queries_table: str | None = typer.Option(
@@ -53,6 +53,14 @@ def register(app: typer.Typer) -> None:
             help="Unsupervised distill: learn only from these queries: a qrels file "
             "(judgements ignored, e.g. qrels/train.tsv) or one query id a line.",
         ),
+        held_out_queries: str | None = typer.Option(
+            None,
+            "--held-out-queries",
+            help="Unsupervised distill with unlabelled queries: none (default: every query "
+            "trains, for --epochs epochs), choose (15% of them are held out, never trained "
+            "on, and their distillation loss chooses the checkpoint, the untrained start "
+            "included) or refit (choose's epoch count, then training again on every query).",
+        ),
         dev_qrels: Path | None = typer.Option(
             None, "--dev-qrels", help="Validation qrels (default: 20% of the train queries)."
         ),
@@ -66,7 +74,8 @@ def register(app: typer.Typer) -> None:
         epochs: int | None = typer.Option(
             None,
             "--epochs",
-            help="Epochs of the chosen mode (default 10 unsupervised, 30 supervised).",
+            help="Epochs of the chosen mode (default 24 unsupervised distill, 10 "
+            "--objective paper, 30 supervised).",
         ),
         stage1_epochs: int | None = typer.Option(
             None,
@@ -216,6 +225,8 @@ def register(app: typer.Typer) -> None:
             distill_weight=distill_weight,  # --- sup ---
             stage1_objective=stage1_objective,  # --- sup ---
         )
+        if held_out_queries is not None:  # --- unsup5 ---
+            _held_out_queries(config, held_out_queries, mode, objective)
         fitter = get_method(method, "--method")
         # --- sup ---
         if (distill_weight is not None or stage1_objective is not None) and mode != "supervised":
@@ -257,6 +268,19 @@ def register(app: typer.Typer) -> None:
                 sample=sample,
             )
         _print_summary(result.config, out, as_json)
+
+
+def _held_out_queries(config: Any, value: str, mode: str, objective: str) -> None:
+    """``--held-out-queries``: unsupervised distill only (TrainConfig.distill_held_out)."""
+    from madapt_cli.training.config import HELD_OUT_CHOICES
+
+    if value not in HELD_OUT_CHOICES:
+        raise InputError(
+            f"--held-out-queries must be one of {', '.join(HELD_OUT_CHOICES)}, not {value!r}"
+        )
+    if mode == "supervised" or objective == "paper":
+        raise InputError("--held-out-queries needs --mode unsupervised with --objective distill")
+    config.distill_held_out = value
 
 
 def _train_config(mode: str, *, lr: float | None, **settings: Any) -> Any:
@@ -312,6 +336,7 @@ def _print_summary(result: dict[str, Any], out: Path, as_json: bool) -> None:
                 "best_validation": result.get("best_validation"),
                 "objective": result.get("objective"),
                 "learned_from_queries": _learned(result),
+                "held_out_queries": result.get("held_out_queries"),
                 "epochs_run": len(result.get("validation_curve") or []),
                 "training_data_sha256": result["training_data_sha256"],
                 "start_from_dim": result.get("start_from_dim"),
@@ -329,6 +354,8 @@ def _print_summary(result: dict[str, Any], out: Path, as_json: bool) -> None:
             f", checkpoint epoch {best['epoch']} chosen without labels by the {chosen} of "
             f"held-out anchors (overlap@10 {sizes}" + (f"; loss {losses})" if kl else ")")
         )
+        if best.get("refit_epochs"):
+            extra += f", then trained again on every query for {best['refit_epochs']} epochs"
     elif best:
         extra = f", best validation nDCG@10 {best['score']:.4f} (epoch {best['epoch']})"
     console.out.print(f"wrote {result['method']} adaptor '{result['name']}' to {out}{extra}")
@@ -343,6 +370,11 @@ def _print_summary(result: dict[str, Any], out: Path, as_json: bool) -> None:
                 f"objective distill: learned from {learned['count']} unlabelled queries "
                 f"({learned['selected_by']}); do not evaluate on them"
             )
+            if result.get("held_out_queries") == "none":
+                console.out.print(
+                    "every one of them trained, for every epoch: no label-free checkpoint "
+                    "choice (--held-out-queries choose or refit holds 15% out for one)"
+                )
     if result.get("start_from_dim") is not None:
         console.out.print(
             f"from {result['start_from_dim']} dims up it gives the untrained start's prefix "

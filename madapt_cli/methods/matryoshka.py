@@ -22,7 +22,12 @@ from torch import nn
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods.base import Fitted, Method, TrainingData
-from madapt_cli.training.anchors import anchor_record, synthetic_anchors
+from madapt_cli.training.anchors import (
+    ExtraAnchorTerm,
+    anchor_record,
+    extra_anchor_term,
+    synthetic_anchors,
+)
 from madapt_cli.training.config import EpochCallback, TrainConfig, TrainResult, seed_everything
 from madapt_cli.training.loop import EpochOrder, Stage, fit_loop
 from madapt_cli.training.modules import (
@@ -114,21 +119,27 @@ def train_distill(
     validation_data: dict[str, Any] | None = None,
     on_epoch: EpochCallback | None = None,
     monitor_data: dict[str, Any] | None = None,
+    extra_anchors: np.ndarray | None = None,
 ) -> TrainResult:
     """Unsupervised listwise distillation (``--objective distill``): each trained prefix
     learns the full-size ranking of the top ``config.distill_topk`` corpus rows (plus random
     ones) of each anchor. ``anchors``: unlabelled query vectors; None: corpus rows (at most
     ``config.distill_max_anchors``, drawn with the seed).
 
+    Unlabelled queries all train for ``config.distill_epochs`` epochs by default
+    (``config.distill_held_out`` "none"). With "choose", and always for corpus rows,
     ``config.proxy_fraction`` of the anchors are held out (not trained on) for the label-free
     proxy (:class:`RankingProxy`), which chooses the checkpoint, the untrained start (epoch 0)
-    included, with early stopping after ``config.patience`` epochs without gain: the lowest
-    held-out L_distill averaged over the sizes below the full one (``config.proxy`` "kl"),
-    or the highest overlap@10 ("overlap"). With corpus rows as anchors a checkpoint must also
-    reach the start's overlap@10 at every size, else the start is kept. With
-    ``validation_data`` (judged queries, ``--qrels``) their nDCG@10 chooses instead, as for
-    ``--objective paper``. ``monitor_data`` (bench only): judged queries whose nDCG@10 is
-    recorded at each epoch without steering anything."""
+    included, with early stopping after ``config.patience`` epochs without gain; "refit" then
+    trains again from the same start on every query for the chosen epoch count. The proxy's
+    choice: the lowest held-out L_distill averaged over the sizes below the full one
+    (``config.proxy`` "kl"), or the highest overlap@10 ("overlap"). With corpus rows as
+    anchors a checkpoint must also reach the start's overlap@10 at every size, else the start
+    is kept. With ``validation_data`` (judged queries, ``--qrels``) their nDCG@10 chooses
+    instead, as for ``--objective paper``. ``monitor_data`` (bench only): judged queries
+    whose nDCG@10 is recorded at each epoch without steering anything. ``extra_anchors``
+    (e.g. the documents' titles): more unlabelled anchors, never held out, with their own
+    L_distill term (:func:`extra_anchor_term`) added to each step's loss."""
     seed_everything(config.seed)
     device = resolve_device(config.device)
     dimension = corpus.shape[1]
@@ -140,8 +151,45 @@ def train_distill(
         vectors, anchors, config, judged=bool(validation_data)
     )
     started = time.perf_counter()
-    train_rows = None if rows is None else torch.from_numpy(rows[train_index]).to(device)
-    train_anchors = anchor_vectors[torch.from_numpy(train_index).to(device)]
+    objective = _training_objective(vectors, anchor_vectors, rows, train_index, dims, config)
+    mined = time.perf_counter() - started
+    validation = build_validation(vectors, validation_data, dims, config, device)
+    if validation is None and len(proxy_index) > 0:
+        monitor = build_validation(vectors, monitor_data, dims, config, device)
+        validation = _ranking_proxy(
+            vectors, anchor_vectors, rows, proxy_index, dims, config, monitor
+        )
+    extra = extra_anchor_term(vectors, extra_anchors, dims, config)
+    width = max([*dims, *(extra.objective.loss.dims if extra else [])])
+    run = _DistillRun(vectors, config, extra, on_epoch, width)
+    history, best = run(module, objective, validation, "distill", config.distill_epochs)
+    refit = config.distill_held_out == "refit" and rows is None and len(proxy_index) > 0
+    if refit and best and best["epoch"]:
+        # the proxy chose the epoch count; the held-out queries are worth training on too
+        seed_everything(config.seed)
+        module = new_adaptor_module(vectors, config)
+        everything = np.arange(len(anchor_vectors))
+        started = time.perf_counter()
+        objective = _training_objective(vectors, anchor_vectors, rows, everything, dims, config)
+        mined += time.perf_counter() - started
+        again, _ = run(module, objective, None, "distill-refit", int(best["epoch"]))
+        history, best = history + again, {**best, "refit_epochs": int(best["epoch"])}
+    return TrainResult(module.cpu().eval(), history, best, mined)
+
+
+def _training_objective(
+    vectors: torch.Tensor,
+    anchor_vectors: torch.Tensor,
+    rows: np.ndarray | None,
+    index: np.ndarray,
+    dims: list[int],
+    config: TrainConfig,
+) -> DistillationObjective:
+    """L_distill over the anchors ``index`` (with their mixups when configured, queries
+    only), student negatives and the quantisation term as configured."""
+    device = vectors.device
+    train_rows = None if rows is None else torch.from_numpy(rows[index]).to(device)
+    train_anchors = anchor_vectors[torch.from_numpy(index).to(device)]
     if rows is None and config.distill_synthetic_anchors > 0:  # queries only, never rows
         extra = synthetic_anchors(train_anchors, config.distill_synthetic_anchors, config.seed)
         train_anchors = torch.cat([train_anchors, extra])
@@ -155,36 +203,50 @@ def train_distill(
         mine=True,
     )
     add_quantization_term(objective, config.quantization_aware)
-    mined = time.perf_counter() - started
-    validation = build_validation(vectors, validation_data, dims, config, device)
-    if validation is None and len(proxy_index) > 0:
-        monitor = build_validation(vectors, monitor_data, dims, config, device)
-        validation = _ranking_proxy(
-            vectors, anchor_vectors, rows, proxy_index, dims, config, monitor
-        )
-    batch_size = min(config.batch_size, len(train_anchors))
-    steps = math.ceil(len(train_anchors) / batch_size)
-    generator = device_generator(device, config.seed)
-    order = EpochOrder(len(train_anchors), batch_size, device)
+    return objective
 
-    taken = [0]
 
-    def step(gen: torch.Generator) -> torch.Tensor:
-        if taken[0] % steps == 0 and isinstance(objective, StudentNegativesObjective):
-            objective.refresh(module)  # each epoch: the student's current mistakes
-        taken[0] += 1
-        return objective(module, order.next(gen), gen)
+class _DistillRun:
+    """One :func:`fit_loop` of L_distill (and the extra anchors' term) over an objective's
+    anchors: ``(module, objective, validation, stage name, epochs) -> (history, best)``."""
 
-    stage = Stage(
-        "distill",
-        config.distill_epochs,
-        steps,
-        config.distill_lr,
-        bf16_on_cpu=True,
-        width=max(dims),
-    )
-    history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
-    return TrainResult(module.cpu().eval(), history, best, mined)
+    def __init__(
+        self,
+        vectors: torch.Tensor,
+        config: TrainConfig,
+        extra: ExtraAnchorTerm | None,
+        on_epoch: EpochCallback | None,
+        width: int | None = None,
+    ) -> None:
+        self.vectors, self.config = vectors, config
+        self.extra, self.on_epoch = extra, on_epoch
+        self.width = width  # the largest size any term reads (Stage.width)
+
+    def __call__(
+        self,
+        module: ResidualMLP,
+        objective: DistillationObjective,
+        validation: Any,
+        name: str,
+        epochs: int,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        config, device, extra = self.config, self.vectors.device, self.extra
+        count = len(objective.anchors)
+        batch_size = min(config.batch_size, count)
+        steps = math.ceil(count / batch_size)
+        generator = device_generator(device, config.seed)
+        order = EpochOrder(count, batch_size, device)
+        taken = [0]
+
+        def step(gen: torch.Generator) -> torch.Tensor:
+            if taken[0] % steps == 0 and isinstance(objective, StudentNegativesObjective):
+                objective.refresh(module)  # each epoch: the student's current mistakes
+            taken[0] += 1
+            loss = objective(module, order.next(gen), gen)
+            return loss if extra is None else loss + extra(module, gen)
+
+        stage = Stage(name, epochs, steps, config.distill_lr, bf16_on_cpu=True, width=self.width)
+        return fit_loop(module, step, stage, config, validation, self.on_epoch, generator)
 
 
 def start_from_dim(config: TrainConfig, dimension: int) -> int | None:
@@ -263,7 +325,7 @@ def _split_anchors(
         raise InputError("no anchors to learn from: the queries table has no selected query")
     order_all = rng.permutation(len(anchor_vectors))
     held = round(len(anchor_vectors) * config.proxy_fraction) if len(anchor_vectors) >= 10 else 0
-    if judged:
+    if judged or (anchors is not None and config.distill_held_out == "none"):
         held = 0
     return anchor_vectors, rows, np.sort(order_all[:held]), np.sort(order_all[held:])
 
@@ -430,7 +492,9 @@ class Matryoshka(Method):
         elif data.objective == "distill":
             validation = data.validation()
             anchors = data.anchors
-            progress.plan([config.distill_epochs])
+            # the refit (query anchors only) runs at most as many epochs again
+            refits = config.distill_held_out == "refit" and anchors is not None
+            progress.plan([config.distill_epochs] * (2 if refits else 1))
             result = train_distill(
                 corpus, None if anchors is None else anchors[1], config, validation, progress
             )
@@ -450,6 +514,7 @@ class Matryoshka(Method):
             "mode": data.mode,
             **({} if data.supervised else {"objective": data.objective}),
             **({} if learned is None else {"learned_from_queries": learned}),
+            **({} if learned is None else {"held_out_queries": config.distill_held_out}),
             **({} if start_from is None else {"start_from_dim": start_from}),
             "train_dims": config.train_dims,
             "training_rows": len(corpus_ids),

@@ -1,5 +1,6 @@
 """The unlabelled queries an unsupervised fit learns from (``madapt fit --query-ids FILE``),
-and the record of them that guards evaluation against leakage."""
+the record of them that guards evaluation against leakage, and more anchors beside them
+(mixups of the queries; extra anchors such as the documents' titles)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from madapt_cli.errors import InputError
+from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.loop import EpochOrder
+from madapt_cli.training.objectives import DistillationObjective
+from madapt_cli.util.dims import check_train_dims
 
 _HEADERS = ("query-id", "query_id", "qid", "id", "_id")
 #: hex digits kept of each id's sha256 in config.json (membership test for `madapt eval`)
@@ -101,3 +109,39 @@ def synthetic_anchors(anchors: torch.Tensor, per_anchor: int, seed: int) -> torc
     if not made:
         return anchors.new_zeros((0, width))
     return torch.nn.functional.normalize(torch.cat(made), dim=-1)
+
+
+class ExtraAnchorTerm:
+    """``weight`` x L_distill of one batch of extra anchors per step (their own sizes), the
+    batches walking a fresh permutation of the extra anchors each pass."""
+
+    def __init__(self, objective: DistillationObjective, order: EpochOrder, weight: float) -> None:
+        self.objective, self.order, self.weight = objective, order, weight
+
+    def __call__(self, module: nn.Module, generator: torch.Generator) -> torch.Tensor:
+        return self.weight * self.objective(module, self.order.next(generator), generator)
+
+
+def extra_anchor_term(
+    vectors: torch.Tensor,
+    extra_anchors: np.ndarray | None,
+    dims: list[int],
+    config: TrainConfig,
+) -> ExtraAnchorTerm | None:
+    """The L_distill term of ``extra_anchors`` (None without any, or at weight 0): over
+    ``config.distill_extra_dims`` (default ``dims``) at ``config.distill_extra_weight``,
+    ``config.batch_size`` of them a step; without student negatives."""
+    if extra_anchors is None or len(extra_anchors) == 0 or config.distill_extra_weight <= 0:
+        return None
+    dimension = vectors.shape[1]
+    extra_dims = check_train_dims(config.distill_extra_dims or dims, dimension)
+    raw = np.asarray(extra_anchors, np.float32)
+    if raw.ndim != 2 or raw.shape[1] != dimension:
+        raise InputError(f"extra anchors have shape {raw.shape}: expected (n, {dimension})")
+    anchors = F.normalize(torch.from_numpy(raw).to(vectors.device), dim=-1)
+    objective = DistillationObjective(
+        vectors, anchors, extra_dims, config, config.dim_weights(extra_dims)
+    )
+    batch = min(config.batch_size, len(anchors))
+    order = EpochOrder(len(anchors), batch, vectors.device)
+    return ExtraAnchorTerm(objective, order, config.distill_extra_weight)

@@ -57,6 +57,11 @@ def _group(
     return [(name, valid, expected) for name in names.split()]
 
 
+# --- unsup5 ---
+#: TrainConfig.distill_held_out's values (`madapt fit --held-out-queries`)
+HELD_OUT_CHOICES = ("none", "choose", "refit")
+# --- end unsup5 ---
+
 #: (field, valid, what it must be), checked in this order by TrainConfig.validate
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group(
@@ -122,6 +127,15 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ),
     *_group("distill_synthetic_anchors", _count(0), "a whole number >= 0"),
     # --- end unsup4 ---
+    # --- unsup5 ---
+    *_group("distill_extra_weight", _non_negative, "a finite number >= 0"),
+    *_group("distill_extra_dims", _sizes, "whole numbers >= 1"),
+    *_group(
+        "distill_held_out",
+        lambda value: value in HELD_OUT_CHOICES,
+        "'none', 'choose' or 'refit'",
+    ),
+    # --- end unsup5 ---
     # --- fitspeed ---
     *_group(
         "precision",
@@ -183,7 +197,7 @@ class TrainConfig:
     distill_temperature: float = 0.05
     distill_lr: float = 2e-3  # was 1e-3: docs/benchmarks.md, chosen on labelled validation
     distill_rec_weight: float = 0.0  # weight of L_rec (stay near the start) beside L_distill
-    distill_epochs: int = 16
+    distill_epochs: int = 24  # was 16 until unsup5 (every query trains): docs/benchmarks.md
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
@@ -205,6 +219,19 @@ class TrainConfig:
     # validation, lowering 128 in 5 of 6 runs: not the default; docs/benchmarks.md)
     distill_synthetic_anchors: int = 0
     # --- end unsup4 ---
+    # --- unsup5 ---
+    # extra anchors beside the unlabelled queries (e.g. the documents' titles, a second
+    # queries table): their own L_distill term, weighted and over these sizes (None: the
+    # trained sizes), one batch of them per step; never held out for the proxy
+    distill_extra_weight: float = 1.0
+    distill_extra_dims: list[int] | None = None
+    # unlabelled queries as anchors (--held-out-queries): "none" = every query trains, for
+    # distill_epochs epochs (no proxy); "choose" = proxy_fraction of them are held out, never
+    # trained on, and their distillation loss chooses the checkpoint (the start included;
+    # the default until unsup5); "refit" = choose's epoch count E, then training again from
+    # the same start on every query for E epochs. Corpus rows as anchors always "choose".
+    distill_held_out: str = "none"
+    # --- end unsup5 ---
     quantization_aware: str | None = None  # binary or int2: training/quantization.py
     # --- sup ---
     # supervised: stage 1's objective ("distill": the training queries as unlabelled anchors;
