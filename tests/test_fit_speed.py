@@ -336,3 +336,16 @@ def test_f_of_the_corpus_is_kept_until_an_optimizer_step_changes_the_weights():
     torch.testing.assert_close(module.adapted_corpus(corpus), module(corpus))
     module.forget_start()
     assert module._adapted is None and module._started is None
+
+
+def test_madapt_fit_trains_the_distill_sizes_below_where_the_start_takes_over(tmp_path):
+    from test_apply import make_store
+
+    from madapt_cli.pipelines.fit import fit_store
+
+    make_store(tmp_path / "store", {"corpus": 300, "queries": 40}, dimension=128)
+    config = TrainConfig(distill_epochs=1, hidden=16, device="cpu", distill_topk=20)
+    adaptor = fit_store(tmp_path / "store", tmp_path / "ad", config=config)
+    assert adaptor.config["start_from_dim"] == 64
+    assert adaptor.config["train_dims"] == [32]  # what distill_train_dims(128, 64) gives
+    assert not adaptor.module.g[-1].weight[32:].any()  # g's other rows never computed

@@ -11,7 +11,7 @@ from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Method, TrainingData, get_method
-from madapt_cli.methods.matryoshka import distill_train_dims
+from madapt_cli.methods.matryoshka import distill_train_dims, start_from_dim
 from madapt_cli.pipelines.sample import sample_corpus  # --sample N (issue 15)
 from madapt_cli.store.base import open_store, require_raw_vectors
 from madapt_cli.training.anchors import read_query_ids
@@ -74,7 +74,9 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     sampled = sample_corpus(data, sample, config.seed)  # --sample N (issue 15)
     _choose_objective(data, fitter, config, queries_table, query_ids_path)
     if default_sizes and data.objective == "distill":
-        config.train_dims = distill_train_dims(data.dimension)
+        config.train_dims = distill_train_dims(
+            data.dimension, start_from_dim(config, data.dimension)
+        )
     epochs = EpochProgress(on_epoch, progress)
     fitted = fitter.fit(data, config, options, epochs, resume)
     epochs.finish()
