@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
-from madapt_cli.losses import MemorySimilarityLoss, RankingLoss
+from madapt_cli.losses import GradedSoftmaxLoss, MemorySimilarityLoss, RankingLoss
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Fitted, Method, TrainingData
 from madapt_cli.methods.smec_module import CrossBatchMemory, SMECModule
@@ -39,7 +39,7 @@ from madapt_cli.training.config import (
 )
 from madapt_cli.training.loop import EpochOrder, Stage, fit_loop
 from madapt_cli.training.modules import architecture, check_architecture, principal_rotation
-from madapt_cli.training.objectives import SupervisedObjective
+from madapt_cli.training.objectives import SupervisedObjective, ranking_loss
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.training.validation import (
     build_validation,
@@ -134,7 +134,7 @@ class StageStep:
     unsup: MemorySimilarityLoss
     alpha: float
     supervised: SupervisedObjective | None = None
-    rank_loss: RankingLoss | None = None  # at the full width of masked vectors
+    rank_loss: RankingLoss | GradedSoftmaxLoss | None = None  # full width, masked vectors
     query_order: EpochOrder | None = None  # batches of training queries (supervised)
     steps_done: int = 0
 
@@ -357,7 +357,7 @@ def _stage_step(
         ),
         alpha=alpha if objective is not None else 1.0,
         supervised=objective,
-        rank_loss=RankingLoss([vectors.shape[1]], config.temperature).to(vectors.device),
+        rank_loss=ranking_loss([vectors.shape[1]], config).to(vectors.device),
         query_order=EpochOrder(
             len(objective.queries),
             min(config.query_batch_size, len(objective.queries)),
