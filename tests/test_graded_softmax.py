@@ -7,9 +7,14 @@ import math
 
 import pytest
 import torch
+from test_training import _hidden_signal, signal_config, smec_on_signal
 
 from madapt_cli.errors import InputError
 from madapt_cli.losses import GradedSoftmaxLoss, RankingLoss
+from madapt_cli.methods import smec as smec_method
+from madapt_cli.methods.matryoshka import train_supervised
+from madapt_cli.methods.smec import SUPERVISED_RANK_LOSS
+from madapt_cli.training import objectives
 from madapt_cli.training.config import TrainConfig
 from madapt_cli.training.objectives import ranking_loss
 
@@ -82,10 +87,77 @@ def test_graded_softmax_learns_the_grade_order():
 
 
 def test_rank_loss_setting_chooses_the_class():
+    # None: the method's default (the Matryoshka-Adaptor's pairwise, SMEC's softmax)
     assert isinstance(ranking_loss([4], TrainConfig()), RankingLoss)
+    assert isinstance(ranking_loss([4], TrainConfig(), default="softmax"), GradedSoftmaxLoss)
+    assert SUPERVISED_RANK_LOSS == "softmax"
+    pairwise = TrainConfig(rank_loss="pairwise")
+    assert isinstance(ranking_loss([4], pairwise, default="softmax"), RankingLoss)
     softmax = ranking_loss([2, 4], TrainConfig(rank_loss="softmax", temperature=0.1))
     assert isinstance(softmax, GradedSoftmaxLoss)
     assert softmax.temperature == 0.1
     assert softmax.dims == [2, 4]
     with pytest.raises(InputError, match="rank_loss"):
         TrainConfig(rank_loss="listnet").validate("supervised")
+
+
+def test_both_supervised_methods_learn_the_hidden_signal_with_the_softmax_loss(monkeypatch):
+    """The Matryoshka-Adaptor's stage 2 with rank_loss="softmax" and SMEC by default both
+    train on GradedSoftmaxLoss and move the signal (the last 8 of 32 coordinates) into the
+    first 8."""
+    data = _hidden_signal()
+    config = signal_config(supervised_epochs=20, rank_loss="softmax")
+    result = train_supervised(
+        data["docs"],
+        data["doc_ids"],
+        data["queries"],
+        data["query_ids"],
+        data["qrels"],
+        config,
+        two_stage=False,
+    )
+    stage = [r for r in result.history if r["stage"] == "supervised"]
+    assert stage[0]["ndcg@10"]["8"] < 0.1
+    assert result.best["ndcg@10"]["8"] > stage[0]["ndcg@10"]["8"] + 0.3
+    built: list[type] = []
+    original = smec_method.ranking_loss
+
+    def recording(*args, **kwargs):
+        built.append(type(loss := original(*args, **kwargs)))
+        return loss
+
+    monkeypatch.setattr(smec_method, "ranking_loss", recording)
+    smec = smec_on_signal(_hidden_signal(n=200), signal_config(supervised_epochs=10, lr=1e-2))
+    start = smec.history[0]["ndcg@10"]["8"]
+    assert smec.best["ndcg@10"]["8"] > start + 0.2
+    assert built and set(built) == {GradedSoftmaxLoss}
+
+
+def test_the_supervised_objective_trains_on_the_chosen_loss(monkeypatch):
+    built: list[type] = []
+    original = objectives.ranking_loss
+
+    def recording(dims, config, dim_weights=None):
+        loss = original(dims, config, dim_weights)
+        built.append(type(loss))
+        return loss
+
+    monkeypatch.setattr(objectives, "ranking_loss", recording)
+    corpus = torch.nn.functional.normalize(torch.randn(30, 8), dim=-1)
+    queries = corpus[:4] + 0.1
+    judgments = [{0: 2, 5: 1}, {1: 1}, {2: 1}, {3: 1}]
+    config = TrainConfig(rank_loss="softmax", hard_negatives=5, device="cpu")
+    objective = objectives.SupervisedObjective(
+        corpus,
+        queries,
+        judgments,
+        [4, 8],
+        config,
+        config.weights("supervised"),
+        torch.Generator().manual_seed(0),
+        regularise=False,
+    )
+    assert built == [GradedSoftmaxLoss] and isinstance(objective.rank_loss, GradedSoftmaxLoss)
+    candidates, relevance = objective.sample_candidates(torch.arange(4))
+    assert relevance[0, candidates == 0].item() == 2.0
+    assert relevance[0, candidates == 5].item() == 1.0

@@ -139,8 +139,8 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     # --- sup5 ---
     *_group(
         "rank_loss",
-        lambda value: value in ("pairwise", "softmax"),
-        "'pairwise' or 'softmax'",
+        lambda value: value in (None, "pairwise", "softmax"),
+        "'pairwise', 'softmax' or null",
     ),
     # --- end sup5 ---
 ]
@@ -230,9 +230,10 @@ class TrainConfig:
     # --- end sup4 ---
     # --- sup5 ---
     # the supervised ranking loss: "pairwise" (RankingLoss, sampled positives against every
-    # lower-graded candidate) or "softmax" (GradedSoftmaxLoss, one softmax over the candidates
-    # with the grades as target); losses.py
-    rank_loss: str = "pairwise"
+    # lower-graded candidate), "softmax" (GradedSoftmaxLoss, one softmax over the candidates
+    # with the grades as target; losses.py) or None: the method's default (matryoshka
+    # pairwise, smec softmax: docs/smec.md)
+    rank_loss: str | None = None
     # --- end sup5 ---
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:

@@ -32,10 +32,14 @@ def adapt_rows(
 
 
 def ranking_loss(
-    dims: Sequence[int], config: TrainConfig, dim_weights: Sequence[float] | None = None
+    dims: Sequence[int],
+    config: TrainConfig,
+    dim_weights: Sequence[float] | None = None,
+    default: str = "pairwise",
 ) -> RankingLoss | GradedSoftmaxLoss:
-    """The supervised ranking loss ``config.rank_loss`` names, at ``config.temperature``."""
-    if config.rank_loss == "softmax":
+    """The supervised ranking loss ``config.rank_loss`` names (None: ``default``, the
+    method's), at ``config.temperature``."""
+    if (config.rank_loss or default) == "softmax":
         return GradedSoftmaxLoss(dims, config.temperature, dim_weights)
     return RankingLoss(dims, config.temperature, dim_weights)
 
