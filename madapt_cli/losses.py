@@ -234,6 +234,50 @@ class RankingLoss(nn.Module):
         return (per_size * self.size_weights).sum() / pairs
 
 
+class GradedSoftmaxLoss(nn.Module):
+    """Put each query's softmax mass on all of its relevant documents, in proportion to grade.
+
+    L_list = sum over m in M of w_m * mean over queries i with a relevant candidate of
+             - sum over j in C of t_ij * log softmax over k in C of (s_ik[:m] / tau)
+
+        t_ij = y_ij / sum over k in C of y_ik
+
+    with s_ik[:m] = sim_m(f(q_i), f(d_k)) (queries and documents through the same f), y the
+    graded relevance (0 for unjudged documents such as hard and in-batch negatives) and C the
+    candidate documents of the batch. ``relevance`` is a dense (Q, C) grade matrix. This is
+    the softmax cross-entropy of ListNet (Cao et al., "Learning to Rank: From Pairwise Approach
+    to Listwise Approach", ICML 2007) with the grades as the target distribution (the gain of
+    nDCG, linear in the grade), i.e. the multi-positive InfoNCE of supervised contrastive
+    learning with grade-weighted positives: every relevant candidate of a query takes part
+    in one softmax, none is sampled out as "the" positive, and its memory is O(Q x C x |M|).
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        temperature: float = 0.05,
+        dim_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.dims = list(dims)
+        self.temperature = temperature
+        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
+
+    def forward(
+        self, queries: torch.Tensor, documents: torch.Tensor, relevance: torch.Tensor
+    ) -> torch.Tensor:
+        scores = prefix_cosine_matrix(queries, documents, self.dims)  # (|M|, Q, C)
+        gain = relevance.clamp_min(0.0)
+        total = gain.sum(dim=1, keepdim=True)  # (Q, 1)
+        labelled = total.squeeze(1) > 0
+        if not bool(labelled.any()):
+            return scores.sum() * 0.0
+        target = gain[labelled] / total[labelled]  # (Q', C)
+        log_p = F.log_softmax(scores[:, labelled] / self.temperature, dim=-1)
+        per_size = -(target.unsqueeze(0) * log_p).sum(dim=-1).mean(dim=-1)  # (|M|,)
+        return (per_size * self.size_weights).sum()
+
+
 def nearest_rows(
     anchors: torch.Tensor, pool: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

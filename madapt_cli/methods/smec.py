@@ -3,11 +3,12 @@
 ``madapt fit --method smec``: sizes are reduced in stages (SMRL, ``--sequential``), each stage
 learning which coordinates to keep (ADS, ``--ads``) with neighbours from a cross-batch memory
 (S-XBM). By default one stage trains every size with S-XBM (sequential stages and ADS off:
-they cost quality at 64 dims, docs/smec.md); supervised, S-XBM weighs 0.1 beside the ranking
-loss and the weight of L_distill (0 or 1) is chosen per fit on the held-out training
-queries. This module holds the options, the staged trainer and the :class:`SMEC` method; the
-module being trained is in :mod:`madapt_cli.methods.smec_module`. Design notes and the
-choices' measurements: docs/smec.md.
+they cost quality at 64 dims, docs/smec.md); supervised, the ranking loss is the graded
+softmax over every relevant candidate, S-XBM weighs 0.1 beside it and the weight of L_distill
+(0 or 1) is chosen per fit on the held-out training queries. This module holds the options,
+the staged trainer and the :class:`SMEC` method; the module being trained is in
+:mod:`madapt_cli.methods.smec_module`. Design notes and the choices' measurements:
+docs/smec.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
-from madapt_cli.losses import MemorySimilarityLoss, RankingLoss
+from madapt_cli.losses import GradedSoftmaxLoss, MemorySimilarityLoss, RankingLoss
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Fitted, Method, TrainingData
 from madapt_cli.methods.smec_module import CrossBatchMemory, SMECModule
@@ -39,7 +40,7 @@ from madapt_cli.training.config import (
 )
 from madapt_cli.training.loop import EpochOrder, Stage, fit_loop
 from madapt_cli.training.modules import architecture, check_architecture, principal_rotation
-from madapt_cli.training.objectives import SupervisedObjective
+from madapt_cli.training.objectives import SupervisedObjective, ranking_loss
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.training.validation import (
     build_validation,
@@ -51,6 +52,9 @@ from madapt_cli.util.dims import check_train_dims
 
 METHOD = "smec"
 SUPERVISED_ALPHA = 0.1  # weight of L_unsup beside L_rank when --alpha is not given
+# the ranking loss when TrainConfig.rank_loss is None: GradedSoftmaxLoss, chosen on the held-out
+# training queries against RankingLoss (docs/smec.md, "Third pass")
+SUPERVISED_RANK_LOSS = "softmax"
 
 
 @dataclass
@@ -134,7 +138,7 @@ class StageStep:
     unsup: MemorySimilarityLoss
     alpha: float
     supervised: SupervisedObjective | None = None
-    rank_loss: RankingLoss | None = None  # at the full width of masked vectors
+    rank_loss: RankingLoss | GradedSoftmaxLoss | None = None  # full width, masked vectors
     query_order: EpochOrder | None = None  # batches of training queries (supervised)
     steps_done: int = 0
 
@@ -357,7 +361,9 @@ def _stage_step(
         ),
         alpha=alpha if objective is not None else 1.0,
         supervised=objective,
-        rank_loss=RankingLoss([vectors.shape[1]], config.temperature).to(vectors.device),
+        rank_loss=ranking_loss([vectors.shape[1]], config, default=SUPERVISED_RANK_LOSS).to(
+            vectors.device
+        ),
         query_order=EpochOrder(
             len(objective.queries),
             min(config.query_batch_size, len(objective.queries)),
@@ -498,6 +504,10 @@ class SMEC(Method):
                 # supervised: the L_distill weight trained with (chosen on held-out queries
                 # when TrainConfig.smec_distill_choices applied)
                 "distill_weight": (result.best or {}).get("distill_weight", config.distill_weight)
+                if data.supervised
+                else None,
+                # supervised: the ranking loss trained with
+                "rank_loss": (config.rank_loss or SUPERVISED_RANK_LOSS)
                 if data.supervised
                 else None,
                 "resumed_from": str(Path(resume).resolve()) if resume is not None else None,

@@ -150,6 +150,13 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         "finite numbers >= 0",
     ),
     # --- end sup4 ---
+    # --- sup5 ---
+    *_group(
+        "rank_loss",
+        lambda value: value in (None, "pairwise", "softmax"),
+        "'pairwise', 'softmax' or null",
+    ),
+    # --- end sup5 ---
 ]
 
 
@@ -248,6 +255,13 @@ class TrainConfig:
     # queries (SciFact's choose 0, NFCorpus' 1: docs/smec.md); None or []: one fit
     smec_distill_choices: list[float] | None = field(default_factory=lambda: [0.0, 1.0])
     # --- end sup4 ---
+    # --- sup5 ---
+    # the supervised ranking loss: "pairwise" (RankingLoss, sampled positives against every
+    # lower-graded candidate), "softmax" (GradedSoftmaxLoss, one softmax over the candidates
+    # with the grades as target; losses.py) or None: the method's default (matryoshka
+    # pairwise, smec softmax: docs/smec.md)
+    rank_loss: str | None = None
+    # --- end sup5 ---
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from madapt_cli.losses import (
+    GradedSoftmaxLoss,
     ListwiseDistillationLoss,
     PairwiseSimilarityLoss,
     RankingLoss,
@@ -37,6 +38,19 @@ def adapt_all(module: torch.nn.Module, vectors: torch.Tensor) -> torch.Tensor:
     if hasattr(module, "adapted_corpus"):
         return module.adapted_corpus(vectors)
     return torch.cat([module(chunk) for chunk in vectors.split(65_536)])
+
+
+def ranking_loss(
+    dims: Sequence[int],
+    config: TrainConfig,
+    dim_weights: Sequence[float] | None = None,
+    default: str = "pairwise",
+) -> RankingLoss | GradedSoftmaxLoss:
+    """The supervised ranking loss ``config.rank_loss`` names (None: ``default``, the
+    method's), at ``config.temperature``."""
+    if (config.rank_loss or default) == "softmax":
+        return GradedSoftmaxLoss(dims, config.temperature, dim_weights)
+    return RankingLoss(dims, config.temperature, dim_weights)
 
 
 # --- one step of each objective ---------------------------------------------------------------
@@ -119,7 +133,7 @@ class SupervisedObjective:
         order = torch.argsort(relevant.float() * depth + torch.arange(depth, device=device), dim=1)
         self.hard_negatives = retrieved.gather(1, order)[:, : config.hard_negatives]
         dim_weights = config.dim_weights(dims)
-        self.rank_loss = RankingLoss(dims, config.temperature, dim_weights).to(device)
+        self.rank_loss = ranking_loss(dims, config, dim_weights).to(device)
         self.unsupervised = (
             UnsupervisedObjective(
                 corpus, dims, config.topk, {"topk": 1.0, "pair": 1.0, "rec": 1.0}, dim_weights
