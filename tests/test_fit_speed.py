@@ -19,15 +19,10 @@ from madapt_cli.losses import (
     prefix_cosine_matrix,
     prefix_cosine_pairs,
 )
-from madapt_cli.methods.matryoshka import (
-    distill_train_dims,
-    new_adaptor_module,
-    start_from_dim,
-    train_distill,
-    train_supervised,
-)
+from madapt_cli.methods.matryoshka import new_adaptor_module, train_supervised
 from madapt_cli.training import loop
 from madapt_cli.training.config import TrainConfig
+from madapt_cli.training.distill import distill_train_dims, start_from_dim, train_distill
 from madapt_cli.training.loop import training_dtype
 from madapt_cli.training.objectives import DistillationObjective, UnsupervisedObjective
 

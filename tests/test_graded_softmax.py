@@ -97,7 +97,7 @@ def test_rank_loss_setting_chooses_the_class():
     assert isinstance(softmax, GradedSoftmaxLoss)
     assert softmax.temperature == 0.1
     assert softmax.dims == [2, 4]
-    with pytest.raises(InputError, match="rank_loss"):
+    with pytest.raises(InputError, match="--rank-loss must be"):
         TrainConfig(rank_loss="listnet").validate("supervised")
 
 

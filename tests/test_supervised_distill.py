@@ -160,17 +160,18 @@ def test_cli_distill_options_reach_the_config_and_bad_ones_are_refused(
     common = ["--train-dims", "8,16", "--epochs", "1", "--stage1-epochs", "1", "--topk", "3"]
     supervised = ["--mode", "supervised", "--qrels", qrels, *common]
     out = tmp_path / "sup"
-    assert (
-        run(*supervised, "--distill-weight", "0.5", "--stage1-objective", "distill", "--out", out)
-        == 0
-    )
+    options = ["--distill-weight", "0.5", "--stage1-objective", "distill", "--rank-loss", "softmax"]
+    assert run(*supervised, *options, "--out", out) == 0
     settings = Adaptor.load(out).config["hyperparameters"]
     assert settings["distill_weight"] == 0.5 and settings["stage1_objective"] == "distill"
+    assert settings["rank_loss"] == "softmax"
     refused = [
         [*supervised, "--distill-weight", "-1"],
         [*supervised, "--stage1-objective", "ranking"],
         [*common, "--distill-weight", "0.5"],
         [*supervised, "--method", "smec", "--stage1-objective", "distill"],
+        [*supervised, "--rank-loss", "listwise"],
+        [*common, "--rank-loss", "softmax"],
     ]
     errors = []
     for index, args in enumerate(refused):
@@ -182,3 +183,5 @@ def test_cli_distill_options_reach_the_config_and_bad_ones_are_refused(
         assert not bad.exists()
     assert "--distill-weight must be a finite number >= 0" in errors[0]
     assert "need --mode supervised" in errors[2] and "needs --method matryoshka" in errors[3]
+    assert "--rank-loss must be 'pairwise', 'softmax' or null" in errors[4]
+    assert "--rank-loss needs --mode supervised" in errors[5]

@@ -142,6 +142,13 @@ def register(app: typer.Typer) -> None:
             "training queries as unlabelled anchors, --stage1-epochs epochs).",
         ),
         # --- end sup ---
+        rank_loss: str | None = typer.Option(
+            None,
+            "--rank-loss",
+            help="Supervised: the ranking loss, pairwise (sampled positives against lower-graded "
+            "candidates) or softmax (one softmax over a query's candidates, the grades as "
+            "target). Default: the method's (matryoshka pairwise, smec softmax).",
+        ),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         precision: str = typer.Option(
             "auto",
@@ -224,6 +231,7 @@ def register(app: typer.Typer) -> None:
             precision=precision,
             distill_weight=distill_weight,  # --- sup ---
             stage1_objective=stage1_objective,  # --- sup ---
+            rank_loss=rank_loss,
         )
         if held_out_queries is not None:  # --- unsup5 ---
             _held_out_queries(config, held_out_queries, mode, objective)
@@ -231,6 +239,8 @@ def register(app: typer.Typer) -> None:
         # --- sup ---
         if (distill_weight is not None or stage1_objective is not None) and mode != "supervised":
             raise InputError("--distill-weight and --stage1-objective need --mode supervised")
+        if rank_loss is not None and mode != "supervised":
+            raise InputError("--rank-loss needs --mode supervised")
         if stage1_objective is not None and method != "matryoshka":
             raise InputError("--stage1-objective needs --method matryoshka")
         # --- end sup ---

@@ -11,11 +11,11 @@ from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Method, TrainingData, get_method
-from madapt_cli.methods.matryoshka import distill_train_dims, start_from_dim
 from madapt_cli.pipelines.sample import sample_corpus  # --sample N (issue 15)
 from madapt_cli.store.base import open_store, require_raw_vectors
 from madapt_cli.training.anchors import read_query_ids
 from madapt_cli.training.config import EpochCallback, TrainConfig
+from madapt_cli.training.distill import distill_train_dims, start_from_dim
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.util.dims import check_train_dims, default_train_dims
 from madapt_cli.util.files import check_output, staged_output

@@ -293,6 +293,7 @@ class TrainConfig:
             cli.update(epochs="--stage1-epochs", supervised_epochs="--epochs")
             # --- sup ---
             cli.update(distill_weight="--distill-weight", stage1_objective="--stage1-objective")
+            cli.update(rank_loss="--rank-loss")
             if one_learning_rate:
                 cli["lr"] = "--lr"
             else:

@@ -196,3 +196,12 @@ def principal_rotation(vectors: torch.Tensor) -> torch.Tensor:
     gram = vectors.double().T @ vectors.double()
     _, eigenvectors = torch.linalg.eigh(gram)  # ascending eigenvalues
     return orient_axes(eigenvectors.flip(-1).float()).to(vectors.dtype)
+
+
+def new_adaptor_module(corpus: torch.Tensor, config: Any) -> ResidualMLP:
+    """An untrained f for a :class:`~madapt_cli.training.config.TrainConfig`: the identity, or
+    the corpus' principal rotation (``config.rotation``)."""
+    module = ResidualMLP.from_architecture(corpus.shape[1], architecture(config, corpus.shape[1]))
+    if config.rotation:
+        module.rotation.copy_(principal_rotation(corpus))
+    return module.to(corpus.device)
