@@ -97,17 +97,29 @@ def prefix_cosine_gathered(
     return dot / torch.sqrt(norm_a * norm_r).clamp_min(_EPS)
 
 
-class PairwiseSimilarityLoss(nn.Module):
+class PrefixSizesLoss(nn.Module):
+    """What every loss taken at several prefix sizes keeps: the sizes ``dims``, their weights
+    normalised to sum to 1 (``size_weights``, from ``dim_weights``; equal by default), and
+    the softmax temperature of those that have one."""
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        dim_weights: Sequence[float] | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.dims = list(dims)
+        self.temperature = temperature
+        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
+
+
+class PairwiseSimilarityLoss(PrefixSizesLoss):
     """Keep every pairwise similarity of a batch at every prefix size.
 
     L_pair = mean over i != j in the batch and m in M of
              | sim(e_i, e_j) - sim_m(f(e_i), f(e_j)) |
     """
-
-    def __init__(self, dims: Sequence[int], dim_weights: Sequence[float] | None = None) -> None:
-        super().__init__()
-        self.dims = list(dims)
-        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
 
     def forward(self, original: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
         size = original.shape[0]
@@ -120,7 +132,7 @@ class PairwiseSimilarityLoss(nn.Module):
         return (per_size * self.size_weights).sum() / (size * (size - 1))
 
 
-class TopKSimilarityLoss(nn.Module):
+class TopKSimilarityLoss(PrefixSizesLoss):
     """Keep each vector's similarity to its k nearest neighbours at every prefix size.
 
     L_topk = mean over anchors i, j in NN_k(i) and m in M of
@@ -131,11 +143,6 @@ class TopKSimilarityLoss(nn.Module):
     holds their cosines sim(e_i, e_j), so the original neighbour vectors need not be passed
     again.
     """
-
-    def __init__(self, dims: Sequence[int], dim_weights: Sequence[float] | None = None) -> None:
-        super().__init__()
-        self.dims = list(dims)
-        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
 
     def forward(
         self,
@@ -180,7 +187,7 @@ class ReconstructionLoss(nn.Module):
         return (adapted - original).abs().mean()
 
 
-class RankingLoss(nn.Module):
+class RankingLoss(PrefixSizesLoss):
     """Rank more relevant documents above less relevant ones at every prefix size.
 
     L_rank = mean over queries i, documents j, k with y_ij > y_ik and m in M of
@@ -202,11 +209,8 @@ class RankingLoss(nn.Module):
         dim_weights: Sequence[float] | None = None,
         max_better: int = 16,
     ) -> None:
-        super().__init__()
-        self.dims = list(dims)
-        self.temperature = temperature
+        super().__init__(dims, dim_weights, temperature)
         self.max_better = max_better
-        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
 
     def forward(
         self, queries: torch.Tensor, documents: torch.Tensor, relevance: torch.Tensor
@@ -234,7 +238,7 @@ class RankingLoss(nn.Module):
         return (per_size * self.size_weights).sum() / pairs
 
 
-class GradedSoftmaxLoss(nn.Module):
+class GradedSoftmaxLoss(PrefixSizesLoss):
     """Put each query's softmax mass on all of its relevant documents, in proportion to grade.
 
     L_list = sum over m in M of w_m * mean over queries i with a relevant candidate of
@@ -258,10 +262,7 @@ class GradedSoftmaxLoss(nn.Module):
         temperature: float = 0.05,
         dim_weights: Sequence[float] | None = None,
     ) -> None:
-        super().__init__()
-        self.dims = list(dims)
-        self.temperature = temperature
-        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
+        super().__init__(dims, dim_weights, temperature)
 
     def forward(
         self, queries: torch.Tensor, documents: torch.Tensor, relevance: torch.Tensor
@@ -322,7 +323,7 @@ class MemorySimilarityLoss(nn.Module):
         ).mean()
 
 
-class ListwiseDistillationLoss(nn.Module):
+class ListwiseDistillationLoss(PrefixSizesLoss):
     """Teach every prefix the full-size ranking of each anchor's candidate documents.
 
     L_distill = sum over m in M of w_m * mean over anchors i of KL(p_i || q_i^m)
@@ -350,10 +351,7 @@ class ListwiseDistillationLoss(nn.Module):
         temperature: float = 0.05,
         dim_weights: Sequence[float] | None = None,
     ) -> None:
-        super().__init__()
-        self.dims = list(dims)
-        self.temperature = temperature
-        self.register_buffer("size_weights", _size_weights(dims, dim_weights))
+        super().__init__(dims, dim_weights, temperature)
 
     def forward(
         self,
