@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_distill import _config as distill_config
 
 from madapt_cli.errors import InputError
 from madapt_cli.methods.matryoshka import train_distill
@@ -29,22 +30,14 @@ def _problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _config(**changes) -> TrainConfig:
-    settings = dict(
-        train_dims=[4, 8, 32],
-        device="cpu",
-        hidden=64,
-        distill_topk=30,
-        distill_random=16,
-        distill_student_negatives=0,
-        distill_epochs=8,
-        distill_lr=3e-3,
-        batch_size=16,
-        patience=100,
-        proxy_fraction=0.25,
-        distill_held_out="choose",
-    )
-    settings.update(changes)
-    return TrainConfig(**settings)
+    """test_distill's small distill settings, with this file's changes."""
+    settings = {
+        "distill_student_negatives": 0,
+        "distill_epochs": 8,
+        "batch_size": 16,
+        "proxy_fraction": 0.25,
+    }
+    return distill_config(**{**settings, **changes})
 
 
 def test_extra_anchors_teach_what_few_queries_cannot():

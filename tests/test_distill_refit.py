@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import torch
+from test_distill import _config as distill_config
 from test_eval_cli import make_store, run_cli
 
 from madapt_cli.methods.matryoshka import train_distill
@@ -24,22 +25,17 @@ def _problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _config(**changes) -> TrainConfig:
-    settings = dict(
-        train_dims=[4, 8, 32],
-        device="cpu",
-        hidden=32,
-        distill_topk=20,
-        distill_random=8,
-        distill_student_negatives=4,
-        distill_epochs=4,
-        distill_lr=3e-3,
-        batch_size=32,
-        patience=100,
-        proxy_fraction=0.25,
-        distill_held_out="choose",
-    )
-    settings.update(changes)
-    return TrainConfig(**settings)
+    """test_distill's small distill settings, with this file's changes."""
+    settings = {
+        "hidden": 32,
+        "distill_topk": 20,
+        "distill_random": 8,
+        "distill_student_negatives": 4,
+        "distill_epochs": 4,
+        "batch_size": 32,
+        "proxy_fraction": 0.25,
+    }
+    return distill_config(**{**settings, **changes})
 
 
 def _outputs(module: torch.nn.Module, corpus: np.ndarray) -> torch.Tensor:
