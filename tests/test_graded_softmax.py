@@ -7,12 +7,11 @@ import math
 
 import pytest
 import torch
-from test_training import _hidden_signal, signal_config, smec_on_signal
+from test_training import _hidden_signal, matryoshka_on_signal, signal_config, smec_on_signal
 
 from madapt_cli.errors import InputError
 from madapt_cli.losses import GradedSoftmaxLoss, RankingLoss
 from madapt_cli.methods import smec as smec_method
-from madapt_cli.methods.matryoshka import train_supervised
 from madapt_cli.methods.smec import SUPERVISED_RANK_LOSS
 from madapt_cli.training import objectives
 from madapt_cli.training.config import TrainConfig
@@ -107,15 +106,7 @@ def test_both_supervised_methods_learn_the_hidden_signal_with_the_softmax_loss(m
     first 8."""
     data = _hidden_signal()
     config = signal_config(supervised_epochs=20, rank_loss="softmax")
-    result = train_supervised(
-        data["docs"],
-        data["doc_ids"],
-        data["queries"],
-        data["query_ids"],
-        data["qrels"],
-        config,
-        two_stage=False,
-    )
+    result = matryoshka_on_signal(data, config)
     stage = [r for r in result.history if r["stage"] == "supervised"]
     assert stage[0]["ndcg@10"]["8"] < 0.1
     assert result.best["ndcg@10"]["8"] > stage[0]["ndcg@10"]["8"] + 0.3

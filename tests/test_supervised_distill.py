@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training import _hidden_signal, signal_config, smec_on_signal
+from test_training import _hidden_signal, matryoshka_on_signal, signal_config, smec_on_signal
 
 from madapt_cli.errors import InputError
-from madapt_cli.methods.matryoshka import train_supervised
 from madapt_cli.retrieval.evaluate import ndcg_at_10
 from madapt_cli.training.config import TrainConfig
 
@@ -29,15 +28,7 @@ def _config(**changes) -> TrainConfig:
 
 def _train(config: TrainConfig, two_stage: bool = False):
     data = _hidden_signal()
-    result = train_supervised(
-        data["docs"],
-        data["doc_ids"],
-        data["queries"],
-        data["query_ids"],
-        data["qrels"],
-        config,
-        two_stage=two_stage,
-    )
+    result = matryoshka_on_signal(data, config, two_stage)
     with torch.no_grad():
         docs = result.module(torch.from_numpy(data["docs"]))
         queries = result.module(torch.from_numpy(data["queries"]))

@@ -57,6 +57,19 @@ def _hidden_signal(n: int = 400, seed: int = 0) -> dict:
     }
 
 
+def matryoshka_on_signal(data: dict, config: TrainConfig, two_stage: bool = False):
+    """A supervised Matryoshka-Adaptor fit on :func:`_hidden_signal`'s data."""
+    return train_supervised(
+        data["docs"],
+        data["doc_ids"],
+        data["queries"],
+        data["query_ids"],
+        data["qrels"],
+        config,
+        two_stage=two_stage,
+    )
+
+
 def smec_on_signal(data: dict, config: TrainConfig):
     """A supervised SMEC fit (memory of 200 rows) on :func:`_hidden_signal`'s data."""
     from madapt_cli.methods.smec import SMECOptions, train_smec
@@ -141,15 +154,7 @@ def test_the_principal_rotation_start_keeps_full_size_cosines_and_helps_prefixes
 def test_supervised_training_moves_the_signal_into_the_first_dimensions():
     data = _hidden_signal()
     config = signal_config(supervised_epochs=20)
-    result = train_supervised(
-        data["docs"],
-        data["doc_ids"],
-        data["queries"],
-        data["query_ids"],
-        data["qrels"],
-        config,
-        two_stage=False,
-    )
+    result = matryoshka_on_signal(data, config)
     stage = [r for r in result.history if r["stage"] == "supervised"]
     assert stage[0]["epoch"] == 0  # validation of the starting point (the identity)
     before = stage[0]["ndcg@10"]["8"]
