@@ -61,19 +61,25 @@ def synthetic_queries(corpus: np.ndarray, count: int, seed: int) -> tuple[np.nda
 
 def run_objective(args: argparse.Namespace, objective: str) -> dict:
     """One timed fit of ``objective`` with the ``madapt_cli`` on the path."""
-    from madapt_cli.methods.matryoshka import train_distill, train_supervised, train_unsupervised
-    from madapt_cli.training.config import TrainConfig
+    try:
+        from madapt_cli.methods.matryoshka import (
+            train_distill,
+            train_supervised,
+            train_unsupervised,
+        )
+        from madapt_cli.training.config import TrainConfig
+    except ImportError:  # an --against commit from before the package layout (2026-11-23)
+        from madapt_cli.training import TrainConfig, train_supervised, train_unsupervised
+
+        train_distill = None
 
     torch.set_num_threads(args.threads)
     corpus = clustered_unit_vectors(args.n, args.dim, args.clusters, args.seed)
     queries, source_rows = synthetic_queries(corpus, args.queries, args.seed)
-    config = TrainConfig(
-        epochs=args.epochs,
-        distill_epochs=args.epochs,
-        supervised_epochs=args.epochs,
-        device=args.device,
-        seed=args.seed,
-    )
+    config = TrainConfig(device=args.device, seed=args.seed)
+    for epochs in ("epochs", "distill_epochs", "supervised_epochs"):
+        if hasattr(config, epochs):
+            setattr(config, epochs, args.epochs)
     ignored = []
     for assignment in args.set:
         key, value = assignment.split("=", 1)
@@ -90,6 +96,8 @@ def run_objective(args: argparse.Namespace, objective: str) -> dict:
 
     started = time.perf_counter()
     if objective in ("distill", "distill-corpus"):
+        if train_distill is None:
+            raise SystemExit(f"this commit has no {objective} objective")
         anchors = queries if objective == "distill" else None
         result = train_distill(corpus, anchors, config, on_epoch=on_epoch)
     elif objective == "supervised":
