@@ -114,6 +114,19 @@ class PrefixSizesLoss(nn.Module):
         self.register_buffer("size_weights", _size_weights(dims, dim_weights))
 
 
+class TemperedPrefixLoss(PrefixSizesLoss):
+    """A prefix-sizes loss over softmaxes or logits of cosines divided by ``temperature``
+    (tau); its arguments in the order of the ranking and distillation losses' settings."""
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        temperature: float = 0.05,
+        dim_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(dims, dim_weights, temperature)
+
+
 class PairwiseSimilarityLoss(PrefixSizesLoss):
     """Keep every pairwise similarity of a batch at every prefix size.
 
@@ -187,7 +200,7 @@ class ReconstructionLoss(nn.Module):
         return (adapted - original).abs().mean()
 
 
-class RankingLoss(PrefixSizesLoss):
+class RankingLoss(TemperedPrefixLoss):
     """Rank more relevant documents above less relevant ones at every prefix size.
 
     L_rank = mean over queries i, documents j, k with y_ij > y_ik and m in M of
@@ -209,7 +222,7 @@ class RankingLoss(PrefixSizesLoss):
         dim_weights: Sequence[float] | None = None,
         max_better: int = 16,
     ) -> None:
-        super().__init__(dims, dim_weights, temperature)
+        super().__init__(dims, temperature, dim_weights)
         self.max_better = max_better
 
     def forward(
@@ -238,7 +251,7 @@ class RankingLoss(PrefixSizesLoss):
         return (per_size * self.size_weights).sum() / pairs
 
 
-class GradedSoftmaxLoss(PrefixSizesLoss):
+class GradedSoftmaxLoss(TemperedPrefixLoss):
     """Put each query's softmax mass on all of its relevant documents, in proportion to grade.
 
     L_list = sum over m in M of w_m * mean over queries i with a relevant candidate of
@@ -255,14 +268,6 @@ class GradedSoftmaxLoss(PrefixSizesLoss):
     learning with grade-weighted positives: every relevant candidate of a query takes part
     in one softmax, none is sampled out as "the" positive, and its memory is O(Q x C x |M|).
     """
-
-    def __init__(
-        self,
-        dims: Sequence[int],
-        temperature: float = 0.05,
-        dim_weights: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(dims, dim_weights, temperature)
 
     def forward(
         self, queries: torch.Tensor, documents: torch.Tensor, relevance: torch.Tensor
@@ -323,7 +328,7 @@ class MemorySimilarityLoss(nn.Module):
         ).mean()
 
 
-class ListwiseDistillationLoss(PrefixSizesLoss):
+class ListwiseDistillationLoss(TemperedPrefixLoss):
     """Teach every prefix the full-size ranking of each anchor's candidate documents.
 
     L_distill = sum over m in M of w_m * mean over anchors i of KL(p_i || q_i^m)
@@ -344,14 +349,6 @@ class ListwiseDistillationLoss(PrefixSizesLoss):
     ``valid`` (B, C) marks real candidates (False: padding, duplicates, the anchor itself);
     a masked candidate has zero teacher and student probability.
     """
-
-    def __init__(
-        self,
-        dims: Sequence[int],
-        temperature: float = 0.05,
-        dim_weights: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(dims, dim_weights, temperature)
 
     def forward(
         self,
