@@ -86,6 +86,8 @@ def test_fit_supervised_with_validation_and_pca(tmp_path, store, madapt):
         store,
         "--mode",
         "supervised",
+        "--method",
+        "matryoshka",
         "--qrels",
         qrels,
         "--out",
@@ -114,6 +116,32 @@ def test_fit_supervised_with_validation_and_pca(tmp_path, store, madapt):
     assert adaptor.method == "pca" and adaptor.config["training_rows"] == 60
     out = adaptor.transform(np.eye(16, dtype=np.float32), dim=4)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_fit_default_method_is_smec_with_labels_and_matryoshka_without(tmp_path, store, madapt):
+    qrels = write_qrels(tmp_path / "q.tsv", [(f"queries-{i}", f"corpus-{i}", 1) for i in range(12)])
+    supervised = madapt("fit", store, "--mode", "supervised", "--qrels", qrels, "--epochs", "1",
+                        "--out", tmp_path / "sup", "--json")  # fmt: skip
+    assert supervised.returncode == 0, supervised.stderr
+    assert json.loads(supervised.stdout)["method"] == "smec"
+    config = Adaptor.load(tmp_path / "sup").config
+    assert config["method"] == "smec" and config["smec"]["distill_weight"] == 1.0
+    assert config["smec"]["rank_loss"] == "softmax"
+    # SMEC's own default sizes: powers of two from min(32, D / 2) (16-d vectors: 8), not 16
+    assert config["train_dims"] == [8, 16] and list(config["best_validation"]["ndcg@10"]) == ["8"]
+    common = ["--train-dims", "8,16", "--epochs", "1"]
+    unsupervised = madapt("fit", store, *common, "--out", tmp_path / "uns", "--json")
+    assert unsupervised.returncode == 0, unsupervised.stderr
+    assert json.loads(unsupervised.stdout)["method"] == "matryoshka"
+    # a Matryoshka-Adaptor option beside the supervised default says which method to name
+    refused = madapt("fit", store, "--mode", "supervised", "--qrels", qrels,
+                     "--quantization-aware", "binary", "--out", tmp_path / "qat")  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "error: --quantization-aware needs --method matryoshka "
+        "(--mode supervised fits smec by default)"
+    )
+    assert not (tmp_path / "qat").exists()
 
 
 @pytest.mark.parametrize(

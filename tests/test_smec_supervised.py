@@ -126,7 +126,8 @@ def test_distill_weight_is_chosen_on_the_held_out_queries(one_thread):
 
 
 def test_distill_choices_and_their_check():
-    assert distill_choices(TrainConfig()) == [0.0, 1.0]
+    assert distill_choices(TrainConfig()) == [1.0]  # one fit, chosen on held-out queries
+    assert distill_choices(TrainConfig(smec_distill_choices=[1.0, 0.0])) == [0.0, 1.0]
     assert distill_choices(TrainConfig(distill_weight=0.5)) == []
     with pytest.raises(InputError, match=r"TrainConfig\.smec_distill_choices must be"):
         TrainConfig(smec_distill_choices=[-1.0]).validate("supervised")

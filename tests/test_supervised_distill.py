@@ -149,7 +149,7 @@ def test_cli_distill_options_reach_the_config_and_bad_ones_are_refused(
         return 0
 
     common = ["--train-dims", "8,16", "--epochs", "1", "--stage1-epochs", "1", "--topk", "3"]
-    supervised = ["--mode", "supervised", "--qrels", qrels, *common]
+    supervised = ["--mode", "supervised", "--method", "matryoshka", "--qrels", qrels, *common]
     out = tmp_path / "sup"
     options = ["--distill-weight", "0.5", "--stage1-objective", "distill", "--rank-loss", "softmax"]
     assert run(*supervised, *options, "--out", out) == 0
@@ -160,7 +160,7 @@ def test_cli_distill_options_reach_the_config_and_bad_ones_are_refused(
         [*supervised, "--distill-weight", "-1"],
         [*supervised, "--stage1-objective", "ranking"],
         [*common, "--distill-weight", "0.5"],
-        [*supervised, "--method", "smec", "--stage1-objective", "distill"],
+        ["--mode", "supervised", "--qrels", qrels, "--stage1-objective", "distill"],
         [*supervised, "--rank-loss", "listwise"],
         [*common, "--rank-loss", "softmax"],
     ]

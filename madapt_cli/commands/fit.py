@@ -17,7 +17,13 @@ def register(app: typer.Typer) -> None:
     def fit(
         store_path: Path = typer.Argument(..., help="A store with a 'corpus' table."),
         out: Path = typer.Option(..., "--out", help="Adaptor directory to write."),
-        method: str = typer.Option("matryoshka", "--method", help=", ".join(METHODS) + "."),
+        method: str | None = typer.Option(
+            None,
+            "--method",
+            help=", ".join(METHODS) + ". Default: smec with --mode supervised, matryoshka "
+            "otherwise (--quantization-aware, --stage1-objective and --stage1-epochs are "
+            "matryoshka's).",
+        ),
         mode: str = typer.Option(
             "unsupervised",
             "--mode",
@@ -195,6 +201,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train an adaptor on STORE's corpus and write it to --out (safetensors + config.json)."""
+        from madapt_cli.methods import default_method
         from madapt_cli.methods.base import get_method, method_options
         from madapt_cli.pipelines.fit import fit_store
         from madapt_cli.util.cpu import cpu_has_bf16
@@ -235,19 +242,25 @@ def register(app: typer.Typer) -> None:
         )
         if held_out_queries is not None:  # --- unsup5 ---
             _held_out_queries(config, held_out_queries, mode, objective)
+        defaulted = method is None
+        method = method or default_method(mode)
         fitter = get_method(method, "--method")
         # --- sup ---
         if (distill_weight is not None or stage1_objective is not None) and mode != "supervised":
             raise InputError("--distill-weight and --stage1-objective need --mode supervised")
         if rank_loss is not None and mode != "supervised":
             raise InputError("--rank-loss needs --mode supervised")
-        if stage1_objective is not None and method != "matryoshka":
-            raise InputError("--stage1-objective needs --method matryoshka")
         # --- end sup ---
+        for flag, value in (
+            ("--stage1-objective", stage1_objective),
+            ("--stage1-epochs", stage1_epochs),
+            ("--quantization-aware", quantization_aware),
+        ):
+            if value is not None and method != "matryoshka":
+                default = f" (--mode {mode} fits {method} by default)" if defaulted else ""
+                raise InputError(f"{flag} needs --method matryoshka{default}")
         if distill_weight is not None:  # --- sup4 --- a weight given: SMEC does not choose
             config.smec_distill_choices = None
-        if quantization_aware is not None and method != "matryoshka":
-            raise InputError("--quantization-aware needs --method matryoshka")
         if lr is not None and fitter.one_learning_rate:
             config.lr = lr  # every stage trains at TrainConfig.lr, in both modes
         flags = {

@@ -11,3 +11,10 @@ METHODS: dict[str, str] = {
     "pca": "madapt_cli.methods.pca:PCA",
     "smec": "madapt_cli.methods.smec:SMEC",
 }
+
+
+def default_method(mode: str) -> str:
+    """The method `madapt fit` trains without ``--method``: SMEC with labels (above the
+    Matryoshka-Adaptor at every size on SciFact and NFCorpus, docs/benchmarks.md), the
+    Matryoshka-Adaptor without them (it learns from unlabelled queries)."""
+    return "smec" if mode == "supervised" else "matryoshka"

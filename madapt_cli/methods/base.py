@@ -28,6 +28,7 @@ from madapt_cli.store.base import check_tables_agree
 from madapt_cli.training.config import TrainConfig
 from madapt_cli.training.progress import EpochProgress
 from madapt_cli.training.validation import validation_set
+from madapt_cli.util.dims import default_train_dims
 from madapt_cli.util.hashing import training_fingerprint
 
 
@@ -194,6 +195,10 @@ class Method(ABC):
         return None
 
     # --- fitting --------------------------------------------------------------------------
+    def default_train_dims(self, dimension: int) -> list[int]:
+        """The sizes trained without ``--train-dims``: powers of two from 16 below D, and D."""
+        return default_train_dims(dimension)
+
     @abstractmethod
     def fit(
         self,

@@ -4,8 +4,9 @@
 learning which coordinates to keep (ADS, ``--ads``) with neighbours from a cross-batch memory
 (S-XBM). By default one stage trains every size with S-XBM (sequential stages and ADS off:
 they cost quality at 64 dims, docs/smec.md); supervised, the ranking loss is the graded
-softmax over every relevant candidate, S-XBM weighs 0.1 beside it and the weight of L_distill
-(0 or 1) is chosen per fit on the held-out training queries. This module holds the options,
+softmax over every relevant candidate, S-XBM weighs 0.1 beside it and L_distill weighs 1
+(chosen on held-out training queries; ``TrainConfig.smec_distill_choices`` can make each fit
+choose again). It is `madapt fit --mode supervised`'s default method. This module holds the options,
 the staged trainer and the :class:`SMEC` method; the module being trained is in
 :mod:`madapt_cli.methods.smec_module`. Design notes and the choices' measurements:
 docs/smec.md.
@@ -226,8 +227,8 @@ def train_smec(  # noqa: PLR0913 - the public training API (bench/, tests) takes
     (``validation_data`` optional). Each stage runs ``config.supervised_epochs``
     (supervised) or ``config.epochs`` epochs at ``config.lr`` with early stopping on its own
     sizes' validation nDCG@10. Supervised with :func:`distill_choices`: one fit per
-    L_distill weight from the same start, and the one whose last stage has the best
-    held-out score is kept (its weight in ``best["distill_weight"]``).
+    L_distill weight from the same start (by default one, weight 1), and the one whose last
+    stage has the best held-out score is kept (its weight in ``best["distill_weight"]``).
     """
     supervised = qrels is not None
     config.validate("supervised" if supervised else "unsupervised", one_learning_rate=True)
@@ -238,7 +239,9 @@ def train_smec(  # noqa: PLR0913 - the public training API (bench/, tests) takes
     if supervised:
         split = split_training_queries(corpus_ids, queries, query_ids, qrels, dev_qrels, config)
         validation_data = split[1]
-    choices = distill_choices(config) if supervised and validation_data else []
+    choices = distill_choices(config) if supervised else []
+    if len(choices) > 1 and not validation_data:
+        choices = []  # nothing to choose on: one fit at config.distill_weight
     history: list[dict[str, Any]] = []
     kept: TrainResult | None = None
     for weight in choices or [None]:
@@ -443,6 +446,12 @@ class SMEC(Method):
     def build_module(self, config: dict[str, Any]) -> SMECModule:
         smec = config["smec"]
         return SMECModule(int(config["dimension"]), smec["architecture"], smec["stages"])
+
+    def default_train_dims(self, dimension: int) -> list[int]:
+        """The stages' default sizes (:func:`stage_plan`): powers of two from min(32, D / 2)
+        below D (384: 256, 128, 64, 32), and D."""
+        smallest = min(32, max(1, dimension // 2))
+        return [*(2**p for p in range(32) if smallest <= 2**p < dimension), dimension]
 
     def weights_dimension(self, state: dict[str, torch.Tensor]) -> int | None:
         permutation = state.get("permutation")

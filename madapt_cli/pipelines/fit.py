@@ -9,6 +9,7 @@ from typing import Any
 from madapt_cli import __version__
 from madapt_cli.data import read_qrels
 from madapt_cli.errors import InputError
+from madapt_cli.methods import default_method
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Method, TrainingData, get_method
 from madapt_cli.pipelines.sample import sample_corpus  # --sample N (issue 15)
@@ -17,7 +18,7 @@ from madapt_cli.training.anchors import read_query_ids
 from madapt_cli.training.config import EpochCallback, TrainConfig
 from madapt_cli.training.distill import distill_train_dims, start_from_dim
 from madapt_cli.training.progress import EpochProgress
-from madapt_cli.util.dims import check_train_dims, default_train_dims
+from madapt_cli.util.dims import check_train_dims
 from madapt_cli.util.files import check_output, staged_output
 from madapt_cli.util.progress import Progress
 
@@ -28,7 +29,7 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     store_path: str | Path,
     out: str | Path,
     *,
-    method: str = "matryoshka",
+    method: str | None = None,
     mode: str = "unsupervised",
     qrels_path: str | Path | None = None,
     dev_qrels_path: str | Path | None = None,
@@ -49,7 +50,8 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     ``out`` is checked before anything is read: it may not be, hold or lie inside an input,
     and only an adaptor madapt wrote is replaced, with ``overwrite``. ``options``: the
     method's own (e.g. :class:`madapt_cli.methods.smec.SMECOptions`; None: its defaults);
-    ``resume``: an adaptor to continue (SMEC). ``on_epoch`` gets each epoch record,
+    ``resume``: an adaptor to continue (SMEC). ``method`` None: :func:`default_method`
+    (smec supervised, matryoshka unsupervised). ``on_epoch`` gets each epoch record,
     ``progress`` a ProgressEvent(task="fit", unit="epochs") per epoch.
 
     Unsupervised with a method that learns from queries (matryoshka): ``config.objective``
@@ -60,6 +62,7 @@ def fit_store(  # noqa: PLR0913 - the keyword API behind `madapt fit`, one per o
     the paper's losses, as before. Returns the written :class:`Adaptor` (its ``config`` is
     config.json)."""
     config = config or TrainConfig()
+    method = method or default_method(mode)
     fitter = get_method(method, "--method")
     if mode not in MODES:
         raise InputError(f"unknown --mode {mode!r}: use unsupervised or supervised")
@@ -156,7 +159,7 @@ def _training_data(
     metadata = store.metadata("corpus")
     dimension = store.schema("corpus").field("vector").type.list_size
     config.train_dims = check_train_dims(
-        config.train_dims or default_train_dims(dimension), dimension
+        config.train_dims or method.default_train_dims(dimension), dimension
     )
     if config.validation_dims:
         check_train_dims(config.validation_dims, dimension)
