@@ -4,9 +4,11 @@ side with another commit's code.
 Times the objectives `madapt fit` trains by default, with the same package functions:
 ``distill`` (unsupervised listwise distillation over unlabelled queries, train_distill),
 ``distill-corpus`` (the same with corpus rows as anchors: no queries), ``supervised`` (stage 2,
-L_rank plus the regularisers, on synthetic judged queries) and ``paper`` (the paper's
-unsupervised L_topk + L_pair + L_rec). Reports the exact top-k mining time and seconds per
-epoch (an epoch includes its validation: the label-free proxy, or the held-out queries).
+L_rank plus the regularisers, on synthetic judged queries), ``paper`` (the paper's
+unsupervised L_topk + L_pair + L_rec) and ``smec`` (supervised SMEC, `madapt fit --mode
+supervised`'s default method, on the same judged queries). Reports the exact top-k mining
+time and seconds per epoch (an epoch includes its validation: the label-free proxy, or the
+held-out queries).
 
     python bench/fit.py --n 20000 --dim 768 --epochs 2 --threads 1 --against main
     python bench/fit.py --n 1000000 --dim 768 --epochs 10 --device cuda --objective paper
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-OBJECTIVES = ("distill", "distill-corpus", "supervised", "paper")
+OBJECTIVES = ("distill", "distill-corpus", "supervised", "paper", "smec")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -100,14 +102,22 @@ def run_objective(args: argparse.Namespace, objective: str) -> dict:
             raise SystemExit(f"this commit has no {objective} objective")
         anchors = queries if objective == "distill" else None
         result = train_distill(corpus, anchors, config, on_epoch=on_epoch)
-    elif objective == "supervised":
+    elif objective in ("supervised", "smec"):
         corpus_ids = [f"d{i}" for i in range(len(corpus))]
         query_ids = [f"q{i}" for i in range(len(queries))]
         qrels = {q: {corpus_ids[r]: 1} for q, r in zip(query_ids, source_rows, strict=True)}
-        result = train_supervised(
-            corpus, corpus_ids, queries, query_ids, qrels, config, two_stage=False,
-            on_epoch=on_epoch,
-        )  # fmt: skip
+        if objective == "smec":
+            from madapt_cli.methods.smec import SMECOptions, train_smec
+
+            result = train_smec(
+                corpus, config, SMECOptions(), corpus_ids=corpus_ids, queries=queries,
+                query_ids=query_ids, qrels=qrels, on_epoch=on_epoch,
+            )  # fmt: skip
+        else:
+            result = train_supervised(
+                corpus, corpus_ids, queries, query_ids, qrels, config, two_stage=False,
+                on_epoch=on_epoch,
+            )  # fmt: skip
     else:
         result = train_unsupervised(corpus, config, on_epoch=on_epoch)
     total = time.perf_counter() - started

@@ -308,21 +308,32 @@ class MemorySimilarityLoss(nn.Module):
     with the current f at every step. (The package's L_topk on masked vectors.)
     """
 
-    def __init__(self, k: int, dimension: int) -> None:
+    def __init__(self, k: int, dimension: int, sizes: Sequence[int] | None = None) -> None:
         super().__init__()
         self.k = k
         self.topk_loss = TopKSimilarityLoss([dimension])  # the full width of masked vectors
+        # every size in one pass, on the prefixes of an order (no ADS masks)
+        self.sized_loss = TopKSimilarityLoss(sorted(sizes)) if sizes else None
 
     def forward(
-        self, module: nn.Module, originals: torch.Tensor, pool: torch.Tensor, masks: torch.Tensor
+        self,
+        module: nn.Module,
+        originals: torch.Tensor,
+        pool: torch.Tensor,
+        masks: torch.Tensor | None,
+        order: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The mean over the sizes: of each of ``masks`` (|sizes|, D), or, given ``order``
+        (and ``sizes`` at construction), of the first m coordinates of that order."""
         similarity, index = nearest_rows(originals, pool, self.k)
         if index.shape[1] == 0:
-            return masks.sum() * 0.0
+            return (masks if masks is not None else originals).sum() * 0.0
         rows, inverse = torch.unique(index.flatten(), return_inverse=True)
         adapted = module.residual(torch.cat([originals, pool[rows]]))
         anchors, neighbours = adapted[: len(originals)], adapted[len(originals) :][inverse]
         neighbours = neighbours.view(*index.shape, -1)
+        if order is not None and self.sized_loss is not None:
+            return self.sized_loss(anchors[:, order], neighbours[..., order], similarity)
         return torch.stack(
             [self.topk_loss(anchors * mask, neighbours * mask, similarity) for mask in masks]
         ).mean()

@@ -4,6 +4,8 @@ the L_distill weight chosen on the held-out training queries."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from test_training import _hidden_signal, signal_config, smec_on_signal
@@ -40,7 +42,7 @@ def mined(monkeypatch):
     return calls
 
 
-def _objective(regularise: bool, data: dict, config):
+def _objective(regularise: bool, data: dict, config, dims=(8, 32)):
     train_ids, _ = split_training_queries(
         data["doc_ids"], data["queries"], data["query_ids"], data["qrels"], None, config
     )
@@ -52,7 +54,7 @@ def _objective(regularise: bool, data: dict, config):
         corpus,
         queries,
         judgments,
-        [8, 32],
+        list(dims),
         config,
         config.weights("supervised"),
         torch.Generator().manual_seed(1),
@@ -131,3 +133,36 @@ def test_distill_choices_and_their_check():
     assert distill_choices(TrainConfig(distill_weight=0.5)) == []
     with pytest.raises(InputError, match=r"TrainConfig\.smec_distill_choices must be"):
         TrainConfig(smec_distill_choices=[-1.0]).validate("supervised")
+
+
+def test_prefix_sizes_in_one_pass_equal_the_masked_sizes():
+    """Without ADS each stage size is a prefix of one order, so the rank, distillation and
+    memory terms take every size in one pass; that step's loss and gradients equal the
+    per-size masked computation (the path ADS needs)."""
+    from madapt_cli.methods.smec import SMECOptions, _stage_step, new_smec_module
+
+    torch.manual_seed(0)
+    data = _hidden_signal(n=120)
+    config = signal_config(distill_weight=1.0, distill_topk=20, train_dims=[4, 8, 16])
+    config.distill_random = 8
+    objective = _objective(False, data, config, dims=[32])
+    module = new_smec_module(objective.corpus, config)
+    module.add_stage([16, 8, 4], ads=False)
+    module.freeze_all_but(0)
+    module.permutation.copy_(torch.randperm(32))  # an order other than the identity
+    with torch.no_grad():
+        for parameter in module.stages[0].parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape))
+    prefix, _ = _stage_step(module, 0, objective.corpus, objective, config, SMECOptions(), 2)
+    masked = copy.deepcopy(prefix)
+    masked.module.prefix_order = lambda index: None  # force the per-size masks
+    losses, grads = [], []
+    for step in (prefix, masked):
+        loss = step(torch.Generator().manual_seed(3))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad for p in step.module.stages[0].parameters() if p.grad is not None])
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    assert grads[0] and len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

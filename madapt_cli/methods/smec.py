@@ -27,7 +27,12 @@ import torch.nn.functional as F
 
 from madapt_cli.data import Qrels
 from madapt_cli.errors import InputError
-from madapt_cli.losses import GradedSoftmaxLoss, MemorySimilarityLoss, RankingLoss
+from madapt_cli.losses import (
+    GradedSoftmaxLoss,
+    ListwiseDistillationLoss,
+    MemorySimilarityLoss,
+    RankingLoss,
+)
 from madapt_cli.methods.adaptor import Adaptor
 from madapt_cli.methods.base import Fitted, Method, TrainingData
 from madapt_cli.methods.smec_module import CrossBatchMemory, SMECModule
@@ -140,6 +145,9 @@ class StageStep:
     alpha: float
     supervised: SupervisedObjective | None = None
     rank_loss: RankingLoss | GradedSoftmaxLoss | None = None  # full width, masked vectors
+    # the same losses at every stage size in one pass, on prefixes (no ADS masks)
+    sized_rank_loss: RankingLoss | GradedSoftmaxLoss | None = None
+    sized_distill_loss: ListwiseDistillationLoss | None = None
     query_order: EpochOrder | None = None  # batches of training queries (supervised)
     steps_done: int = 0
 
@@ -149,7 +157,11 @@ class StageStep:
         return start * (end / start) ** progress
 
     def __call__(self, generator: torch.Generator) -> torch.Tensor:
-        masks = self.module.selection_masks(self.index, self.temperature(), generator)
+        # without ADS the sizes are prefixes of one order: every size costs one pass
+        order = self.module.prefix_order(self.index)
+        masks = None
+        if order is None:
+            masks = self.module.selection_masks(self.index, self.temperature(), generator)
         self.steps_done += 1
         device = self.corpus.device
         rows = torch.randint(
@@ -161,37 +173,45 @@ class StageStep:
             pool = self.memory.contents()
         else:
             pool = originals
-        loss = self.alpha * self.unsup(self.module, originals, pool, masks)
+        loss = self.alpha * self.unsup(self.module, originals, pool, masks, order)
         if self.supervised is None:
             return loss
         batch = self.query_order.next(generator)
         candidates, relevance = self.supervised.sample_candidates(batch)
         queries = self.module.residual(self.supervised.queries[batch])
         documents = self.module.residual(self.corpus[candidates])
-        rank = torch.stack(
-            [self.rank_loss(queries * mask, documents * mask, relevance) for mask in masks]
-        ).mean()
-        return rank + loss + self.distill_term(queries, batch, masks, generator)
+        if order is not None:
+            rank = self.sized_rank_loss(queries[:, order], documents[:, order], relevance)
+        else:
+            rank = torch.stack(
+                [self.rank_loss(queries * mask, documents * mask, relevance) for mask in masks]
+            ).mean()
+        return rank + loss + self.distill_term(queries, batch, masks, order, generator)
 
     def distill_term(
         self,
         queries: torch.Tensor,
         batch: torch.Tensor,
-        masks: torch.Tensor,
+        masks: torch.Tensor | None,
+        order: torch.Tensor | None,
         generator: torch.Generator,
     ) -> torch.Tensor | float:
         """``config.distill_weight`` x L_distill of the training queries of ``batch`` (their
-        adapted vectors ``queries``) at each selected size, as the Matryoshka-Adaptor's
-        supervised objective adds it; 0 when the weight is 0."""
+        adapted vectors ``queries``) at each selected size (the ``masks``, or the prefixes
+        of ``order``), as the Matryoshka-Adaptor's supervised objective adds it; 0 when the
+        weight is 0."""
         distill = self.supervised.distill
         if distill is None:
             return 0.0
         rows, teacher, valid = distill.candidates(batch, generator)
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
         documents = self.module.residual(self.corpus[unique])[inverse].view(*rows.shape, -1)
-        term = torch.stack(
-            [distill.loss(queries * mask, documents * mask, teacher, valid) for mask in masks]
-        ).mean()
+        if order is not None:
+            term = self.sized_distill_loss(queries[:, order], documents[..., order], teacher, valid)
+        else:
+            term = torch.stack(
+                [distill.loss(queries * mask, documents * mask, teacher, valid) for mask in masks]
+            ).mean()
         return self.supervised.config.distill_weight * term
 
 
@@ -336,6 +356,7 @@ def _stage_step(
     options: SMECOptions,
     epochs: int,
 ) -> tuple[StageStep, int]:
+    sizes = sorted(module.specs[index]["sizes"])
     batch_size = min(config.batch_size, len(vectors))
     if objective is None:
         steps = math.ceil(len(vectors) / batch_size)
@@ -359,12 +380,18 @@ def _stage_step(
         temperatures=(options.temperature_start, options.temperature_end),
         total_steps=steps * epochs,
         memory=memory,
-        unsup=MemorySimilarityLoss(options.memory_topk or config.topk, vectors.shape[1]).to(
+        unsup=MemorySimilarityLoss(options.memory_topk or config.topk, vectors.shape[1], sizes).to(
             vectors.device
         ),
         alpha=alpha if objective is not None else 1.0,
         supervised=objective,
         rank_loss=ranking_loss([vectors.shape[1]], config, default=SUPERVISED_RANK_LOSS).to(
+            vectors.device
+        ),
+        sized_rank_loss=ranking_loss(sizes, config, default=SUPERVISED_RANK_LOSS).to(
+            vectors.device
+        ),
+        sized_distill_loss=ListwiseDistillationLoss(sizes, config.distill_temperature).to(
             vectors.device
         ),
         query_order=EpochOrder(

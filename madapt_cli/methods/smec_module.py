@@ -178,6 +178,14 @@ class SMECModule(nn.Module):
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return self.residual(e)[:, self.order()]
 
+    def prefix_order(self, index: int) -> torch.Tensor | None:
+        """The coordinate order whose first m coordinates are stage ``index``'s size-m
+        selection, or None while that stage learns its selection (ADS in training mode:
+        Gumbel top-k masks, not prefixes of any order)."""
+        if self.specs[index]["ads"] and self.training:
+            return None
+        return self.order()
+
     def selection_masks(
         self, index: int, temperature: float, generator: torch.Generator | None
     ) -> torch.Tensor:
