@@ -163,6 +163,8 @@ def test_cli_distill_options_reach_the_config_and_bad_ones_are_refused(
         ["--mode", "supervised", "--qrels", qrels, "--stage1-objective", "distill"],
         [*supervised, "--rank-loss", "listwise"],
         [*common, "--rank-loss", "softmax"],
+        [*supervised, "--distill-weight", "auto"],
+        [*supervised, "--distill-weight", "half"],
     ]
     errors = []
     for index, args in enumerate(refused):
@@ -176,3 +178,5 @@ def test_cli_distill_options_reach_the_config_and_bad_ones_are_refused(
     assert "need --mode supervised" in errors[2] and "needs --method matryoshka" in errors[3]
     assert "--rank-loss must be 'pairwise', 'softmax' or null" in errors[4]
     assert "--rank-loss needs --mode supervised" in errors[5]
+    assert "--distill-weight auto needs --method smec" in errors[6]
+    assert "--distill-weight must be a finite number >= 0 or auto, not 'half'" in errors[7]

@@ -132,14 +132,14 @@ def register(app: typer.Typer) -> None:
             "dims). --method matryoshka.",
         ),
         # --- sup: supervised distillation (issue 17) ---
-        distill_weight: float | None = typer.Option(
+        distill_weight: str | None = typer.Option(
             None,
             "--distill-weight",
             help="Supervised (matryoshka, smec): weight of L_distill beside L_rank, each "
             "prefix learning the full-size ranking of every training query's top 100 "
-            "documents (matryoshka default 0; smec default: 0 or 1, whichever scores better "
-            "on the held-out training queries; docs/benchmarks.md: helps NFCorpus, costs "
-            "SciFact).",
+            "documents (matryoshka default 0, smec 1). smec also takes auto: one fit at 0 and "
+            "one at 1, keeping the better on the held-out training queries (twice the time; "
+            "for labels that disagree with the original ranking).",
         ),
         stage1_objective: str | None = typer.Option(
             None,
@@ -214,6 +214,7 @@ def register(app: typer.Typer) -> None:
                 "--precision bf16 needs a GPU or a CPU with native bfloat16 (AVX-512 BF16 or "
                 "AMX); this one has neither: use --precision fp32 or auto"
             )
+        weight, choose_weight = _distill_weight(distill_weight)
         config = _train_config(
             mode,
             device=device,
@@ -236,7 +237,7 @@ def register(app: typer.Typer) -> None:
             objective=objective,
             quantization_aware=quantization_aware,
             precision=precision,
-            distill_weight=distill_weight,  # --- sup ---
+            distill_weight=weight,  # --- sup ---
             stage1_objective=stage1_objective,  # --- sup ---
             rank_loss=rank_loss,
         )
@@ -259,7 +260,11 @@ def register(app: typer.Typer) -> None:
             if value is not None and method != "matryoshka":
                 default = f" (--mode {mode} fits {method} by default)" if defaulted else ""
                 raise InputError(f"{flag} needs --method matryoshka{default}")
-        if distill_weight is not None:  # --- sup4 --- a weight given: SMEC does not choose
+        if choose_weight:
+            if method != "smec":
+                raise InputError("--distill-weight auto needs --method smec")
+            config.smec_distill_choices = [0.0, 1.0]
+        elif weight is not None:  # a weight given: SMEC trains with it
             config.smec_distill_choices = None
         if lr is not None and fitter.one_learning_rate:
             config.lr = lr  # every stage trains at TrainConfig.lr, in both modes
@@ -291,6 +296,18 @@ def register(app: typer.Typer) -> None:
                 sample=sample,
             )
         _print_summary(result.config, out, as_json)
+
+
+def _distill_weight(value: str | None) -> tuple[float | None, bool]:
+    """``--distill-weight``: (the weight, or None when not given or auto; whether auto)."""
+    if value is None or value == "auto":
+        return None, value == "auto"
+    try:
+        return float(value), False
+    except ValueError:
+        raise InputError(
+            f"--distill-weight must be a finite number >= 0 or auto, not {value!r}"
+        ) from None
 
 
 def _held_out_queries(config: Any, value: str, mode: str, objective: str) -> None:
