@@ -147,7 +147,6 @@ def register(app: typer.Typer) -> None:
             help="Supervised matryoshka: stage 1's objective, paper (default) or distill (the "
             "training queries as unlabelled anchors, --stage1-epochs epochs).",
         ),
-        # --- end sup ---
         rank_loss: str | None = typer.Option(
             None,
             "--rank-loss",
@@ -237,21 +236,19 @@ def register(app: typer.Typer) -> None:
             objective=objective,
             quantization_aware=quantization_aware,
             precision=precision,
-            distill_weight=weight,  # --- sup ---
-            stage1_objective=stage1_objective,  # --- sup ---
+            distill_weight=weight,
+            stage1_objective=stage1_objective,
             rank_loss=rank_loss,
         )
-        if held_out_queries is not None:  # --- unsup5 ---
+        if held_out_queries is not None:
             _held_out_queries(config, held_out_queries, mode, objective)
         defaulted = method is None
         method = method or default_method(mode)
         fitter = get_method(method, "--method")
-        # --- sup ---
         if (distill_weight is not None or stage1_objective is not None) and mode != "supervised":
             raise InputError("--distill-weight and --stage1-objective need --mode supervised")
         if rank_loss is not None and mode != "supervised":
             raise InputError("--rank-loss needs --mode supervised")
-        # --- end sup ---
         for flag, value in (
             ("--stage1-objective", stage1_objective),
             ("--stage1-epochs", stage1_epochs),

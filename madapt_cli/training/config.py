@@ -57,10 +57,8 @@ def _group(
     return [(name, valid, expected) for name in names.split()]
 
 
-# --- unsup5 ---
 #: TrainConfig.distill_held_out's values (`madapt fit --held-out-queries`)
 HELD_OUT_CHOICES = ("none", "choose", "refit")
-# --- end unsup5 ---
 
 #: (field, valid, what it must be), checked in this order by TrainConfig.validate
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -119,15 +117,12 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     *_group(  # binary4: int2 too (training/quantization.py SETTINGS)
         "quantization_aware", lambda value: value in (None, "binary", "int2"), "binary or int2"
     ),
-    # --- unsup4 ---
     *_group(
         "distill_start_from",
         lambda value: value is None or (is_number(value) and 0 < value <= 1),
         "a fraction in (0, 1] or null",
     ),
     *_group("distill_synthetic_anchors", _count(0), "a whole number >= 0"),
-    # --- end unsup4 ---
-    # --- unsup5 ---
     *_group("distill_extra_weight", _non_negative, "a finite number >= 0"),
     *_group("distill_extra_dims", _sizes, "whole numbers >= 1"),
     *_group(
@@ -135,28 +130,21 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
         lambda value: value in HELD_OUT_CHOICES,
         "'none', 'choose' or 'refit'",
     ),
-    # --- end unsup5 ---
-    # --- fitspeed ---
     *_group(
         "precision",
         lambda value: value in ("auto", "bf16", "fp32"),
         "'auto', 'bf16' or 'fp32'",
     ),
-    # --- end fitspeed ---
-    # --- sup4 ---
     *_group(
         "smec_distill_choices",
         lambda value: value is None or all(_non_negative(w) for w in value),
         "finite numbers >= 0",
     ),
-    # --- end sup4 ---
-    # --- sup5 ---
     *_group(
         "rank_loss",
         lambda value: value in (None, "pairwise", "softmax"),
         "'pairwise', 'softmax' or null",
     ),
-    # --- end sup5 ---
 ]
 
 
@@ -190,11 +178,9 @@ class TrainConfig:
     dim_weighting: str = "equal"  # or "small": weight 1 + log2(D / m) on size m
     seed: int = 0
     device: str = "auto"
-    # --- fitspeed ---
     # training arithmetic of the adaptor's MLP: "auto" = bf16 autocast on a GPU that has it,
     # float32 on the CPU; "bf16" or "fp32" to force. Evaluation is always float32.
     precision: str = "auto"
-    # --- end fitspeed ---
     # --- unsupervised objective (--objective): "auto" = distill when unlabelled queries are
     # given or found, else distill on corpus rows with checkpoint choice by the proxy;
     # "paper" = L_topk + L_pair + L_rec (the paper's, exactly as before)
@@ -204,17 +190,14 @@ class TrainConfig:
     distill_temperature: float = 0.05
     distill_lr: float = 2e-3  # was 1e-3: docs/benchmarks.md, chosen on labelled validation
     distill_rec_weight: float = 0.0  # weight of L_rec (stay near the start) beside L_distill
-    distill_epochs: int = 24  # was 16 until unsup5 (every query trains): docs/benchmarks.md
+    distill_epochs: int = 24  # 16 until every query trained (2026-11-30): docs/benchmarks.md
     distill_max_anchors: int = 100_000  # corpus-only: at most this many corpus rows as anchors
     proxy_fraction: float = 0.15  # of the anchors held out for the label-free proxy
     proxy: str = "kl"  # what chooses the checkpoint: held-out L_distill ("kl") or "overlap"
-    # --- unsup ---
     distill_size_weights: list[float] | None = None  # one per trained size; None: dim_weighting
     # per anchor and epoch, the student's top-n rows at the two smallest sizes join the
     # candidates (training/student_negatives.py); 0: off
     distill_student_negatives: int = 20
-    # --- end unsup ---
-    # --- unsup4 ---
     # unsupervised distill: from the smallest power of two >= this fraction of the full size
     # up, the adaptor gives its untrained start's prefix (config.json "start_from_dim"): there
     # the teacher is the start itself, and training moved labelled validation by about 0.001
@@ -225,8 +208,6 @@ class TrainConfig:
     # anchors (training/anchors.py synthetic_anchors); 0: none (2 gained on labelled
     # validation, lowering 128 in 5 of 6 runs: not the default; docs/benchmarks.md)
     distill_synthetic_anchors: int = 0
-    # --- end unsup4 ---
-    # --- unsup5 ---
     # extra anchors beside the unlabelled queries (e.g. the documents' titles, a second
     # queries table): their own L_distill term, weighted and over these sizes (None: the
     # trained sizes), one batch of them per step; never held out for the proxy
@@ -235,35 +216,29 @@ class TrainConfig:
     # unlabelled queries as anchors (--held-out-queries): "none" = every query trains, for
     # distill_epochs epochs (no proxy); "choose" = proxy_fraction of them are held out, never
     # trained on, and their distillation loss chooses the checkpoint (the start included;
-    # the default until unsup5); "refit" = choose's epoch count E, then training again from
+    # the default until 2026-11-30); "refit" = choose's epoch count E, then training again from
     # the same start on every query for E epochs. Corpus rows as anchors always "choose".
     distill_held_out: str = "none"
-    # --- end unsup5 ---
     quantization_aware: str | None = None  # binary or int2: training/quantization.py
-    # --- sup ---
     # supervised: stage 1's objective ("distill": the training queries as unlabelled anchors;
     # --stage1-objective) and the weight of L_distill over the training queries beside L_rank
-    # in stage 2 and in SMEC's stages (--distill-weight). Both off by default: on SciFact's
-    # held-out train queries each costs 64 dims and up; on NFCorpus' both help (see
-    # "Supervised: the distillation term on NFCorpus" in docs/benchmarks.md)
+    # in stage 2 and in SMEC's stages (--distill-weight). Both off by default for the
+    # Matryoshka-Adaptor: on SciFact's held-out train queries each costs 64 dims and up; on
+    # NFCorpus' both help ("Supervised: the distillation term on NFCorpus" in
+    # docs/benchmarks.md). SMEC's weight while this is 0: smec_distill_choices
     stage1_objective: str = "paper"
     distill_weight: float = 0.0
-    # --- end sup ---
-    # --- sup4 ---
     # supervised SMEC: while distill_weight is 0 (--distill-weight W sets None), one fit per
     # L_distill weight here from the same start, keeping the best on the held-out training
     # queries; None or []: one fit without L_distill. [1.0]: with the graded softmax loss
     # weight 1 won every held-out choice between 0 and 1 (SciFact and NFCorpus, 3 seeds
     # each: docs/benchmarks.md), so one fit with it; [0.0, 1.0] fits both and chooses
     smec_distill_choices: list[float] | None = field(default_factory=lambda: [1.0])
-    # --- end sup4 ---
-    # --- sup5 ---
     # the supervised ranking loss: "pairwise" (RankingLoss, sampled positives against every
     # lower-graded candidate), "softmax" (GradedSoftmaxLoss, one softmax over the candidates
     # with the grades as target; losses.py) or None: the method's default (matryoshka
     # pairwise, smec softmax: docs/smec.md)
     rank_loss: str | None = None
-    # --- end sup5 ---
 
     def option_names(self, mode: str = "unsupervised", one_learning_rate: bool = False) -> dict:
         """Field -> how a user sets it: the `madapt fit` option (see commands/fit.py: in
@@ -293,7 +268,6 @@ class TrainConfig:
             cli.update(distill_epochs="--epochs", distill_lr="--lr", distill_temperature="--tau")
         if mode == "supervised":
             cli.update(epochs="--stage1-epochs", supervised_epochs="--epochs")
-            # --- sup ---
             cli.update(distill_weight="--distill-weight", stage1_objective="--stage1-objective")
             cli.update(rank_loss="--rank-loss")
             if one_learning_rate:
