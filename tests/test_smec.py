@@ -224,24 +224,19 @@ def test_cli_fits_resumes_and_rejects_bad_input(capsys, tmp_path):
     stages = {record["stage"] for record in adaptor.config["validation_curve"]}
     assert stages == {"smec 16", "smec 12"}
     assert adaptor.config["smec"]["distill_weight"] == 1.0
-    code, _, err = _fit(
-        capsys, store, "--out", tmp_path / "auto", *common, "--to-dim", "12", "--mode",
-        "supervised", "--qrels", qrels, "--distill-weight", "auto",
-    )  # fmt: skip
-    assert code == 0, err
-    chosen = Adaptor.load(tmp_path / "auto").config
     # auto: one fit at weight 0 and one at 1 from the same start, the better one kept
-    stages = {record["stage"] for record in chosen["validation_curve"]}
-    assert stages == {"smec 16,12 distill 0", "smec 16,12 distill 1"}
-    assert chosen["smec"]["distill_weight"] in (0.0, 1.0)
-    code, _, err = _fit(
-        capsys, store, "--out", tmp_path / "fixed", *common, "--to-dim", "12", "--mode",
-        "supervised", "--qrels", qrels, "--distill-weight", "0",
-    )  # fmt: skip
-    assert code == 0, err
-    fixed = Adaptor.load(tmp_path / "fixed").config
-    assert {record["stage"] for record in fixed["validation_curve"]} == {"smec 16,12"}
-    assert fixed["smec"]["distill_weight"] == 0.0
+    for weight, stages, kept in (
+        ("auto", {"smec 16,12 distill 0", "smec 16,12 distill 1"}, (0.0, 1.0)),
+        ("0", {"smec 16,12"}, (0.0,)),
+    ):
+        code, _, err = _fit(
+            capsys, store, "--out", tmp_path / f"w{weight}", *common, "--to-dim", "12",
+            "--mode", "supervised", "--qrels", qrels, "--distill-weight", weight,
+        )  # fmt: skip
+        assert code == 0, err
+        config = Adaptor.load(tmp_path / f"w{weight}").config
+        assert {record["stage"] for record in config["validation_curve"]} == stages
+        assert config["smec"]["distill_weight"] in kept
 
     code, stdout, err = _fit(
         capsys,
