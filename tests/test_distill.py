@@ -102,7 +102,7 @@ def _config(**changes) -> TrainConfig:
         distill_random=16,
         distill_epochs=12,
         distill_lr=3e-3,
-        batch_size=64,
+        distill_batch_size=64,
         patience=100,
         distill_held_out="choose",  # these tests are of the proxy's checkpoint choice
     )
@@ -225,6 +225,9 @@ def test_fit_distill_with_query_ids_then_eval_warns_only_on_leaked_queries(tmp_p
     config = json.loads((tmp_path / "ad" / "config.json").read_text())
     assert config["objective"] == "distill"
     assert config["learned_from_queries"]["count"] == 20
+    # --batch-size sets distill's own (anchors per step); the corpus batch keeps its default
+    settings = config["hyperparameters"]
+    assert settings["distill_batch_size"] == 16 and settings["batch_size"] == 128
 
     test = tmp_path / "test.tsv"
     test.write_text("".join(f"q{i}\td{i}\t1\n" for i in range(20, 30)))
@@ -247,6 +250,8 @@ def test_fit_distill_with_query_ids_then_eval_warns_only_on_leaked_queries(tmp_p
 
 def test_fit_query_ids_errors_are_one_line_exit_2(tmp_path, capsys):
     store, _, _ = make_store(tmp_path)
+    code, _, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", "--batch-size", "0")
+    assert code == 2 and err.strip() == "error: --batch-size must be positive"
     bad = tmp_path / "bad.tsv"
     bad.write_text("q1\td1\t1\nq2\td1\n")
     code, _, err = run_cli(capsys, "fit", store, "--out", tmp_path / "ad", "--query-ids", bad)

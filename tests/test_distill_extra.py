@@ -34,7 +34,7 @@ def _config(**changes) -> TrainConfig:
     settings = {
         "distill_student_negatives": 0,
         "distill_epochs": 8,
-        "batch_size": 16,
+        "distill_batch_size": 16,
         "proxy_fraction": 0.25,
     }
     return distill_config(**{**settings, **changes})

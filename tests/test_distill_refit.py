@@ -32,7 +32,7 @@ def _config(**changes) -> TrainConfig:
         "distill_random": 8,
         "distill_student_negatives": 4,
         "distill_epochs": 4,
-        "batch_size": 32,
+        "distill_batch_size": 32,
         "proxy_fraction": 0.25,
     }
     return distill_config(**{**settings, **changes})

@@ -157,7 +157,7 @@ def test_binary_qat_distill_improves_the_codes_it_trains() -> None:
     for qat in (None, "binary"):
         config = TrainConfig(
             seed=0, device="cpu", train_dims=[4, 16], distill_epochs=12, distill_topk=20,
-            distill_random=8, batch_size=32, patience=100, quantization_aware=qat,
+            distill_random=8, distill_batch_size=32, patience=100, quantization_aware=qat,
             distill_lr=1e-3, distill_student_negatives=0,  # the setting this was measured at
         )  # fmt: skip
         result = train_distill(corpus, corpus[:60] + 0.01, config)

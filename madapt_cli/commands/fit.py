@@ -89,7 +89,10 @@ def register(app: typer.Typer) -> None:
             help="Supervised: epochs of the unsupervised first stage (0 skips it; default 10).",
         ),
         batch_size: int | None = typer.Option(
-            None, "--batch-size", help="Corpus vectors per step."
+            None,
+            "--batch-size",
+            help="Vectors per step: unlabelled anchors for distill (default 64), corpus "
+            "vectors otherwise (default 128).",
         ),
         lr: float | None = typer.Option(None, "--lr", help="Learning rate of the chosen mode."),
         hidden: int | None = typer.Option(None, "--hidden", help="Hidden width (default 2 D)."),
@@ -335,7 +338,8 @@ def _train_config(mode: str, *, lr: float | None, **settings: Any) -> Any:
         rotation=settings.pop("rotation"),
         objective=settings.pop("objective"),
     )
-    # unsupervised distill (--objective auto/distill): --epochs, --lr, --tau set its own
+    # unsupervised distill (--objective auto/distill): --epochs, --lr, --batch-size, --tau
+    # set its own
     distill = not supervised and config.objective != "paper"
     settings["supervised_epochs" if supervised else "epochs"] = epochs
     if supervised:
@@ -344,6 +348,7 @@ def _train_config(mode: str, *, lr: float | None, **settings: Any) -> Any:
     if distill:
         settings["distill_epochs"] = settings.pop("epochs")
         settings["distill_lr"] = settings.pop("lr")
+        settings["distill_batch_size"] = settings.pop("batch_size")
         settings["distill_temperature"] = settings.pop("temperature")
     for key, value in settings.items():
         if value is not None:
@@ -352,9 +357,10 @@ def _train_config(mode: str, *, lr: float | None, **settings: Any) -> Any:
     for key in ("epochs", "supervised_epochs", "distill_epochs"):
         if getattr(config, key) < 0:
             raise InputError("--epochs must not be negative")
-    for key in ("batch_size", "topk", "patience"):
+    for key in ("batch_size", "distill_batch_size", "topk", "patience"):
         if getattr(config, key) < 1:
-            raise InputError(f"--{key.replace('_', '-')} must be positive")
+            flag = key.removeprefix("distill_").replace("_", "-")
+            raise InputError(f"--{flag} must be positive")
     if config.hidden is not None and config.hidden < 1:
         raise InputError("--hidden must be positive")
     return config

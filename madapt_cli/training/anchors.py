@@ -130,7 +130,7 @@ def extra_anchor_term(
 ) -> ExtraAnchorTerm | None:
     """The L_distill term of ``extra_anchors`` (None without any, or at weight 0): over
     ``config.distill_extra_dims`` (default ``dims``) at ``config.distill_extra_weight``,
-    ``config.batch_size`` of them a step; without student negatives."""
+    ``config.distill_batch_size`` of them a step; without student negatives."""
     if extra_anchors is None or len(extra_anchors) == 0 or config.distill_extra_weight <= 0:
         return None
     dimension = vectors.shape[1]
@@ -142,6 +142,6 @@ def extra_anchor_term(
     objective = DistillationObjective(
         vectors, anchors, extra_dims, config, config.dim_weights(extra_dims)
     )
-    batch = min(config.batch_size, len(anchors))
+    batch = min(config.distill_batch_size, len(anchors))
     order = EpochOrder(len(anchors), batch, vectors.device)
     return ExtraAnchorTerm(objective, order, config.distill_extra_weight)

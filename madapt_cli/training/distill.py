@@ -157,7 +157,7 @@ class _DistillRun:
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         config, device, extra = self.config, self.vectors.device, self.extra
         count = len(objective.anchors)
-        batch_size = min(config.batch_size, count)
+        batch_size = min(config.distill_batch_size, count)
         steps = math.ceil(count / batch_size)
         generator = device_generator(device, config.seed)
         order = EpochOrder(count, batch_size, device)
