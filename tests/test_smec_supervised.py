@@ -13,8 +13,8 @@ from test_training import _hidden_signal, signal_config, smec_on_signal
 import madapt_cli.training.objectives as objectives
 from madapt_cli.errors import InputError
 from madapt_cli.methods.matryoshka import new_adaptor_module
-from madapt_cli.methods.smec import distill_choices
-from madapt_cli.training.config import TrainConfig
+from madapt_cli.methods.smec import distill_choices, trained_distill_weight
+from madapt_cli.training.config import TrainConfig, TrainResult
 from madapt_cli.training.objectives import SupervisedObjective
 from madapt_cli.training.validation import split_training_queries, training_queries
 
@@ -125,6 +125,17 @@ def test_distill_weight_is_chosen_on_the_held_out_queries(one_thread):
     # an explicit weight (--distill-weight) is one fit, whatever the choices say
     fixed = _smec(data, distill_weight=0.5, smec_distill_choices=[0.0, 0.5])
     assert {record["stage"] for record in fixed.history} == {"smec 16,8"}
+
+
+def test_the_recorded_weight_is_the_one_trained():
+    """Without held-out queries (a handful of judged queries) there is no checkpoint record
+    to carry the weight: config.json still says the weight the fit trained with."""
+    unvalidated = TrainResult(module=None, history=[], best=None)
+    assert trained_distill_weight(unvalidated, TrainConfig()) == 1.0  # the only candidate
+    several = TrainConfig(smec_distill_choices=[0.0, 1.0])  # no choice made: config's weight
+    assert trained_distill_weight(unvalidated, several) == 0.0
+    chosen = TrainResult(module=None, history=[], best={"score": 0.5, "distill_weight": 0.0})
+    assert trained_distill_weight(chosen, TrainConfig()) == 0.0
 
 
 def test_distill_choices_and_their_check():

@@ -5,9 +5,9 @@ learning which coordinates to keep (ADS, ``--ads``) with neighbours from a cross
 (S-XBM). By default one stage trains every size with S-XBM (sequential stages and ADS off:
 they cost quality at 64 dims, docs/smec.md); supervised, the ranking loss is the graded
 softmax over every relevant candidate, S-XBM weighs 0.1 beside it and L_distill weighs 1
-(chosen on held-out training queries; ``TrainConfig.smec_distill_choices`` can make each fit
-choose again). It is `madapt fit --mode supervised`'s default method. This module holds the options,
-the staged trainer and the :class:`SMEC` method; the module being trained is in
+(chosen on held-out training queries; ``--distill-weight auto`` makes each fit choose again).
+It is `madapt fit --mode supervised`'s default method. This module holds the options, the
+staged trainer and the :class:`SMEC` method; the module being trained is in
 :mod:`madapt_cli.methods.smec_module`. Design notes and the choices' measurements:
 docs/smec.md.
 """
@@ -281,6 +281,16 @@ def train_smec(  # noqa: PLR0913 - the public training API (bench/, tests) takes
     return TrainResult(kept.module, history, kept.best)
 
 
+def trained_distill_weight(result: TrainResult, config: TrainConfig) -> float:
+    """The L_distill weight of ``result``'s fit (:func:`train_smec` with ``config``): the
+    chosen one, the only candidate, or ``config.distill_weight``."""
+    best = result.best or {}
+    if "distill_weight" in best:
+        return float(best["distill_weight"])
+    choices = distill_choices(config)
+    return choices[0] if len(choices) == 1 else float(config.distill_weight)
+
+
 def _score(result: TrainResult) -> float:
     return -math.inf if result.best is None else float(result.best["score"])
 
@@ -537,9 +547,8 @@ class SMEC(Method):
             "smec": {
                 **description,
                 "options": asdict(options),
-                # supervised: the L_distill weight trained with (chosen on held-out queries
-                # when TrainConfig.smec_distill_choices applied)
-                "distill_weight": (result.best or {}).get("distill_weight", config.distill_weight)
+                # supervised: the L_distill weight trained with
+                "distill_weight": trained_distill_weight(result, config)
                 if data.supervised
                 else None,
                 # supervised: the ranking loss trained with
