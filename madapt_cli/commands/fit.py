@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
             "their codes (straight-through sign bits, or 2-bit Lloyd-Max levels at 128 "
             "dims). --method matryoshka.",
         ),
-        # --- sup: supervised distillation (issue 17) ---
+        # supervised: the distillation term and stage 1
         distill_weight: str | None = typer.Option(
             None,
             "--distill-weight",
