@@ -120,7 +120,7 @@ def test_both_supervised_methods_learn_the_hidden_signal_with_the_softmax_loss(m
     monkeypatch.setattr(smec_method, "ranking_loss", recording)
     # the ranking loss alone: L_distill (SMEC's default weight 1) would teach the full-size
     # ranking, which the 24 noise coordinates dominate here (--distill-weight auto keeps
-    # weight 0 on these data: 0.53 at 8 dims, against 0.19 at weight 1)
+    # weight 0 on these data: tests/test_smec_supervised.py)
     config = signal_config(supervised_epochs=10, lr=1e-2, smec_distill_choices=None)
     smec = smec_on_signal(_hidden_signal(n=200), config)
     start = smec.history[0]["ndcg@10"]["8"]

@@ -127,6 +127,19 @@ def test_distill_weight_is_chosen_on_the_held_out_queries(one_thread):
     assert {record["stage"] for record in fixed.history} == {"smec 16,8"}
 
 
+def test_auto_keeps_weight_0_where_the_full_size_ranking_is_noise(one_thread):
+    """--distill-weight auto (choices 0 and 1): on data whose full-size ranking the 24 noise
+    coordinates dominate, L_distill teaches noise, and the held-out choice drops it."""
+    config = signal_config(supervised_epochs=10, lr=1e-2, smec_distill_choices=[0.0, 1.0])
+    result = smec_on_signal(_hidden_signal(n=200), config)
+    assert result.best["distill_weight"] == 0.0
+    at_8 = {
+        weight: max(r["ndcg@10"]["8"] for r in result.history if r["stage"].endswith(weight))
+        for weight in ("distill 0", "distill 1")
+    }
+    assert at_8["distill 0"] > at_8["distill 1"] + 0.2
+
+
 def test_the_recorded_weight_is_the_one_trained():
     """Without held-out queries (a handful of judged queries) there is no checkpoint record
     to carry the weight: config.json still says the weight the fit trained with."""
