@@ -190,3 +190,33 @@ def test_prefix_sizes_in_one_pass_equal_the_masked_sizes():
     assert grads[0] and len(grads[0]) == len(grads[1])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_smec_stage_computes_only_its_largest_size_and_fits_as_without_the_cut(
+    monkeypatch, one_thread
+):
+    """Without ADS a stage reads prefixes up to its largest size, so its g computes only
+    those outputs (SMECModule.cut_to); the fit equals the uncut fit, and the rows of g
+    beyond the cut stay zero."""
+    from madapt_cli.methods.smec_module import SMECModule
+
+    data = _hidden_signal(n=160)
+    config = signal_config(
+        supervised_epochs=2, distill_weight=1.0, distill_topk=20, train_dims=[4, 8, 16]
+    )
+    widths: list[int | None] = []
+    original = SMECModule.cut_to
+
+    def recording(self, width):
+        widths.append(width if original(self, width) else "refused")
+        return widths[-1] != "refused"
+
+    monkeypatch.setattr(SMECModule, "cut_to", recording)
+    cut = smec_on_signal(data, config).module
+    assert widths == [16, None]  # the one stage (sizes 16, 8, 4) was cut to 16
+    monkeypatch.setattr(SMECModule, "cut_to", lambda self, width: width is None)
+    uncut = smec_on_signal(data, copy.deepcopy(config)).module
+    for name, value in uncut.state_dict().items():
+        torch.testing.assert_close(cut.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+    last = cut.stages[0].residual.g[-1]
+    assert last.weight[:16].any() and not last.weight[16:].any() and not last.bias[16:].any()

@@ -178,41 +178,63 @@ class StageStep:
             return loss
         batch = self.query_order.next(generator)
         candidates, relevance = self.supervised.sample_candidates(batch)
+        if order is None:
+            return loss + self.masked_terms(batch, candidates, relevance, masks, generator)
+        return loss + self.prefix_terms(batch, candidates, relevance, order, generator)
+
+    def prefix_terms(
+        self,
+        batch: torch.Tensor,
+        candidates: torch.Tensor,
+        relevance: torch.Tensor,
+        order: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """L_rank + ``config.distill_weight`` x L_distill of the training queries ``batch``
+        at every size (the prefixes of ``order``), from one pass of f over the queries and
+        the union of their rank and distillation candidates (the hard negatives are mostly
+        distillation candidates too)."""
+        distill = self.supervised.distill
+        rows = candidates
+        if distill is not None:
+            distill_rows, teacher, valid = distill.candidates(batch, generator)
+            rows = torch.cat([candidates, distill_rows.clamp_min(0).flatten()])
+        rows, inverse = torch.unique(rows, return_inverse=True)
+        vectors = torch.cat([self.supervised.queries[batch], self.corpus[rows]])
+        adapted = self.module.residual(vectors)[:, order]
+        queries, documents = adapted[: len(batch)], adapted[len(batch) :]
+        rank_documents = documents[inverse[: len(candidates)]]
+        rank = self.sized_rank_loss(queries, rank_documents, relevance)
+        if distill is None:
+            return rank
+        index = inverse[len(candidates) :].view(distill_rows.shape)
+        term = self.sized_distill_loss.gathered(queries, documents, index, teacher, valid)
+        return rank + self.supervised.config.distill_weight * term
+
+    def masked_terms(
+        self,
+        batch: torch.Tensor,
+        candidates: torch.Tensor,
+        relevance: torch.Tensor,
+        masks: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """:meth:`prefix_terms` at each of the ADS ``masks`` (full-width masked vectors)."""
         queries = self.module.residual(self.supervised.queries[batch])
         documents = self.module.residual(self.corpus[candidates])
-        if order is not None:
-            rank = self.sized_rank_loss(queries[:, order], documents[:, order], relevance)
-        else:
-            rank = torch.stack(
-                [self.rank_loss(queries * mask, documents * mask, relevance) for mask in masks]
-            ).mean()
-        return rank + loss + self.distill_term(queries, batch, masks, order, generator)
-
-    def distill_term(
-        self,
-        queries: torch.Tensor,
-        batch: torch.Tensor,
-        masks: torch.Tensor | None,
-        order: torch.Tensor | None,
-        generator: torch.Generator,
-    ) -> torch.Tensor | float:
-        """``config.distill_weight`` x L_distill of the training queries of ``batch`` (their
-        adapted vectors ``queries``) at each selected size (the ``masks``, or the prefixes
-        of ``order``), as the Matryoshka-Adaptor's supervised objective adds it; 0 when the
-        weight is 0."""
+        rank = torch.stack(
+            [self.rank_loss(queries * mask, documents * mask, relevance) for mask in masks]
+        ).mean()
         distill = self.supervised.distill
         if distill is None:
-            return 0.0
+            return rank
         rows, teacher, valid = distill.candidates(batch, generator)
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
         documents = self.module.residual(self.corpus[unique])[inverse].view(*rows.shape, -1)
-        if order is not None:
-            term = self.sized_distill_loss(queries[:, order], documents[..., order], teacher, valid)
-        else:
-            term = torch.stack(
-                [distill.loss(queries * mask, documents * mask, teacher, valid) for mask in masks]
-            ).mean()
-        return self.supervised.config.distill_weight * term
+        term = torch.stack(
+            [distill.loss(queries * mask, documents * mask, teacher, valid) for mask in masks]
+        ).mean()
+        return rank + self.supervised.config.distill_weight * term
 
 
 # --- the sequential trainer ---------------------------------------------------------------------
@@ -349,7 +371,10 @@ def _train_stages(
         selection = replace(config, validation_dims=list(sizes))
         validation = build_validation(vectors, validation_data, sizes, selection, device)
         step, steps = _stage_step(module, index, vectors, objective, config, options, epochs)
-        stage = Stage("smec " + ",".join(map(str, sizes)) + name, epochs, steps, config.lr)
+        label = "smec " + ",".join(map(str, sizes)) + name
+        # the stage reads prefixes up to its largest size (unless ADS picks among all)
+        width = None if options.ads else max(sizes)
+        stage = Stage(label, epochs, steps, config.lr, width=width)
         generator = device_generator(device, config.seed)
         stage_history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
         module.fold(index)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from madapt_cli.errors import InputError
-from madapt_cli.training.modules import ResidualMLP
+from madapt_cli.training.modules import ResidualMLP, add_to_prefix
 
 #: logits l = ADS_SCALE * raw: the shared AdamW step moves them this much faster than the
 #: MLP weights (docs/smec.md, "Learning rates"); read at call time
@@ -98,7 +98,8 @@ class SMECStage(nn.Module):
         self.register_buffer("writes", alive.to(torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.writes.to(x.dtype) * self.residual.g(x)
+        residual = self.residual.g_of(x)  # the first `width` coordinates while cut
+        return add_to_prefix(x, self.writes[: residual.shape[-1]].to(x.dtype) * residual)
 
 
 class SMECModule(nn.Module):
@@ -199,6 +200,20 @@ class SMECModule(nn.Module):
         for row, size in enumerate(sizes):
             masks[row, order[:size]] = 1.0
         return masks
+
+    def cut_to(self, width: int | None) -> bool:
+        """While the last stage trains on prefixes of at most ``width`` coordinates of the
+        identity order (no ADS so far), compute only those outputs of its g
+        (:meth:`ResidualMLP.cut_to`, exact under the same condition); None: all, every stage.
+        False (and nothing cut) when the order or the stage's weights do not allow it."""
+        if width is None:
+            for stage in self.stages:
+                stage.residual.cut_to(None)
+            return True
+        identity = torch.arange(width, device=self.permutation.device)
+        if not self.stages or not torch.equal(self.order()[:width], identity):
+            return False
+        return self.stages[-1].residual.cut_to(width)
 
     def freeze_all_but(self, index: int | None) -> None:
         for position, stage in enumerate(self.stages):

@@ -126,22 +126,24 @@ class ResidualMLP(nn.Module):
             # mixed precision: g in reduced precision, the residual sum (and so every
             # loss) in float32; evaluation (eval mode) is always float32
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                residual = self._g(x)
-            return self._add(x, residual.float())
-        return self._add(x, self._g(x))
+                residual = self.g_of(x)
+            return add_to_prefix(x, residual.float())
+        return add_to_prefix(x, self.g_of(x))
 
-    def _g(self, x: torch.Tensor) -> torch.Tensor:
+    def g_of(self, x: torch.Tensor) -> torch.Tensor:
+        """g(x): all D outputs, or only the first ``width`` while cut (:meth:`cut_to`)."""
         if self.width is None or self.width >= x.shape[-1]:
             return self.g(x)
         last = self.g[-1]
         return F.linear(self.g[:-1](x), last.weight[: self.width], last.bias[: self.width])
 
-    @staticmethod
-    def _add(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        width = residual.shape[-1]
-        if width == x.shape[-1]:
-            return x + residual
-        return torch.cat([x[..., :width] + residual, x[..., width:]], dim=-1)
+
+def add_to_prefix(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """x + residual on x's first residual.shape[-1] coordinates; the others are x's."""
+    width = residual.shape[-1]
+    if width == x.shape[-1]:
+        return x + residual
+    return torch.cat([x[..., :width] + residual, x[..., width:]], dim=-1)
 
 
 def architecture(config: Any, dimension: int) -> dict[str, Any]:
