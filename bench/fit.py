@@ -90,11 +90,13 @@ def run_objective(args: argparse.Namespace, objective: str) -> dict:
         else:  # a setting this commit does not have (e.g. an older --against commit)
             ignored.append(key)
     marks: list[float] = []
+    stages: list[tuple[str | None, int | None]] = []  # (stage, epoch) of each mark
 
     def on_epoch(record: dict) -> None:
         if config.device != "cpu" and torch.cuda.is_available():
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
+        stages.append((record.get("stage"), record.get("epoch")))
 
     started = time.perf_counter()
     if objective in ("distill", "distill-corpus"):
@@ -107,7 +109,10 @@ def run_objective(args: argparse.Namespace, objective: str) -> dict:
         query_ids = [f"q{i}" for i in range(len(queries))]
         qrels = {q: {corpus_ids[r]: 1} for q, r in zip(query_ids, source_rows, strict=True)}
         if objective == "smec":
-            from madapt_cli.methods.smec import SMECOptions, train_smec
+            try:
+                from madapt_cli.methods.smec import SMECOptions, train_smec
+            except ImportError:  # before the package layout
+                from madapt_cli.smec import SMECOptions, train_smec
 
             result = train_smec(
                 corpus, config, SMECOptions(), corpus_ids=corpus_ids, queries=queries,
@@ -121,9 +126,11 @@ def run_objective(args: argparse.Namespace, objective: str) -> dict:
     else:
         result = train_unsupervised(corpus, config, on_epoch=on_epoch)
     total = time.perf_counter() - started
-    # epoch 0 (the start's validation) marks where training begins when there is one
-    first = marks[0] if len(marks) > args.epochs else started + result.topk_mining_seconds
-    per_epoch = np.diff([first, *marks[-args.epochs :]]).tolist()
+    if len({stage for stage, _ in stages}) > 1:  # sequential stages (SMEC's, until 2026-11-24)
+        per_epoch = _epochs_of_every_stage(marks, stages, args.epochs)
+    else:  # epoch 0 (the start's validation) marks where training begins when there is one
+        first = marks[0] if len(marks) > args.epochs else started + result.topk_mining_seconds
+        per_epoch = np.diff([first, *marks[-args.epochs :]]).tolist()
     return {
         "objective": objective,
         "topk_mining_seconds": round(result.topk_mining_seconds, 2),
@@ -132,6 +139,20 @@ def run_objective(args: argparse.Namespace, objective: str) -> dict:
         "total_seconds": round(total, 2),
         "ignored_settings": ignored,
     }
+
+
+def _epochs_of_every_stage(
+    marks: list[float], stages: list[tuple[str | None, int | None]], epochs: int
+) -> list[float]:
+    """Seconds of epoch e summed over the stages (each from its previous mark in the same
+    stage: its epoch 0, the start's validation), for e = 1..epochs; a stage's set-up between
+    stages is not counted."""
+    per_epoch = [0.0] * epochs
+    for i in range(1, len(marks)):
+        (stage, epoch), (previous_stage, _) = stages[i], stages[i - 1]
+        if stage == previous_stage and epoch is not None and 1 <= epoch <= epochs:
+            per_epoch[epoch - 1] += marks[i] - marks[i - 1]
+    return per_epoch
 
 
 def _worker_command(args: argparse.Namespace, objective: str) -> list[str]:
