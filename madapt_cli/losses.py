@@ -9,7 +9,7 @@ the whole corpus.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -305,7 +305,8 @@ class MemorySimilarityLoss(nn.Module):
 
     N_K(i) the K memory rows most similar to e_i in the original space, sim_d the cosine over
     the selected coordinates (``mask``). The memory holds originals only: f(e_j) is recomputed
-    with the current f at every step. (The package's L_topk on masked vectors.)
+    with the current f at every step. (The package's L_topk on masked vectors.) The originals
+    may be rotated (x_0 = e R, R orthogonal: the same cosines) when ``adapt`` starts there.
     """
 
     def __init__(self, k: int, dimension: int, sizes: Sequence[int] | None = None) -> None:
@@ -317,7 +318,7 @@ class MemorySimilarityLoss(nn.Module):
 
     def forward(
         self,
-        module: nn.Module,
+        adapt: Callable[[torch.Tensor], torch.Tensor],  # originals -> adapted, before any order
         originals: torch.Tensor,
         pool: torch.Tensor,
         masks: torch.Tensor | None,
@@ -329,7 +330,7 @@ class MemorySimilarityLoss(nn.Module):
         if index.shape[1] == 0:
             return (masks if masks is not None else originals).sum() * 0.0
         rows, inverse = torch.unique(index.flatten(), return_inverse=True)
-        adapted = module.residual(torch.cat([originals, pool[rows]]))
+        adapted = adapt(torch.cat([originals, pool[rows]]))
         anchors, neighbours = adapted[: len(originals)], adapted[len(originals) :][inverse]
         neighbours = neighbours.view(*index.shape, -1)
         if order is not None and self.sized_loss is not None:

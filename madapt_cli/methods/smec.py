@@ -136,7 +136,7 @@ class StageStep:
 
     module: SMECModule
     index: int
-    corpus: torch.Tensor
+    corpus: torch.Tensor  # x_0 = module.start(e) of every corpus row (rotated once per stage)
     batch_size: int
     temperatures: tuple[float, float]
     total_steps: int
@@ -149,6 +149,7 @@ class StageStep:
     sized_rank_loss: RankingLoss | GradedSoftmaxLoss | None = None
     sized_distill_loss: ListwiseDistillationLoss | None = None
     query_order: EpochOrder | None = None  # batches of training queries (supervised)
+    queries: torch.Tensor | None = None  # x_0 of the training queries (supervised)
     steps_done: int = 0
 
     def temperature(self) -> float:
@@ -173,7 +174,7 @@ class StageStep:
             pool = self.memory.contents()
         else:
             pool = originals
-        loss = self.alpha * self.unsup(self.module, originals, pool, masks, order)
+        loss = self.alpha * self.unsup(self.module.from_start, originals, pool, masks, order)
         if self.supervised is None:
             return loss
         batch = self.query_order.next(generator)
@@ -200,8 +201,8 @@ class StageStep:
             distill_rows, teacher, valid = distill.candidates(batch, generator)
             rows = torch.cat([candidates, distill_rows.clamp_min(0).flatten()])
         rows, inverse = torch.unique(rows, return_inverse=True)
-        vectors = torch.cat([self.supervised.queries[batch], self.corpus[rows]])
-        adapted = self.module.residual(vectors)[:, order]
+        vectors = torch.cat([self.queries[batch], self.corpus[rows]])
+        adapted = self.module.from_start(vectors)[:, order]
         queries, documents = adapted[: len(batch)], adapted[len(batch) :]
         rank_documents = documents[inverse[: len(candidates)]]
         rank = self.sized_rank_loss(queries, rank_documents, relevance)
@@ -220,8 +221,8 @@ class StageStep:
         generator: torch.Generator,
     ) -> torch.Tensor:
         """:meth:`prefix_terms` at each of the ADS ``masks`` (full-width masked vectors)."""
-        queries = self.module.residual(self.supervised.queries[batch])
-        documents = self.module.residual(self.corpus[candidates])
+        queries = self.module.from_start(self.queries[batch])
+        documents = self.module.from_start(self.corpus[candidates])
         rank = torch.stack(
             [self.rank_loss(queries * mask, documents * mask, relevance) for mask in masks]
         ).mean()
@@ -230,7 +231,7 @@ class StageStep:
             return rank
         rows, teacher, valid = distill.candidates(batch, generator)
         unique, inverse = torch.unique(rows.clamp_min(0).flatten(), return_inverse=True)
-        documents = self.module.residual(self.corpus[unique])[inverse].view(*rows.shape, -1)
+        documents = self.module.from_start(self.corpus[unique])[inverse].view(*rows.shape, -1)
         term = torch.stack(
             [distill.loss(queries * mask, documents * mask, teacher, valid) for mask in masks]
         ).mean()
@@ -407,10 +408,13 @@ def _stage_step(
     # supervised default 0.1: chosen on held-out train queries against 0, 0.03, 0.3 and 1
     # (docs/smec.md, "Defaults")
     alpha = SUPERVISED_ALPHA if config.alpha is None else float(config.alpha)
+    with torch.no_grad():  # R is fixed while the stages train: rotate every row once
+        started = module.start(vectors)
+        queries = module.start(objective.queries) if objective is not None else None
     step = StageStep(
         module=module,
         index=index,
-        corpus=vectors,
+        corpus=started,
         batch_size=batch_size,
         temperatures=(options.temperature_start, options.temperature_end),
         total_steps=steps * epochs,
@@ -436,6 +440,7 @@ def _stage_step(
         )
         if objective is not None
         else None,
+        queries=queries,
     )
     return step, steps
 

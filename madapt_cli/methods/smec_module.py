@@ -148,7 +148,10 @@ class SMECModule(nn.Module):
 
     def residual(self, e: torch.Tensor) -> torch.Tensor:
         """x_S in the coordinate order before P (the rotated coordinates when R is set)."""
-        x = self.start(e)
+        return self.from_start(self.start(e))
+
+    def from_start(self, x: torch.Tensor) -> torch.Tensor:
+        """x_S from x_0 = :meth:`start` (e): training rotates its rows once, not every step."""
         for stage in self.stages:
             x = stage(x)
         return x
