@@ -71,11 +71,12 @@ class StudentNegativesObjective(DistillationObjective):
         if self.mined is None:
             return rows, teacher, valid
         mined = self.mined[batch]  # (B, M); -1 pads
-        mined_valid = mined >= 0
+        # a row once: not a candidate yet (seen), nor mined in an earlier column
         seen = rows.masked_fill(~valid, -2)
-        for column in range(mined.shape[1]):  # a row once: not a candidate yet, nor mined before
-            earlier = torch.cat([seen, mined[:, :column]], dim=1)
-            mined_valid[:, column] &= ~(earlier == mined[:, column : column + 1]).any(1)
+        known = (mined.unsqueeze(2) == seen.unsqueeze(1)).any(2)
+        earlier = torch.ones(mined.shape[1], mined.shape[1], dtype=torch.bool, device=mined.device)
+        repeated = ((mined.unsqueeze(2) == mined.unsqueeze(1)) & earlier.tril(-1)).any(2)
+        mined_valid = (mined >= 0) & ~known & ~repeated
         safe = mined.clamp_min(0)
         mined_teacher = (self.anchors[batch].unsqueeze(1) * self.corpus[safe]).sum(-1)
         return (
