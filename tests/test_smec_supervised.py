@@ -220,3 +220,35 @@ def test_a_smec_stage_computes_only_its_largest_size_and_fits_as_without_the_cut
         torch.testing.assert_close(cut.state_dict()[name], value, atol=1e-5, rtol=1e-4)
     last = cut.stages[0].residual.g[-1]
     assert last.weight[:16].any() and not last.weight[16:].any() and not last.bias[16:].any()
+
+
+def test_a_bf16_smec_fit_trains_in_reduced_precision_and_evaluates_in_float32(one_thread):
+    data = _hidden_signal(n=160)
+    config = signal_config(
+        supervised_epochs=2, distill_weight=1.0, distill_topk=20, train_dims=[4, 8, 16]
+    )
+    config.precision = "bf16"
+    result = smec_on_signal(data, config)
+    assert {r["precision"] for r in result.history} == {"bf16"}
+    module = result.module
+    assert module.autocast_dtype is None and not module.training
+    vectors = torch.nn.functional.normalize(torch.from_numpy(data["docs"]), dim=-1)
+    exact = module(vectors)
+    module.autocast_dtype = torch.bfloat16
+    assert torch.equal(module(vectors), exact)  # evaluation stays float32
+    module.train()
+    reduced = module(vectors)
+    assert reduced.dtype == torch.float32
+    assert 0 < (reduced - exact).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_trains_supervised_smec_in_bf16_on_a_cpu_that_has_it(monkeypatch, native):
+    import madapt_cli.training.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: native)
+    data = _hidden_signal(n=120)
+    config = signal_config(supervised_epochs=1, train_dims=[4, 8, 16])
+    assert config.precision == "auto"
+    result = smec_on_signal(data, config)
+    assert {r["precision"] for r in result.history} == {"bf16" if native else "fp32"}

@@ -162,7 +162,8 @@ def register(app: typer.Typer) -> None:
             "auto",
             "--precision",
             help="Training arithmetic of the MLP: auto (bf16 on a GPU, and for the distill "
-            "objective on a CPU with native bf16; float32 otherwise), fp32 or bf16. The "
+            "objective and supervised SMEC on a CPU with native bf16; float32 otherwise), "
+            "fp32 or bf16. The "
             "adaptor is float32 either way; the choice is in config.json's validation_curve.",
         ),
         seed: int = typer.Option(0, "--seed"),

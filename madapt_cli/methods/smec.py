@@ -375,7 +375,9 @@ def _train_stages(
         label = "smec " + ",".join(map(str, sizes)) + name
         # the stage reads prefixes up to its largest size (unless ADS picks among all)
         width = None if options.ads else max(sizes)
-        stage = Stage(label, epochs, steps, config.lr, width=width)
+        # supervised: bf16 on a CPU with it too, measured not to move the fit (docs/benchmarks.md)
+        bf16 = labelled is not None
+        stage = Stage(label, epochs, steps, config.lr, bf16_on_cpu=bf16, width=width)
         generator = device_generator(device, config.seed)
         stage_history, best = fit_loop(module, step, stage, config, validation, on_epoch, generator)
         module.fold(index)

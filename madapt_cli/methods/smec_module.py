@@ -97,8 +97,14 @@ class SMECStage(nn.Module):
         self.selector = DimensionSelector(alive)
         self.register_buffer("writes", alive.to(torch.float32))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.residual.g_of(x)  # the first `width` coordinates while cut
+    def forward(self, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x + a * g(x); g in ``autocast_dtype`` (mixed precision) when given, the sum in x's."""
+        if autocast_dtype is None:
+            residual = self.residual.g_of(x)  # the first `width` coordinates while cut
+        else:
+            with torch.autocast(x.device.type, dtype=autocast_dtype):
+                residual = self.residual.g_of(x)
+            residual = residual.to(x.dtype)
         return add_to_prefix(x, self.writes[: residual.shape[-1]].to(x.dtype) * residual)
 
 
@@ -123,6 +129,8 @@ class SMECModule(nn.Module):
         rotation = torch.eye(dimension) if self.architecture["rotation"] else None
         self.register_buffer("rotation", rotation)
         self.training_stage: int | None = None
+        # set by the training loop (config.precision): the stages' g while training only
+        self.autocast_dtype: torch.dtype | None = None
         for spec in stage_specs:
             self.add_stage(spec["sizes"], spec["ads"])
 
@@ -152,8 +160,9 @@ class SMECModule(nn.Module):
 
     def from_start(self, x: torch.Tensor) -> torch.Tensor:
         """x_S from x_0 = :meth:`start` (e): training rotates its rows once, not every step."""
+        dtype = self.autocast_dtype if self.training else None  # evaluation: float32
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x, dtype)
         return x
 
     @torch.no_grad()
