@@ -99,12 +99,7 @@ class SMECStage(nn.Module):
 
     def forward(self, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
         """x + a * g(x); g in ``autocast_dtype`` (mixed precision) when given, the sum in x's."""
-        if autocast_dtype is None:
-            residual = self.residual.g_of(x)  # the first `width` coordinates while cut
-        else:
-            with torch.autocast(x.device.type, dtype=autocast_dtype):
-                residual = self.residual.g_of(x)
-            residual = residual.to(x.dtype)
+        residual = self.residual.g_of(x, autocast_dtype)  # the first `width` while cut
         return add_to_prefix(x, self.writes[: residual.shape[-1]].to(x.dtype) * residual)
 
 

@@ -121,17 +121,18 @@ class ResidualMLP(nn.Module):
         return True
 
     def from_start(self, x: torch.Tensor) -> torch.Tensor:
-        """f from the started vectors x = start(e): x + g(x)."""
-        if self.training and self.autocast_dtype is not None:
-            # mixed precision: g in reduced precision, the residual sum (and so every
-            # loss) in float32; evaluation (eval mode) is always float32
-            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                residual = self.g_of(x)
-            return add_to_prefix(x, residual.float())
-        return add_to_prefix(x, self.g_of(x))
+        """f from the started vectors x = start(e): x + g(x); evaluation (eval mode) is
+        always float32."""
+        dtype = self.autocast_dtype if self.training else None
+        return add_to_prefix(x, self.g_of(x, dtype))
 
-    def g_of(self, x: torch.Tensor) -> torch.Tensor:
-        """g(x): all D outputs, or only the first ``width`` while cut (:meth:`cut_to`)."""
+    def g_of(self, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """g(x): all D outputs, or only the first ``width`` while cut (:meth:`cut_to`). With
+        ``autocast_dtype`` (mixed precision) g's products run in it and the result comes back
+        in x's dtype, so the residual sum and every loss stay float32."""
+        if autocast_dtype is not None:
+            with torch.autocast(x.device.type, dtype=autocast_dtype):
+                return self.g_of(x).to(x.dtype)
         if self.width is None or self.width >= x.shape[-1]:
             return self.g(x)
         last = self.g[-1]
