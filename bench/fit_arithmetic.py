@@ -5,9 +5,13 @@ Counts every row that goes through ``ResidualMLP.from_start`` in one epoch of th
 ``supervised`` (stage 2) and ``paper`` objectives on ``bench/fit.py``'s synthetic data, and
 times one large product in float32 and bfloat16. A row trained costs 2.5 forward passes
 (forward, then the gradients of both layers' weights and of the hidden layer's input; the
-rotated rows need no gradient), a row evaluated one.
+rotated rows need no gradient), a row evaluated one. ``--objectives smec`` counts the rows
+through SMEC's stages (``SMECModule.from_start``, or ``residual`` on older commits: run it
+with such a commit's tree first on PYTHONPATH); its products are not full width (the last
+layer is cut to the largest size), so no floor is given for it.
 
     python bench/fit_arithmetic.py --n 20000 --dim 768 --threads 2
+    python bench/fit_arithmetic.py --n 20000 --dim 768 --threads 2 --objectives smec
 """
 
 from __future__ import annotations
@@ -28,36 +32,52 @@ TRAINED_FORWARDS = 2.5
 
 def count_rows(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     from madapt_cli.methods.matryoshka import train_supervised, train_unsupervised
+    from madapt_cli.methods.smec import SMECOptions, train_smec
+    from madapt_cli.methods.smec_module import SMECModule
     from madapt_cli.training import modules
     from madapt_cli.training.config import TrainConfig
 
     rows = {"trained": 0, "evaluated": 0}
-    original = modules.ResidualMLP.from_start
+    # (class, method) whose calls see every row f adapts: SMEC's from_start (since the
+    # rotation is applied once per stage), its residual before
+    smec_entry = "from_start" if hasattr(SMECModule, "from_start") else "residual"
+    patched = [(modules.ResidualMLP, "from_start"), (SMECModule, smec_entry)]
+    originals = [getattr(owner, name) for owner, name in patched]
 
-    def counted(self, started):
-        rows["trained" if torch.is_grad_enabled() else "evaluated"] += started.shape[0]
-        return original(self, started)
+    def counting(original):
+        def counted(self, vectors):
+            rows["trained" if torch.is_grad_enabled() else "evaluated"] += vectors.shape[0]
+            return original(self, vectors)
+
+        return counted
 
     corpus = fit_bench.clustered_unit_vectors(args.n, args.dim, args.clusters, args.seed)
     queries, source_rows = fit_bench.synthetic_queries(corpus, args.queries, args.seed)
+    corpus_ids = [f"d{i}" for i in range(len(corpus))]
+    query_ids = [f"q{i}" for i in range(len(queries))]
+    qrels = {q: {corpus_ids[r]: 1} for q, r in zip(query_ids, source_rows, strict=True)}
     counts = {}
-    modules.ResidualMLP.from_start = counted
+    for (owner, name), original in zip(patched, originals, strict=True):
+        setattr(owner, name, counting(original))
     try:
-        for objective in ("supervised", "paper"):
+        for objective in args.objectives.split(","):
             rows.update(trained=0, evaluated=0)
             config = TrainConfig(epochs=1, supervised_epochs=1, device="cpu", seed=args.seed)
             if objective == "supervised":
-                corpus_ids = [f"d{i}" for i in range(len(corpus))]
-                query_ids = [f"q{i}" for i in range(len(queries))]
-                qrels = {q: {corpus_ids[r]: 1} for q, r in zip(query_ids, source_rows, strict=True)}
                 train_supervised(
                     corpus, corpus_ids, queries, query_ids, qrels, config, two_stage=False
                 )
+            elif objective == "smec":
+                train_smec(
+                    corpus, config, SMECOptions(), corpus_ids=corpus_ids, queries=queries,
+                    query_ids=query_ids, qrels=qrels,
+                )  # fmt: skip
             else:
                 train_unsupervised(corpus, config)
             counts[objective] = dict(rows)
     finally:
-        modules.ResidualMLP.from_start = original
+        for (owner, name), original in zip(patched, originals, strict=True):
+            setattr(owner, name, original)
     return counts
 
 
@@ -81,6 +101,9 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--objectives", default="supervised,paper", help="of supervised, paper, smec"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     hidden = 2 * args.dim  # TrainConfig.hidden's default
@@ -92,6 +115,9 @@ def main() -> None:
     report = {"n": args.n, "dim": args.dim, "hidden": hidden, "threads": args.threads}
     report["product_gflops"] = {k: round(v, 1) for k, v in rates.items()}
     for objective, rows in count_rows(args).items():
+        if objective == "smec":  # cut last layer: the full-width floor would not be one
+            report[objective] = rows
+            continue
         flop = (TRAINED_FORWARDS * rows["trained"] + rows["evaluated"]) * forward_flop
         report[objective] = {
             **rows,
